@@ -1,0 +1,43 @@
+"""Learning-rate methods and their registry: ``lr=<name>`` on the command line."""
+
+from __future__ import annotations
+
+from genlr.methods.base import (
+    IncompatibleOptimizerError,
+    LRMethod,
+    check_linear_in_lr,
+    probe_mode,
+)
+from genlr.methods.schedules import (
+    Constant,
+    Cosine,
+    Linear,
+    OneCycle,
+    Plateau,
+    Step,
+    WarmupCosine,
+)
+
+METHODS: dict[str, type[LRMethod]] = {
+    "constant": Constant,
+    "step": Step,
+    "cosine": Cosine,
+    "warmup_cosine": WarmupCosine,
+    "linear": Linear,
+    "onecycle": OneCycle,
+    "plateau": Plateau,
+}
+
+
+def build_lr_method(name: str, optimizer, model=None, loss_fn=None, **kwargs) -> LRMethod:
+    """``METHODS[name](optimizer, model, loss_fn, **kwargs)`` with a clear error for typos."""
+    if name not in METHODS:
+        raise ValueError(f"unknown lr method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name](optimizer, model, loss_fn, **kwargs)
+
+
+__all__ = [
+    "METHODS", "LRMethod", "IncompatibleOptimizerError", "build_lr_method",
+    "check_linear_in_lr", "probe_mode",
+    "Constant", "Step", "Cosine", "WarmupCosine", "Linear", "OneCycle", "Plateau",
+]

@@ -1,0 +1,230 @@
+"""The step protocol every learning-rate method follows, and the machinery it shares.
+
+A method replaces ``optimizer.step()`` in a training loop::
+
+    optimizer.zero_grad()
+    loss = loss_fn(model, batch)
+    loss.backward()
+    lr = method.step(batch, loss=loss)
+
+The shared machinery (see DESIGN.md):
+
+* ``apply_update()`` -- the base optimizer's ``step()`` through the AMP ``GradScaler`` if
+  there is one. It is called exactly once per training step, so the optimizer's state
+  (moments, step counters) advances once.
+* ``capture_direction()`` -- snapshot theta, ``apply_update()``, and return the step
+  ``d = theta_before - theta_after`` that the optimizer took at the current learning rates.
+* ``place(d, s)`` -- move to ``theta_before - s * d`` and scale every group's ``lr`` by
+  ``s`` (group ratios preserved). Valid because the supported optimizers' updates are
+  linear in ``lr`` (``check_linear_in_lr``).
+* ``probe_loss(batch)`` -- a no-grad loss under the training autocast, with BatchNorm
+  running statistics restored afterwards, dropout off and the global RNG untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+# Optimizers whose step is exactly linear in ``lr`` (the weight decay of AdamW included),
+# so that a step taken at lr and rescaled by s equals the step taken at s*lr.
+LINEAR_IN_LR = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
+
+
+class IncompatibleOptimizerError(ValueError):
+    """The optimizer cannot be driven by this method (its step is not linear in lr)."""
+
+
+def check_linear_in_lr(optimizer: torch.optim.Optimizer, method: str) -> None:
+    """Raise a one-line error unless ``optimizer``'s update is known to be linear in lr."""
+    if not isinstance(optimizer, LINEAR_IN_LR):
+        allowed = ", ".join(cls.__name__ for cls in LINEAR_IN_LR)
+        raise IncompatibleOptimizerError(
+            f"{method} rescales the optimizer's step, which needs an update linear in lr; "
+            f"{type(optimizer).__name__} is not (use one of: {allowed})"
+        )
+
+
+class LRMethod:
+    """Decides how big each optimizer step is, and applies it.
+
+    Contract, for every method:
+
+    * Call ``step(batch, loss=loss)`` after ``loss.backward()`` instead of
+      ``optimizer.step()``. It advances the optimizer's state exactly once and returns the
+      learning rate of group 0 after the step.
+    * After ``step``, each ``optimizer.param_groups[i]["lr"]`` holds the method's current
+      learning rate, so any logger that reads the optimizer sees the truth.
+    * Probes (extra forward passes) leave BatchNorm running statistics, the dropout RNG and
+      ``.grad`` as they were; extra passes are counted in ``passes``.
+    * ``diagnostics`` holds what the method saw at its last step (floats), for ``method/*``.
+    * ``state_dict()`` / ``load_state_dict()`` round-trip everything needed to resume.
+
+    Args:
+        optimizer: the base optimizer; its ``step()`` gives the update direction.
+        model, loss_fn: needed by methods that probe the loss (``loss_fn(model, batch)``
+            returns a scalar); baselines ignore them.
+        total_steps: training horizon, for schedules and horizon-aware scales.
+        scaler: an optional ``torch.amp.GradScaler``; the loss was scaled by it.
+        autocast: a zero-argument factory of the training autocast context, so that probes
+            run in the training precision (default: no autocast).
+    """
+
+    #: whether the method probes the loss (then ``model`` and ``loss_fn`` are required)
+    needs_loss_fn: bool = False
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module | None = None,
+        loss_fn: LossFn | None = None,
+        *,
+        total_steps: int | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> None:
+        if self.needs_loss_fn and (model is None or loss_fn is None):
+            raise ValueError(f"{type(self).__name__} needs model and loss_fn to probe the loss")
+        self.optimizer = optimizer
+        self.model = model
+        self.loss_fn = loss_fn
+        self.total_steps = total_steps
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self.autocast = autocast or contextlib.nullcontext
+        self.step_count = 0
+        self.passes: Counter[str] = Counter(forward=0, backward=0, hvp=0)
+        self.diagnostics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- public protocol
+    def step(self, batch: Any = None, loss: torch.Tensor | None = None) -> float:
+        raise NotImplementedError
+
+    def on_eval(self, metrics: dict[str, float]) -> None:
+        """Called by the engine after each evaluation (``ReduceLROnPlateau`` uses it)."""
+
+    @property
+    def last_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def lrs(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the optimizer (saved separately). Subclasses extend this."""
+        return {"step_count": self.step_count, "passes": dict(self.passes)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = state["step_count"]
+        self.passes = Counter(state["passes"])
+
+    # -------------------------------------------------------------- shared machinery
+    def params(self) -> list[torch.Tensor]:
+        """Parameters the optimizer will move this step (those with a gradient)."""
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def unscale_grads(self) -> None:
+        """Make ``.grad`` hold the true gradient before a method reads it (AMP fp16)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+
+    def apply_update(self) -> bool:
+        """The base optimizer's step, through the GradScaler; False if the scaler skipped it."""
+        if self.scaler is None:
+            self.optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale  # the scale only drops on a skipped step
+
+    @torch.no_grad()
+    def capture_direction(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Take the optimizer's step once; return ``(params, d)`` with ``d = before - after``.
+
+        Returns None when the step was skipped (GradScaler found inf/NaN gradients).
+        """
+        params = self.params()
+        d = [p.detach().clone() for p in params]
+        if not self.apply_update():
+            return None
+        torch._foreach_sub_(d, [p.detach() for p in params])
+        return params, d
+
+    @torch.no_grad()
+    def place(self, params: list[torch.Tensor], d: list[torch.Tensor], s: float,
+              current: float = 1.0) -> None:
+        """Move from ``theta_before - current*d`` to ``theta_before - s*d``; scale lrs by s/current."""
+        if s != current:
+            torch._foreach_add_(params, d, alpha=current - s)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] * s / current
+
+    def grad_dot(self, d: list[torch.Tensor]) -> float:
+        """``<g, d>`` from the gradient already in ``.grad`` (so ``phi'(0) = -<g, d>``)."""
+        return float(sum((p.grad * x).sum() for p, x in zip(self.params(), d)))
+
+    def probe_loss(self, batch: Any) -> float:
+        """The training loss at the current parameters, without side effects."""
+        assert self.model is not None and self.loss_fn is not None
+        self.passes["forward"] += 1
+        with torch.no_grad(), probe_mode(self.model), self.autocast():
+            return float(self.loss_fn(self.model, batch))
+
+    def scale_lrs(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+
+    def set_lr(self, lr: float) -> None:
+        """Set group 0's lr to ``lr`` and the others in their current ratios."""
+        self.scale_lrs(lr / self.last_lr)
+
+
+def _batchnorm_modules(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
+    return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def _dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
+    return (m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd))
+
+
+def has_active_dropout(model: nn.Module) -> bool:
+    return model.training and any(m.p > 0 for m in _dropout_modules(model))
+
+
+@contextlib.contextmanager
+def probe_mode(model: nn.Module) -> Iterator[None]:
+    """BatchNorm normalises with batch statistics as in training, but its running
+    statistics are restored afterwards; dropout is off; the global RNG is untouched."""
+    saved = [
+        (m, [b.clone() for b in m.buffers(recurse=False)]) for m in _batchnorm_modules(model)
+    ]
+    dropouts = [m for m in _dropout_modules(model) if m.training]
+    for m in dropouts:
+        m.eval()
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        for m in dropouts:
+            m.train()
+        with torch.no_grad():
+            for m, buffers in saved:
+                for b, old in zip(m.buffers(recurse=False), buffers):
+                    b.copy_(old)

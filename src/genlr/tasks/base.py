@@ -1,0 +1,69 @@
+"""What a task is: data, a loss, and metrics. Models and LR methods meet it only here.
+
+A task owns its data (held as tensors on the training device when small, a DataLoader
+otherwise), its loss ``loss(model, batch) -> scalar`` (the function the LR methods probe),
+and ``evaluate(model, batch)`` which returns sums so that the engine can average exactly
+over an uneven last batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+Batch = Any
+
+
+class Task(ABC):
+    """A training problem.
+
+    Attributes:
+        name: the registry name (``task=<name>``).
+        input_shape: shape of one example (e.g. ``(1, 28, 28)``); ``()`` for problems whose
+            model is the coordinates themselves (quadratic, rosenbrock, beale).
+        num_outputs: classes for classification, output dimension for regression.
+        classification: whether ``evaluate`` reports accuracy.
+        default_model: the model used when the config does not say (``coords`` for the
+            coordinate problems).
+    """
+
+    name: str
+    input_shape: tuple[int, ...] = ()
+    num_outputs: int = 1
+    classification: bool = False
+    default_model: str = "mlp"
+
+    def setup(self, device: torch.device) -> None:
+        """Load or generate the data and move what fits onto ``device``. Called once."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean training loss of ``model`` on ``batch`` (differentiable)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Sums over the batch: ``loss_sum``, ``count`` and, for classification, ``correct``."""
+
+    @abstractmethod
+    def train_batches(self, batch_size: int, epoch: int, seed: int, start: int = 0) -> Iterator[Batch]:
+        """One epoch of shuffled training batches (deterministic in ``seed`` and ``epoch``),
+        skipping the first ``start`` batches (resume)."""
+
+    @abstractmethod
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The evaluation set (test split, or held-out samples), in a fixed order."""
+
+    @abstractmethod
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Number of training batches per epoch (the last, partial batch is dropped)."""
+
+    def init_model(self) -> nn.Module | None:
+        """For coordinate problems, the model holding the starting point; else None."""
+        return None
+
+    def optimum(self) -> torch.Tensor | None:
+        """Known minimiser, where there is one (synthetic problems)."""
+        return None
