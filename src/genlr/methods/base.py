@@ -24,6 +24,7 @@ The shared machinery (see DESIGN.md):
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from typing import Any, Callable, Iterator
 
@@ -87,6 +88,11 @@ class LRMethod:
 
     #: whether the method probes the loss (then ``model`` and ``loss_fn`` are required)
     needs_loss_fn: bool = False
+    #: record ``last_profile`` (the real loss along the step against the method's quadratic
+    #: model) every this many steps; 0 turns it off. The engine sets it.
+    profile_every: int = 0
+    #: points of the profile grid, in units of the method's ``s`` (see each method)
+    profile_grid: tuple[float, ...] = tuple(x / 4 for x in range(-4, 13))
 
     def __init__(
         self,
@@ -109,6 +115,8 @@ class LRMethod:
         self.step_count = 0
         self.passes: Counter[str] = Counter(forward=0, backward=0, hvp=0)
         self.diagnostics: dict[str, float] = {}
+        self.last_profile: dict[str, Any] | None = None
+        self._profile_pending = False
 
     # ----------------------------------------------------------------- public protocol
     def step(self, batch: Any = None, loss: torch.Tensor | None = None) -> float:
@@ -171,18 +179,67 @@ class LRMethod:
               current: float = 1.0) -> None:
         """Move from ``theta_before - current*d`` to ``theta_before - s*d``; scale lrs by s/current."""
         if s != current:
-            torch._foreach_add_(params, d, alpha=current - s)
+            self.shift(params, d, s, current)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * s / current
 
-    def grad_dot(self, d: list[torch.Tensor]) -> float:
+    @torch.no_grad()
+    def shift(self, params: list[torch.Tensor], d: list[torch.Tensor], s: float,
+              current: float = 1.0) -> None:
+        """Move from ``theta_before - current*d`` to ``theta_before - s*d``; lrs untouched."""
+        if s != current:
+            torch._foreach_add_(params, d, alpha=current - s)
+
+    def grad_dot(self, d: list[torch.Tensor], params: list[torch.Tensor] | None = None) -> float:
         """``<g, d>`` from the gradient already in ``.grad`` (so ``phi'(0) = -<g, d>``)."""
-        return float(sum((p.grad * x).sum() for p, x in zip(self.params(), d)))
+        params = self.params() if params is None else params
+        return dot([p.grad for p in params], d)
 
     def probe_loss(self, batch: Any) -> float:
         """The training loss at the current parameters, without side effects."""
         assert self.model is not None and self.loss_fn is not None
         self.passes["forward"] += 1
+        with torch.no_grad(), probe_mode(self.model), self.autocast():
+            return float(self.loss_fn(self.model, batch))
+
+    # ---------------------------------------------------------- loss-landscape profile
+    def profile_due(self) -> bool:
+        """Whether this step should record ``last_profile``: the first step that builds a
+        quadratic model at or after each multiple of ``profile_every``."""
+        if self.profile_every and self.profile_every > 0 and self.step_count % self.profile_every == 0:
+            self._profile_pending = True
+        return self._profile_pending
+
+    @torch.no_grad()
+    def record_profile(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
+                       current: float, model: Callable[[float], float],
+                       chosen: float | None = None, anchored: bool = False) -> None:
+        """Evaluate the real ``phi(s) = L(theta - s*d)`` on ``profile_grid`` (widened to cover
+        ``chosen``) against ``model(s)``; return to ``theta - current*d``. With ``anchored``,
+        ``model`` gives ``phi(s) - phi(0)`` and the measured ``phi(0)`` is added. Counted under
+        ``passes["profile"]``, not ``forward``."""
+        grid = list(self.profile_grid)
+        if anchored and 0.0 not in grid:
+            grid = sorted(grid + [0.0])
+        if chosen is not None and math.isfinite(chosen) and chosen > grid[-1]:
+            grid = [x * 1.25 * chosen / grid[-1] for x in grid]
+        losses, at = [], current
+        for s in grid:
+            self.shift(params, d, s, at)
+            at = s
+            losses.append(self._loss_no_side_effects(batch))
+            self.passes["profile"] += 1
+        self.shift(params, d, current, at)
+        self.last_profile = {
+            "step": self.step_count, "s": grid, "loss": losses,
+            "model": [float(model(s)) + (losses[grid.index(0.0)] if anchored else 0.0)
+                      for s in grid],
+            "chosen": float(chosen) if chosen is not None else float("nan"),
+        }
+        self._profile_pending = False
+
+    def _loss_no_side_effects(self, batch: Any) -> float:
+        assert self.model is not None and self.loss_fn is not None
         with torch.no_grad(), probe_mode(self.model), self.autocast():
             return float(self.loss_fn(self.model, batch))
 
@@ -214,6 +271,12 @@ def probe_mode(model: nn.Module) -> Iterator[None]:
     saved = [
         (m, [b.clone() for b in m.buffers(recurse=False)]) for m in _batchnorm_modules(model)
     ]
+    # In training mode with ``track_running_stats`` off, BatchNorm normalises with the batch
+    # statistics and writes no buffer at all, which also keeps torch.func transforms (jvp)
+    # from tripping over an in-place update of a captured buffer.
+    tracking = [m for m, _ in saved if m.training and m.track_running_stats]
+    for m in tracking:
+        m.track_running_stats = False
     dropouts = [m for m in _dropout_modules(model) if m.training]
     for m in dropouts:
         m.eval()
@@ -222,9 +285,32 @@ def probe_mode(model: nn.Module) -> Iterator[None]:
         with torch.random.fork_rng(devices=devices):
             yield
     finally:
+        for m in tracking:
+            m.track_running_stats = True
         for m in dropouts:
             m.train()
         with torch.no_grad():
             for m, buffers in saved:
                 for b, old in zip(m.buffers(recurse=False), buffers):
                     b.copy_(old)
+
+
+def dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    """``sum_i <xs[i], ys[i]>`` accumulated in float64, one host sync."""
+    if not xs:
+        return 0.0
+    parts = []
+    for x, y in zip(xs, ys):
+        if x.dtype in (torch.float16, torch.bfloat16) or y.dtype != x.dtype:
+            x, y = x.float(), y.float()
+        parts.append(torch.dot(x.reshape(-1), y.reshape(-1)).double())
+    return float(torch.stack(parts).sum())
+
+
+def finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def as_float(value: Any) -> float:
+    """A Python float from a loss given as a tensor (detached first) or a number."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)

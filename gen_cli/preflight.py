@@ -1,0 +1,115 @@
+"""Check a gen-train command line before Hydra starts, so that every bad override
+gets one line that says what was wrong and what is allowed, not a stack trace."""
+
+from __future__ import annotations
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from genlr.engine import RunSpec, TrainerConfig, build_run
+
+GROUPS = ("task", "model", "optimizer", "lr", "trainer", "experiment")
+# Hydra's own flags: with these the command line is Hydra's business (help, info, shell).
+HYDRA_FLAGS_WITH_VALUE = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+                          "--experimental-rerun", "-p", "--package"}
+HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info",
+                    "-sc", "--shell-completion", "--resolve", "--experimental-rerun",
+                    "-cp", "--config-path", "-cn", "--config-name"}
+
+
+class UsageError(ValueError):
+    """A bad command line; its message is one line."""
+
+
+def overrides_of(argv: list[str]) -> list[str] | None:
+    """The override arguments, or None when Hydra should handle the command line itself."""
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.split("=")[0] in HYDRA_ONLY_FLAGS:
+            return None
+        elif arg in HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
+def _first_line(err: BaseException) -> str:
+    """Hydra and OmegaConf errors span several lines; keep the informative ones, joined."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(("full_key", "object_type",
+                                                           "Set the environment", "To append",
+                                                           "reference_type", "Config search",
+                                                           "provider="))]
+    return " ".join(keep[:2]) if keep else type(err).__name__
+
+
+def _values(override) -> list[str]:
+    """``key=value`` for each value an override takes (a sweep: each of its values)."""
+    if not override.is_sweep_override():
+        return [override.input_line]
+    try:
+        return [f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()]
+    except Exception:  # glob sweeps and the like: Hydra expands and checks those itself
+        return []
+
+
+def combinations(overrides: list[str]) -> list[list[str]]:
+    """Override lists that, between them, try every value of every sweep once (the others
+    at their first value): linear in the sweep's size, not its product."""
+    choices = [v for v in map(_values, OverridesParser.create().parse_overrides(overrides)) if v]
+    base = [values[0] for values in choices]
+    runs = [base]
+    for i, values in enumerate(choices):
+        runs += [[*base[:i], v, *base[i + 1:]] for v in values[1:]]
+    return runs
+
+
+def spec_from_config(cfg) -> RunSpec:
+    """The engine's RunSpec from a composed config (TrainerConfig validates its values)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return RunSpec(task=c["task"], model=c["model"], optimizer=c["optimizer"], lr=c["lr"],
+                   trainer=TrainerConfig(**c["trainer"]), seed=c["seed"])
+
+
+def _check_groups(overrides: list[str]) -> None:
+    loader = GlobalHydra.instance().config_loader()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group = override.key_or_group
+        if group in GROUPS and group != "trainer" and not override.is_delete():
+            value = override.value()
+            allowed = loader.get_group_options(group)
+            if value is None and group == "experiment":
+                continue
+            if value not in allowed:
+                raise UsageError(f"unknown {group} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Raise UsageError (one line) if any run the command line asks for cannot start."""
+    overrides = overrides_of(argv)
+    if overrides is None:
+        return
+    try:
+        runs = combinations(overrides)
+    except Exception as err:
+        raise UsageError(f"cannot parse the overrides: {_first_line(err)}") from None
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gen_cli.conf", version_base="1.3"):
+        for run in runs:
+            _check_groups(run)
+            try:
+                cfg = compose(config_name="train", overrides=run)
+            except Exception as err:
+                raise UsageError(_first_line(err)) from None
+            try:
+                build_run(spec_from_config(cfg), torch.device("cpu"), load_data=False)
+            except (ValueError, TypeError, ImportError, OmegaConfBaseException) as err:
+                raise UsageError(_first_line(err)) from None
+    GlobalHydra.instance().clear()

@@ -1,0 +1,355 @@
+"""The training loop: one run of a task, a model, an optimizer and a learning-rate method.
+
+Reads top to bottom like a hand-written PyTorch loop; everything a run leaves behind
+(TensorBoard events, ``summary.json``, plots, ``checkpoints/last.pt``) is described in
+DESIGN.md. Usable without Hydra::
+
+    from genlr.engine import RunSpec, train
+    summary = train(RunSpec(task={"name": "fashion_mnist"}, lr={"name": "gen_parabola"}), "runs/x")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import resource
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from genlr.methods import build_lr_method
+from genlr.models import build_model
+from genlr.optimizers import build_optimizer
+from genlr.peers import optimizer_hooks
+from genlr.tasks import build_task
+from genlr.tracking import RunStats, RunWriter, write_plots, write_summary
+
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass
+class TrainerConfig:
+    """How to train (the ``trainer.*`` overrides; these names are the public interface)."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler)
+    compile: bool = False  # torch.compile the model
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop earlier than `epochs` if set
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    eval_every: int = 0  # steps between evaluations; 0 = at the end of every epoch
+    log_every: int = 10  # steps between TensorBoard points
+    num_workers: int = 0
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+    profile_every: int = 0  # steps between phi(s) line-profile images; 0 = never
+    progress: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"trainer.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"trainer.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, "log_every": self.log_every}
+        if self.max_steps is not None:
+            positive["max_steps"] = self.max_steps
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"trainer.{name} must be a positive integer, got {value}")
+        for name in ("eval_every", "num_workers", "checkpoint_every", "profile_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class RunSpec:
+    """One run: each component is ``{"name": ..., **options}`` as in the config groups."""
+
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "fashion_mnist"})
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "cnn"})
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adamw"})
+    lr: dict[str, Any] = field(default_factory=lambda: {"name": "constant"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def _split(component: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    options = dict(component)
+    return options.pop("name"), options
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def autocast_factory(device: torch.device, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
+    if amp == "off":
+        return contextlib.nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("trainer.amp=fp16 needs a CUDA device; use trainer.amp=bf16 on CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks, so a killed run still saves."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@torch.no_grad()
+def evaluate(task, model, autocast, batch_size: int) -> dict[str, float]:
+    """Exact averages over the evaluation set (sums first, then one division)."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    for batch in task.eval_batches(batch_size):
+        with autocast():
+            sums = task.evaluate(model, batch)
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    model.train(was_training)
+    count = max(totals.pop("count", 0.0), 1.0)
+    metrics = {"loss": totals.pop("loss_sum", math.nan) / count}
+    if "correct" in totals:
+        metrics["acc"] = totals.pop("correct") / count
+    metrics.update({key: value / count for key, value in totals.items()})
+    return metrics
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save never leaves a broken last.pt
+
+
+@dataclass
+class Run:
+    """Everything one run trains with, built from a RunSpec by ``build_run``."""
+
+    spec: RunSpec
+    device: torch.device
+    task: Any
+    model: torch.nn.Module
+    forward_model: Callable  # the model, compiled if trainer.compile
+    optimizer: torch.optim.Optimizer
+    method: Any
+    hooks: Any
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    total_steps: int
+
+
+def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Run:
+    """Build task, model, optimizer and LR method; every bad name or option raises its
+    one-line error here. ``load_data=False`` checks a spec without touching data."""
+    cfg = spec.trainer
+    autocast = autocast_factory(device, cfg.amp)
+    names = {}
+    options = {}
+    for group in ("task", "model", "optimizer", "lr"):
+        names[group], options[group] = _split(getattr(spec, group))
+    task = build_task(names["task"], **options["task"])
+    if load_data:
+        task.setup(device)
+        total_steps = task.steps_per_epoch(cfg.batch_size) * cfg.epochs
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+    else:
+        total_steps = cfg.max_steps or 1
+    model = build_model(names["model"], task, **options["model"]).to(device)
+    optimizer = build_optimizer(names["optimizer"], model.parameters(), **options["optimizer"])
+    forward_model = torch.compile(model) if cfg.compile else model
+
+    def loss_fn(_model, batch):  # probes go through the compiled module too
+        return task.loss(forward_model, batch)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    method = build_lr_method(names["lr"], optimizer, model, loss_fn, total_steps=total_steps,
+                             scaler=scaler, autocast=autocast, **options["lr"])
+    hooks = optimizer_hooks(optimizer, model)
+    return Run(spec, device, task, model, forward_model, optimizer, method, hooks, scaler,
+               autocast, total_steps)
+
+
+def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and return its summary (also in ``summary.json``).
+
+    Raises the component's own one-line errors (unknown names, bad options, missing
+    dataset, incompatible optimizer) before anything is written; once training started,
+    a NaN loss or a stop signal ends the run with status ``diverged`` / ``interrupted``,
+    and any other failure with status ``failed``, always leaving summary, plots and the
+    last checkpoint behind.
+    """
+    cfg, run_dir = spec.trainer, Path(run_dir)
+    started = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    run = build_run(spec, resolve_device(cfg.device))
+    task, model, optimizer, method, hooks = run.task, run.model, run.optimizer, run.method, run.hooks
+    device, autocast, scaler, total_steps = run.device, run.autocast, run.scaler, run.total_steps
+    steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
+    forward_model = run.forward_model
+    method.profile_every = cfg.profile_every
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    stats = RunStats()
+    writer = RunWriter(run_dir)
+    writer.hparams(hparams or _flat_hparams(spec))
+    status, message, step = "completed", "", 0
+    train_time = 0.0
+
+    def checkpoint() -> None:
+        hooks.eval()
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_method": method.state_dict(), "scaler": scaler.state_dict(),
+            "hooks": hooks.state_dict(), "step": step,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+        })
+        hooks.train()
+
+    def run_eval() -> dict[str, float]:
+        hooks.eval()
+        with hooks.eval_model() as eval_model:
+            metrics = evaluate(task, eval_model, autocast, cfg.eval_batch_size)
+        hooks.train()
+        method.on_eval(metrics)
+        stats.record_eval(step, eval_loss=metrics["loss"], eval_acc=metrics.get("acc"))
+        writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        return metrics
+
+    def log_step(loss_value: float, lrs: list[float], step_ms: float) -> None:
+        writer.scalars(step, {
+            "train/loss": loss_value, "train/lr": lrs[0], "time/step_ms": step_ms,
+            **{f"lr/group{i}": v for i, v in enumerate(lrs)},
+            **{f"method/{k}": v for k, v in method.diagnostics.items()},
+        })
+        if getattr(method, "last_profile", None):
+            writer.line_profile(step, method.last_profile)
+            method.last_profile = None
+
+    progress = tqdm(total=total_steps, disable=None if cfg.progress else True,
+                    desc=spec.lr["name"], leave=False)
+    model.train()
+    hooks.train()
+    stats.record_step(0, lr=hooks.lrs())  # the initial learning rate, before any step
+    try:
+        with StopRequest() as stop:
+            while step < total_steps and stop.signal is None:
+                epoch, start = divmod(step, steps_per_epoch)
+                for batch in task.train_batches(cfg.batch_size, epoch, spec.seed, start=start):
+                    tic = time.perf_counter()
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast():
+                        loss = task.loss(forward_model, batch)
+                    scaler.scale(loss).backward()
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise Diverged(f"training loss is {loss_value} at step {step + 1}")
+                    method.step(batch, loss=loss)
+                    hooks.after_step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    step_ms = (time.perf_counter() - tic) * 1e3
+                    train_time += step_ms / 1e3
+                    step += 1
+                    lrs = hooks.lrs()
+                    stats.record_step(step, train_loss=loss_value, lr=lrs, step_ms=step_ms)
+                    progress.update()
+                    if step % cfg.log_every == 0 or step == total_steps:
+                        log_step(loss_value, lrs, step_ms)
+                        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}")
+                    every = cfg.eval_every or steps_per_epoch
+                    if step % every == 0 or step == total_steps:
+                        run_eval()
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                        checkpoint()
+                    if step >= total_steps or stop.signal is not None:
+                        break
+            if stop.signal is not None:
+                status = "interrupted"
+                message = f"stopped by {signal.Signals(stop.signal).name} at step {step}"
+            checkpoint()
+    except Diverged as err:
+        status, message = "diverged", str(err)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the signal handler
+        status, message = "interrupted", f"interrupted at step {step}"
+        checkpoint()
+    except Exception as err:
+        status, message = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        progress.close()
+        summary = dict(
+            task=spec.task["name"], model=spec.model["name"],
+            optimizer=spec.optimizer["name"], lr_method=spec.lr["name"],
+            seed=spec.seed, status=status, steps=step, epochs=step / steps_per_epoch,
+            wall_time_s=time.perf_counter() - started, train_time_s=train_time,
+            peak_memory_mb=peak_memory_mb(device),
+            passes={"forward": step + method.passes["forward"],
+                    "backward": step + method.passes["backward"],
+                    "hvp": method.passes["hvp"]},
+            device=str(device), amp=cfg.amp, torch_version=torch.__version__,
+            python_version=platform.python_version(), message=message,
+            trainer=asdict(cfg), **stats.summary_fields(),
+        )
+        writer.end_session(status)
+        writer.close()
+        write_summary(run_dir, summary)
+        if cfg.plots:
+            write_plots(run_dir, stats.history())
+    return summary
+
+
+def _flat_hparams(spec: RunSpec) -> dict[str, Any]:
+    flat: dict[str, Any] = {"seed": spec.seed}
+    for group in ("task", "model", "optimizer", "lr"):
+        for key, value in getattr(spec, group).items():
+            flat[f"{group}.{key}"] = value
+    for key, value in asdict(spec.trainer).items():
+        flat[f"trainer.{key}"] = value
+    return flat

@@ -1,0 +1,183 @@
+"""gen-train end to end: composition of every config option, the real CLI on real data,
+sweeps, the run-output contract, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from gen_cli.preflight import UsageError, check_command_line, spec_from_config
+from gen_cli.schema import REGISTRIES, register_schemas
+from genlr.engine import train
+from genlr.tracking import REQUIRED_KEYS, read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+GEN_TRAIN = [str(Path(sys.executable).with_name("gen-train"))]  # the real console script
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+
+register_schemas()
+
+
+def gen_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*GEN_TRAIN, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def composed(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gen_cli.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def test_every_registry_entry_has_a_config_and_back():
+    for group, registry in REGISTRIES.items():
+        assert set(group_options(group)) == set(registry), group
+
+
+QUICK = ["trainer.max_steps=2", "trainer.batch_size=8", "trainer.eval_batch_size=512",
+         "trainer.progress=false", "trainer.plots=false"]
+
+
+def _train_quick(overrides: list[str], tmp_path: Path) -> dict:
+    cfg = composed([*QUICK, *overrides])
+    summary = train(spec_from_config(cfg), tmp_path / "run")
+    assert summary["status"] == "completed", summary.get("message")
+    assert summary["steps"] == 2
+    return summary
+
+
+@pytest.mark.parametrize("lr", group_options("lr"))
+def test_every_lr_option_trains(lr, tmp_path):
+    _train_quick([f"lr={lr}", "task=logreg", "model=mlp", "optimizer=sgd"], tmp_path)
+
+
+@pytest.mark.parametrize("optimizer", group_options("optimizer"))
+def test_every_optimizer_option_trains(optimizer, tmp_path):
+    _train_quick([f"optimizer={optimizer}", "task=logreg", "model=mlp", "lr=constant"], tmp_path)
+
+
+@pytest.mark.parametrize("task", group_options("task"))
+def test_every_task_option_trains(task, tmp_path, fake_datasets):
+    overrides = [f"task={task}", "lr=constant"]
+    if task in ("mnist", "cifar10"):
+        overrides.append(f"task.data_root={fake_datasets}")
+    if task == "fashion_mnist" and not FASHION.is_dir():
+        pytest.skip("no Fashion-MNIST")
+    _train_quick(overrides, tmp_path)
+
+
+@pytest.mark.parametrize("model", [m for m in group_options("model") if m != "coords"])
+def test_every_model_option_trains(model, tmp_path, fake_datasets):
+    _train_quick([f"model={model}", "task=cifar10", f"task.data_root={fake_datasets}",
+                  "lr=constant", "trainer.batch_size=4"], tmp_path)
+
+
+def test_trainer_options_compose_and_train(tmp_path):
+    _train_quick(["task=logreg", "model=mlp", "lr=cosine", "trainer.amp=bf16",
+                  "trainer.eval_every=1", "trainer.log_every=1", "trainer.checkpoint_every=1",
+                  "trainer.device=cpu", "seed=3"], tmp_path)
+
+
+@needs_fashion
+def test_real_gen_train_on_fashion_mnist_leaves_the_whole_contract(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = gen_train("trainer.max_steps=12", "trainer.log_every=2",
+                     "trainer.batch_size=32", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(REQUIRED_KEYS) <= set(summary)
+    assert summary["status"] == "completed" and summary["steps"] == 12
+    assert summary["task"] == "fashion_mnist" and summary["model"] == "cnn"
+    assert 0.0 <= summary["final"]["eval_acc"] <= 1.0
+    for key in ("forward", "backward", "hvp"):
+        assert summary["passes"][key] >= 0
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert {p.name for p in (run_dir / "plots").glob("*.png")} >= {"loss.png", "accuracy.png", "lr.png"}
+    scalars = read_scalars(run_dir)
+    for tag in ("train/loss", "train/lr", "lr/group0", "eval/loss", "eval/acc", "time/step_ms"):
+        assert tag in scalars, tag
+    assert [s for s, *_ in scalars["train/loss"]] == [2, 4, 6, 8, 10, 12]
+    # TensorBoard sees exactly one run: no stray sub-folders next to the events file
+    assert [p for p in (run_dir / "tb").iterdir() if p.is_dir()] == []
+
+
+def test_two_job_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = gen_train("-m", "task=logreg", "model=mlp", "lr=constant,cosine",
+                     "trainer.max_steps=3", "trainer.progress=false",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert len(summaries) == 2
+    assert {json.loads(p.read_text())["lr_method"] for p in summaries} == {"constant", "cosine"}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["lr=nonexistent"], "unknown lr 'nonexistent'; choose one of: constant, cosine, "),
+    (["task=imagenet"], "unknown task 'imagenet'; choose one of: beale, cifar10, fashion_mnist, "),
+    (["-m", "lr=constant,nonexistent"], "unknown lr 'nonexistent'"),
+    (["-m", "seed=0,1", "optimizer=sgd,adamw", "optimizer.lr=-1"], "learning rate"),
+    (["optimizer.lr=-1"], "learning rate"),
+    (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer, got 0"),
+    (["trainer.batch_sze=4"], "batch_sze"),
+    (["trainer.amp=fp8"], "trainer.amp must be one of off, bf16, fp16"),
+    (["lr=cosine", "lr.final_factor=abc"], "final_factor"),
+    (["lr=cosine", "lr.final_factor=2"], "final_factor must be a fraction in [0, 1], got 2"),
+    (["seed=abc"], "seed"),
+    (["task=quadratic", "model=cnn"], "cnn"),
+    (["lr=constant", "x=1"], "x"),
+])
+def test_bad_overrides_fail_at_compose_time_with_one_line(args, expected):
+    with pytest.raises(UsageError) as err:
+        check_command_line(args)
+    message = str(err.value)
+    assert "\n" not in message and expected in message, message
+
+
+def test_good_command_lines_pass_the_preflight():
+    check_command_line(["task=logreg", "model=mlp", "lr=cosine", "optimizer=sgd", "optimizer.lr=0.5"])
+    check_command_line(["-m", "lr=constant,cosine", "seed=0,1,2"])
+    check_command_line(["--help"])  # Hydra's own business
+
+
+def test_real_cli_bad_override_exits_non_zero_with_one_line(tmp_path):
+    proc = gen_train("lr=nonexistent", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"gen-train: unknown lr 'nonexistent'; choose one of: {', '.join(group_options('lr'))}"
+    ]
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    proc = gen_train("task=mnist", f"task.data_root={tmp_path / 'nowhere'}", "task.download=false",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "nowhere") in lines[0], proc.stderr
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("genlr-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for yaml in (REPO / "conf").rglob("*.yaml"):
+        assert f"gen_cli/conf/{yaml.relative_to(REPO / 'conf')}" in names, yaml
