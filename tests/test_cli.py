@@ -28,6 +28,13 @@ needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's datase
 register_schemas()
 
 
+@pytest.fixture
+def fake_datasets(fake_mnist, fake_cifar10) -> Path:
+    """A data root holding small MNIST and CIFAR-10 files in their real on-disk formats."""
+    assert fake_mnist[0] == fake_cifar10[0]
+    return fake_mnist[0]
+
+
 def gen_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([*GEN_TRAIN, *args], cwd=cwd, capture_output=True, text=True,

@@ -154,7 +154,7 @@ def evaluate(task, model, autocast, batch_size: int) -> dict[str, float]:
     metrics = {"loss": totals.pop("loss_sum", math.nan) / count}
     if "correct" in totals:
         metrics["acc"] = totals.pop("correct") / count
-    metrics.update({key: value / count for key, value in totals.items()})
+    metrics.update({key.removesuffix("_sum"): value / count for key, value in totals.items()})
     return metrics
 
 

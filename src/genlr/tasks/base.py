@@ -17,6 +17,24 @@ from torch import nn
 Batch = Any
 
 
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither on disk where the task looked nor downloadable.
+
+    The message is one line: where the task looked and how to get the data.
+    """
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator for one epoch's shuffle, a function of ``(seed, epoch)`` only.
+
+    A CPU generator gives the same permutation on every device, so a run resumed on another
+    machine sees the same batches. The two integers are mixed (not added) so that
+    ``(seed, epoch + 1)`` and ``(seed + 1, epoch)`` do not share an order.
+    """
+    mixed = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB)
+    return torch.Generator().manual_seed(mixed % (2**63))
+
+
 class Task(ABC):
     """A training problem.
 
