@@ -49,7 +49,8 @@ class TrainerConfig:
     eval_every: int = 0  # steps between evaluations; 0 = at the end of every epoch
     log_every: int = 10  # steps between TensorBoard points
     num_workers: int = 0
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end (and on a stop signal)
+    resume: Optional[str] = None  # true: this run dir's checkpoints/last.pt; or a checkpoint / run dir path
     profile_every: int = 0  # steps between phi(s) line-profile images; 0 = never
     progress: bool = True
     plots: bool = True
@@ -158,6 +159,21 @@ def evaluate(task, model, autocast, batch_size: int) -> dict[str, float]:
     return metrics
 
 
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """``trainer.resume``: None/false -> None; true -> this run's last.pt; else a file or run dir."""
+    if resume is None or str(resume).lower() in ("false", "no", "0", ""):
+        return None
+    if str(resume).lower() in ("true", "yes", "1"):
+        path = run_dir / "checkpoints" / "last.pt"
+    else:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.resume: no checkpoint at {path}")
+    return path
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -236,17 +252,32 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     stats = RunStats()
-    writer = RunWriter(run_dir)
-    writer.hparams(hparams or _flat_hparams(spec))
-    status, message, step = "completed", "", 0
-    train_time = 0.0
+    status, message, step, train_time = "completed", "", 0, 0.0
+    resume_from = resume_path(cfg.resume, run_dir)
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["lr_method"])
+        scaler.load_state_dict(state["scaler"])
+        hooks.load_state_dict(state["hooks"])
+        vars(stats).update(state["stats"])
+        step, train_time = state["step"], state["train_time_s"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    # Resuming purges the events an interrupted attempt logged after its checkpoint.
+    writer = RunWriter(run_dir, purge_step=step + 1 if resume_from else None)
+    if resume_from is None:
+        writer.hparams(hparams or _flat_hparams(spec))
 
     def checkpoint() -> None:
         hooks.eval()
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "lr_method": method.state_dict(), "scaler": scaler.state_dict(),
-            "hooks": hooks.state_dict(), "step": step,
+            "hooks": hooks.state_dict(), "step": step, "train_time_s": train_time,
+            "stats": {k: list(v) for k, v in vars(stats).items()},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
         })
@@ -276,7 +307,8 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                     desc=spec.lr["name"], leave=False)
     model.train()
     hooks.train()
-    stats.record_step(0, lr=hooks.lrs())  # the initial learning rate, before any step
+    if step == 0:
+        stats.record_step(0, lr=hooks.lrs())  # the initial learning rate, before any step
     try:
         with StopRequest() as stop:
             while step < total_steps and stop.signal is None:

@@ -1,0 +1,104 @@
+"""The engine's invariants: determinism, resume bit-for-bit, divergence keeps results."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+import genlr.engine as engine
+from genlr.engine import RunSpec, TrainerConfig, train
+from genlr.methods import METHODS
+
+SMALL = dict(task={"name": "logreg"}, model={"name": "mlp", "hidden": [16], "dropout": 0.2})
+
+
+def spec(lr: str = "cosine", optimizer: str = "adamw", **trainer) -> RunSpec:
+    trainer = {"batch_size": 64, "epochs": 2, "progress": False, "plots": False, **trainer}
+    return RunSpec(**SMALL, optimizer={"name": optimizer}, lr={"name": lr},
+                   trainer=TrainerConfig(**trainer), seed=1)
+
+
+def final_state(run_dir) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_same_seed_same_trajectory(tmp_path):
+    first = train(spec(), tmp_path / "a")
+    second = train(spec(), tmp_path / "b")
+    assert first["final"] == second["final"]
+    assert_same_params(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+    other = spec()
+    other.seed = 2
+    third = train(other, tmp_path / "c")
+    assert third["final"]["train_loss"] != first["final"]["train_loss"]
+
+
+def _stop_at(monkeypatch, stop_step: int) -> None:
+    """Deliver a real SIGTERM to this process during training step ``stop_step``."""
+    build_run = engine.build_run
+
+    def build_run_with_stop(*args, **kwargs):
+        run = build_run(*args, **kwargs)
+        step_fn, calls = run.method.step, {"n": 0}
+
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == stop_step:
+                signal.raise_signal(signal.SIGTERM)
+            return step_fn(*a, **k)
+
+        run.method.step = step
+        return run
+
+    monkeypatch.setattr(engine, "build_run", build_run_with_stop)
+
+
+RESUMABLE = [m for m in ("constant", "cosine", "plateau", "gen_exact", "gen_parabola", "newt")
+             if m in METHODS]
+
+
+@pytest.mark.parametrize("lr", RESUMABLE)
+def test_interrupted_and_resumed_equals_uninterrupted(lr, tmp_path, monkeypatch):
+    optimizer = "sgd" if lr.startswith(("gen", "newt")) else "adamw"
+    reference = train(spec(lr, optimizer), tmp_path / "reference")
+
+    with monkeypatch.context() as patch:
+        _stop_at(patch, stop_step=37)  # mid-epoch (64 steps per epoch)
+        interrupted = train(spec(lr, optimizer), tmp_path / "run")
+    assert interrupted["status"] == "interrupted" and interrupted["steps"] == 37
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
+
+    resumed = train(spec(lr, optimizer, resume="true"), tmp_path / "run")
+    assert resumed["status"] == "completed" and resumed["steps"] == reference["steps"]
+    assert_same_params(final_state(tmp_path / "reference"), final_state(tmp_path / "run"))
+    assert resumed["final"] == reference["final"]
+    assert resumed["lr"] == reference["lr"]
+
+
+def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        train(spec(resume="true"), tmp_path / "fresh")
+
+
+def test_divergence_keeps_logs_plots_and_last_good_checkpoint(tmp_path):
+    run = RunSpec(task={"name": "quadratic"}, model={"name": "coords"},
+                  optimizer={"name": "sgd", "lr": 50.0, "momentum": 0.0}, lr={"name": "constant"},
+                  trainer=TrainerConfig(epochs=10, checkpoint_every=5, progress=False))
+    summary = train(run, tmp_path)
+    assert summary["status"] == "diverged"
+    assert "training loss is" in summary["message"]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["status"] == "diverged" and saved["steps"] == summary["steps"]
+    assert (tmp_path / "plots" / "loss.png").is_file()
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert checkpoint["step"] % 5 == 0 and checkpoint["step"] <= summary["steps"]
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
