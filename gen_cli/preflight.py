@@ -6,10 +6,12 @@ from __future__ import annotations
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gen_cli.schema import register_schemas
 from genlr.engine import RunSpec, TrainerConfig, build_run
 
 GROUPS = ("task", "model", "optimizer", "lr", "trainer", "experiment")
@@ -74,6 +76,11 @@ def combinations(overrides: list[str]) -> list[list[str]]:
 def spec_from_config(cfg) -> RunSpec:
     """The engine's RunSpec from a composed config (TrainerConfig validates its values)."""
     c = OmegaConf.to_container(cfg, resolve=True)
+    for group in ("task", "model", "optimizer", "lr", "trainer"):
+        if not isinstance(c.get(group), dict) or (group != "trainer" and "name" not in c[group]):
+            raise ValueError(f"the config has no {group} (choose one with {group}=<name>)")
+    if not isinstance(c.get("seed"), int):
+        raise ValueError("the config has no integer seed (set seed=<int>)")
     return RunSpec(task=c["task"], model=c["model"], optimizer=c["optimizer"], lr=c["lr"],
                    trainer=TrainerConfig(**c["trainer"]), seed=c["seed"])
 
@@ -96,20 +103,39 @@ def check_command_line(argv: list[str]) -> None:
     overrides = overrides_of(argv)
     if overrides is None:
         return
+    register_schemas()
     try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
         runs = combinations(overrides)
     except Exception as err:
         raise UsageError(f"cannot parse the overrides: {_first_line(err)}") from None
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gen_cli.conf", version_base="1.3"):
-        for run in runs:
-            _check_groups(run)
-            try:
-                cfg = compose(config_name="train", overrides=run)
-            except Exception as err:
-                raise UsageError(_first_line(err)) from None
-            try:
-                build_run(spec_from_config(cfg), torch.device("cpu"), load_data=False)
-            except (ValueError, TypeError, ImportError, OmegaConfBaseException) as err:
-                raise UsageError(_first_line(err)) from None
-    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="gen_cli.conf", version_base="1.3"):
+            _check_groups(runs[0])
+            multirun = "-m" in argv or "--multirun" in argv or _config_says_multirun(runs[0])
+            sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+            if sweeps and not multirun:
+                raise UsageError(f"{sweeps[0]!r} sweeps over several values: add -m to run them all, "
+                                 "or write a list as key=[a,b] or a string as key='a,b'")
+            for run in runs:
+                _check_groups(run)
+                try:
+                    cfg = compose(config_name="train", overrides=run)
+                except Exception as err:
+                    raise UsageError(_first_line(err)) from None
+                try:
+                    build_run(spec_from_config(cfg), torch.device("cpu"), load_data=False)
+                except (ValueError, TypeError, ImportError, OmegaConfBaseException) as err:
+                    raise UsageError(_first_line(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _config_says_multirun(overrides: list[str]) -> bool:
+    """Experiments may set ``hydra.mode: MULTIRUN`` themselves."""
+    try:
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    except Exception as err:
+        raise UsageError(_first_line(err)) from None
+    return OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN

@@ -55,6 +55,7 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    FAILED_RUNS.clear()
     try:
         check_command_line(sys.argv[1:])
     except UsageError as err:

@@ -88,6 +88,21 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class ConfigError(ValueError):
+    """A component rejected its options; the message names the component."""
+
+
+@contextlib.contextmanager
+def _blame(group: str, name: str):
+    """Prefix a builder's ValueError/TypeError with the component it came from."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError) or str(err).startswith(f"{group}="):
+            raise
+        raise ConfigError(f"{group}={name}: {err}") from err
+
+
 def _split(component: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     options = dict(component)
     return options.pop("name"), options
@@ -207,7 +222,8 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
     options = {}
     for group in ("task", "model", "optimizer", "lr"):
         names[group], options[group] = _split(getattr(spec, group))
-    task = build_task(names["task"], **options["task"])
+    with _blame("task", names["task"]):
+        task = build_task(names["task"], **options["task"])
     if load_data:
         task.setup(device)
         total_steps = task.steps_per_epoch(cfg.batch_size) * cfg.epochs
@@ -215,16 +231,19 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
             total_steps = min(total_steps, cfg.max_steps)
     else:
         total_steps = cfg.max_steps or 1
-    model = build_model(names["model"], task, **options["model"]).to(device)
-    optimizer = build_optimizer(names["optimizer"], model.parameters(), **options["optimizer"])
+    with _blame("model", names["model"]):
+        model = build_model(names["model"], task, **options["model"]).to(device)
+    with _blame("optimizer", names["optimizer"]):
+        optimizer = build_optimizer(names["optimizer"], model.parameters(), **options["optimizer"])
     forward_model = torch.compile(model) if cfg.compile else model
 
     def loss_fn(_model, batch):  # probes go through the compiled module too
         return task.loss(forward_model, batch)
 
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    method = build_lr_method(names["lr"], optimizer, model, loss_fn, total_steps=total_steps,
-                             scaler=scaler, autocast=autocast, **options["lr"])
+    with _blame("lr", names["lr"]):
+        method = build_lr_method(names["lr"], optimizer, model, loss_fn, total_steps=total_steps,
+                                 scaler=scaler, autocast=autocast, **options["lr"])
     hooks = optimizer_hooks(optimizer, model)
     return Run(spec, device, task, model, forward_model, optimizer, method, hooks, scaler,
                autocast, total_steps)
