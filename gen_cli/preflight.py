@@ -3,6 +3,9 @@ gets one line that says what was wrong and what is allowed, not a stack trace.""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -113,7 +116,9 @@ def check_command_line(argv: list[str]) -> None:
     try:
         with initialize_config_module(config_module="gen_cli.conf", version_base="1.3"):
             _check_groups(runs[0])
-            multirun = "-m" in argv or "--multirun" in argv or _config_says_multirun(runs[0])
+            config_multirun, out_dir = _hydra_settings(runs[0], "-m" in argv or "--multirun" in argv)
+            multirun = "-m" in argv or "--multirun" in argv or config_multirun
+            _check_writable(out_dir)
             sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
             if sweeps and not multirun:
                 raise UsageError(f"{sweeps[0]!r} sweeps over several values: add -m to run them all, "
@@ -132,10 +137,23 @@ def check_command_line(argv: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def _config_says_multirun(overrides: list[str]) -> bool:
-    """Experiments may set ``hydra.mode: MULTIRUN`` themselves."""
+def _hydra_settings(overrides: list[str], multirun: bool) -> tuple[bool, Path]:
+    """Whether the config asks for a multirun (experiments may), and the output folder."""
     try:
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        config_multirun = OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN
+        key = "hydra.sweep.dir" if multirun or config_multirun else "hydra.run.dir"
+        return config_multirun, Path(str(OmegaConf.select(cfg, key)))
     except Exception as err:
         raise UsageError(_first_line(err)) from None
-    return OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN
+
+
+def _check_writable(out_dir: Path) -> None:
+    """The run folder must be creatable: its nearest existing ancestor a writable folder."""
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise UsageError(f"cannot create the output folder {out_dir}: {existing} {problem} "
+                         "(set hydra.run.dir / hydra.sweep.dir)")

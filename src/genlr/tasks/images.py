@@ -126,11 +126,20 @@ class ImageClassification(InMemoryTask):
         try:
             train = self.dataset_class(str(root), train=True, download=download)
             test = self.dataset_class(str(root), train=False, download=download)
-        except RuntimeError:
+        except RuntimeError as error:
             if download:
                 raise
+            layout = Path(self._layout(root))
+            if layout.is_dir() and any(layout.iterdir()):
+                raise self._corrupt(layout, error) from error
             return None  # torchvision's "Dataset not found or corrupted"
         return self._tensors(train), self._tensors(test)
+
+    def _corrupt(self, where: Path, error: BaseException) -> DatasetNotFoundError:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return DatasetNotFoundError(
+            f"{self.name}: the files in {where} are truncated or corrupt ({reason}); delete them "
+            f"and {self._how_to_get()}")
 
     def _tensors(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.as_tensor(dataset.data)
@@ -191,7 +200,10 @@ class FashionMNIST(ImageClassification):
         files = [debian / f"{prefix}-{kind}-idx{dim}-ubyte.gz"
                  for prefix in ("train", "t10k") for kind, dim in (("images", 3), ("labels", 1))]
         if all(f.is_file() for f in files):
-            images, labels, test_images, test_labels = (read_idx(f) for f in files)
+            try:
+                images, labels, test_images, test_labels = (read_idx(f) for f in files)
+            except (OSError, EOFError, ValueError, struct.error) as error:
+                raise self._corrupt(debian, error) from error
             return ((images.unsqueeze(1), labels.long()), (test_images.unsqueeze(1), test_labels.long()))
         if not self.data_root:
             root = default_data_root()
