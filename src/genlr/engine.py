@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from genlr import distributed
+from genlr.distributed import STRATEGIES
 from genlr.methods import build_lr_method
 from genlr.models import build_model
 from genlr.optimizers import build_optimizer
@@ -40,6 +42,7 @@ class TrainerConfig:
     """How to train (the ``trainer.*`` overrides; these names are the public interface)."""
 
     device: str = "auto"  # auto | cpu | cuda
+    strategy: str = "single"  # single | ddp (under torchrun; batch_size is the global batch)
     amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler)
     compile: bool = False  # torch.compile the model
     epochs: int = 1
@@ -58,6 +61,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"trainer.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"trainer.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -126,6 +131,8 @@ def autocast_factory(device: torch.device, amp: str) -> Callable[[], contextlib.
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: this run's peak allocation. CPU: the process's peak resident size (which, in a
+    sweep run in one process, includes earlier jobs)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -172,6 +179,13 @@ def evaluate(task, model, autocast, batch_size: int) -> dict[str, float]:
         metrics["acc"] = totals.pop("correct") / count
     metrics.update({key.removesuffix("_sum"): value / count for key, value in totals.items()})
     return metrics
+
+
+class SilentWriter:
+    """The writer of ranks other than 0: they train, rank 0 writes."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:
@@ -261,11 +275,17 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
     cfg, run_dir = spec.trainer, Path(run_dir)
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
-    run = build_run(spec, resolve_device(cfg.device))
+    run = build_run(spec, distributed.init(cfg.strategy, cfg.device) or resolve_device(cfg.device))
     task, model, optimizer, method, hooks = run.task, run.model, run.optimizer, run.method, run.hooks
     device, autocast, scaler, total_steps = run.device, run.autocast, run.scaler, run.total_steps
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
-    forward_model = run.forward_model
+    forward_model = run.forward_model  # probes use it too; training may go through DDP
+    if distributed.is_distributed():
+        forward_model = torch.nn.parallel.DistributedDataParallel(
+            forward_model, device_ids=[device.index] if device.type == "cuda" else None)
+    main_rank = distributed.is_main()  # only rank 0 writes the run's outputs
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # per run, also within a sweep
     method.profile_every = cfg.profile_every
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,11 +306,14 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
         if state["rng"]["cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     # Resuming purges the events an interrupted attempt logged after its checkpoint.
-    writer = RunWriter(run_dir, purge_step=step + 1 if resume_from else None)
+    writer = (RunWriter(run_dir, purge_step=step + 1 if resume_from else None) if main_rank
+              else SilentWriter())
     if resume_from is None:
         writer.hparams(hparams or _flat_hparams(spec))
 
     def checkpoint() -> None:
+        if not main_rank:
+            return
         hooks.eval()
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -322,7 +345,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             writer.line_profile(step, method.last_profile)
             method.last_profile = None
 
-    progress = tqdm(total=total_steps, disable=None if cfg.progress else True,
+    progress = tqdm(total=total_steps, disable=None if cfg.progress and main_rank else True,
                     desc=spec.lr["name"], leave=False)
     model.train()
     hooks.train()
@@ -334,11 +357,12 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 epoch, start = divmod(step, steps_per_epoch)
                 for batch in task.train_batches(cfg.batch_size, epoch, spec.seed, start=start):
                     tic = time.perf_counter()
+                    batch = distributed.shard(batch)
                     optimizer.zero_grad(set_to_none=True)
                     with autocast():
                         loss = task.loss(forward_model, batch)
                     scaler.scale(loss).backward()
-                    loss_value = loss.item()
+                    (loss_value,) = distributed.mean_over_ranks(loss.detach())
                     if not math.isfinite(loss_value):
                         raise Diverged(f"training loss is {loss_value} at step {step + 1}")
                     method.step(batch, loss=loss)
@@ -359,7 +383,10 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                         run_eval()
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                         checkpoint()
-                    if step >= total_steps or stop.signal is not None:
+                    if distributed.any_rank(stop.signal is not None):
+                        stop.signal = stop.signal or signal.SIGTERM  # another rank was stopped
+                        break
+                    if step >= total_steps:
                         break
             if stop.signal is not None:
                 status = "interrupted"
@@ -385,14 +412,16 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                     "backward": step + method.passes["backward"],
                     "hvp": method.passes["hvp"]},
             device=str(device), amp=cfg.amp, torch_version=torch.__version__,
+            world_size=distributed.world_size(),
             python_version=platform.python_version(), message=message,
             trainer=asdict(cfg), **stats.summary_fields(),
         )
         writer.end_session(status)
         writer.close()
-        write_summary(run_dir, summary)
-        if cfg.plots:
-            write_plots(run_dir, stats.history())
+        if main_rank:
+            write_summary(run_dir, summary)
+            if cfg.plots:
+                write_plots(run_dir, stats.history())
     return summary
 
 
