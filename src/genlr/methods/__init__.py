@@ -8,6 +8,11 @@ from genlr.methods.base import (
     check_linear_in_lr,
     probe_mode,
 )
+from genlr.methods.hypergradient import Hypergradient
+from genlr.methods.polyak import Polyak
+from genlr.methods.gen_exact import ExactGeN
+from genlr.methods.gen_parabola import ParabolaGeN
+from genlr.methods.newt import Newt
 from genlr.methods.schedules import (
     Constant,
     Cosine,
@@ -26,6 +31,11 @@ METHODS: dict[str, type[LRMethod]] = {
     "linear": Linear,
     "onecycle": OneCycle,
     "plateau": Plateau,
+    "gen_exact": ExactGeN,
+    "gen_parabola": ParabolaGeN,
+    "newt": Newt,
+    "polyak": Polyak,
+    "hypergradient": Hypergradient,
 }
 
 
@@ -40,4 +50,6 @@ __all__ = [
     "METHODS", "LRMethod", "IncompatibleOptimizerError", "build_lr_method",
     "check_linear_in_lr", "probe_mode",
     "Constant", "Step", "Cosine", "WarmupCosine", "Linear", "OneCycle", "Plateau",
+    "ExactGeN", "ParabolaGeN", "Newt",
+    "Polyak", "Hypergradient",
 ]

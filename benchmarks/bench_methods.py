@@ -1,0 +1,175 @@
+"""Per-step cost of the GeN and Newt methods relative to plain AdamW, in one process.
+
+Fashion-MNIST CNN (2 conv + 2 fc, as the issue and DESIGN.md measure it), batch 128, CPU.
+Real Fashion-MNIST images are used when /usr/share/datasets/fashion-mnist is there (timing
+does not depend on the values; random tensors of the same shape otherwise).
+
+    python benchmarks/bench_methods.py              # time ratios (and memory with --memory)
+    python benchmarks/bench_methods.py --only gen_exact --steps 40
+
+Time: mean step time (zero_grad, forward, backward, method.step) over ``--steps`` steps
+after warm-up, each configuration measured in rounds interleaved with plain AdamW so that
+drift in the machine's speed cancels; the ratio is method / AdamW. Memory (``--memory``):
+each configuration in a fresh subprocess, peak RSS during the training steps minus the RSS
+before them, divided by the same for plain AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from genlr import ExactGeN, Newt, ParabolaGeN  # noqa: E402
+
+DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+
+
+def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def load_batches(count: int, batch_size: int = 128) -> list:
+    n = count * batch_size
+    if DATA.exists() and LABELS.exists():
+        with gzip.open(DATA) as f:
+            images = torch.frombuffer(bytearray(f.read(16 + n * 784)[16:]), dtype=torch.uint8)
+        with gzip.open(LABELS) as f:
+            labels = torch.frombuffer(bytearray(f.read(8 + n)[8:]), dtype=torch.uint8)
+        x = (images.float() / 255.0 - 0.286) / 0.353
+        x, y = x.view(n, 1, 28, 28), labels.long()
+    else:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+CONFIGS = {
+    "adamw": None,
+    "gen_exact every=1 taylor": lambda o, m: ExactGeN(o, m, loss_fn, every=1, curvature="taylor"),
+    "gen_exact every=1 double_backward": lambda o, m: ExactGeN(o, m, loss_fn, every=1,
+                                                               curvature="double_backward"),
+    "gen_exact every=1 forward_over_reverse": lambda o, m: ExactGeN(
+        o, m, loss_fn, every=1, curvature="forward_over_reverse"),
+    "gen_exact every=1 forward_forward": lambda o, m: ExactGeN(o, m, loss_fn, every=1,
+                                                               curvature="forward_forward"),
+    "gen_exact every=1 taylor sub-batch 1/4": lambda o, m: ExactGeN(
+        o, m, loss_fn, every=1, curvature="taylor", curvature_batch=0.25),
+    "gen_exact (defaults)": lambda o, m: ExactGeN(o, m, loss_fn),
+    "gen_parabola every=1": lambda o, m: ParabolaGeN(o, m, loss_fn, every=1),
+    "gen_parabola every=4": lambda o, m: ParabolaGeN(o, m, loss_fn, every=4),
+    "gen_parabola (defaults)": lambda o, m: ParabolaGeN(o, m, loss_fn),
+    "newt full-batch lookahead": lambda o, m: Newt(o, m, loss_fn, lookahead_batch=None),
+    "newt (defaults)": lambda o, m: Newt(o, m, loss_fn),
+    "newt next_step (zero-pass)": lambda o, m: Newt(o, m, loss_fn, lookahead="next_step"),
+    "newt window (zero-pass)": lambda o, m: Newt(o, m, loss_fn, lookahead="window"),
+}
+
+
+def build(name: str):
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    factory = CONFIGS[name]
+    method = factory(opt, model) if factory is not None else None
+    return model, opt, method
+
+
+def run_steps(model, opt, method, batches, steps: int, start: int = 0) -> list[float]:
+    times = []
+    for i in range(steps):
+        batch = batches[(start + i) % len(batches)]
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model, batch)
+        loss.backward()
+        if method is None:
+            opt.step()
+        else:
+            method.step(batch, loss=loss)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_configs(names: list[str], steps: int, rounds: int, batches) -> dict[str, float]:
+    built = {name: build(name) for name in ["adamw", *names]}
+    for name, (model, opt, method) in built.items():  # warm-up (and first-call tracing)
+        run_steps(model, opt, method, batches, 8)
+    samples: dict[str, list[float]] = {name: [] for name in built}
+    for r in range(rounds):
+        for name in names:
+            for which in ("adamw", name):
+                model, opt, method = built[which]
+                samples[which] += run_steps(model, opt, method, batches, steps, start=r * steps)
+    # The mean, not the median: lazy methods' probe steps are the minority of steps.
+    base = statistics.fmean(samples["adamw"])
+    return {"adamw_ms": base * 1e3, **{n: statistics.fmean(samples[n]) / base for n in names}}
+
+
+def memory_child(name: str, steps: int) -> None:
+    batches = load_batches(8)
+    model, opt, method = build(name)
+    with open("/proc/self/statm") as f:
+        rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    run_steps(model, opt, method, batches, steps)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"delta": peak - rss_before}))
+
+
+def memory_ratio(name: str, steps: int) -> float:
+    def delta(n: str) -> int:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", n, "--steps", str(steps)],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["delta"]
+    return delta(name) / delta("adamw")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="substring filter on configuration names")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory ratios")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.steps)
+        return
+    names = [n for n in CONFIGS if n != "adamw" and args.only in n]
+    batches = load_batches(16)
+    result = time_configs(names, args.steps, args.rounds, batches)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"AdamW step {result['adamw_ms']:.1f} ms (batch 128)")
+    print(f"{'configuration':42s} {'time / AdamW':>12s}" + (f" {'memory / AdamW':>15s}" if args.memory else ""))
+    for name in names:
+        line = f"{name:42s} {result[name]:12.2f}"
+        if args.memory:
+            line += f" {memory_ratio(name, 10):15.2f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

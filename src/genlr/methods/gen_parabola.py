@@ -1,0 +1,211 @@
+"""Parabola GeN: the learning rate from a quadratic fitted to a few loss probes.
+
+Bu & Xu, "Gradient descent with generalized Newton's method", ICLR 2025
+(arXiv:2407.02772), the practical version: instead of ``d^T H d``, fit
+``phi(s) = L(theta - s*d) ~ a + b s + c s^2`` to the loss at a few points along the
+optimizer's step ``d`` (at ``s in {-1, 0, +1}`` by default, i.e. at minus one, zero and one
+times the current lr), and move to the vertex ``s* = -b / (2c)``. Lazily (``every``),
+smoothed, clamped per update, and optionally scaled by the remaining horizon.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Literal, Optional
+
+import torch
+
+from genlr.methods.base import as_float, finite, has_active_dropout
+from genlr.methods.gen_exact import GeNBase
+
+SCALES = ("constant", "linear", "cosine")
+PROBES = ("same", "next")
+
+
+def fit_parabola(s: list[float], losses: list[float]) -> tuple[float, float, float, float]:
+    """Least-squares ``a + b s + c s^2`` through ``(s, losses)``; returns ``(a, b, c, r2)``.
+
+    With three points this is the interpolating parabola (``r2 = 1``). Done in float64.
+    """
+    x = torch.tensor(s, dtype=torch.float64)
+    y = torch.tensor(losses, dtype=torch.float64)
+    if len(s) == 3:
+        # Exact interpolation (Lagrange), robust for any three distinct points.
+        (x0, x1, x2), (y0, y1, y2) = s, losses
+        d01, d02, d12 = x0 - x1, x0 - x2, x1 - x2
+        c = y0 / (d01 * d02) - y1 / (d01 * d12) + y2 / (d02 * d12)
+        b = (y1 - y0) / (x1 - x0) - c * (x0 + x1)
+        a = y0 - b * x0 - c * x0 * x0
+        return float(a), float(b), float(c), 1.0
+    design = torch.stack([torch.ones_like(x), x, x * x], dim=1)
+    coef = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1)
+    residual = y - design @ coef
+    total = ((y - y.mean()) ** 2).sum()
+    r2 = 1.0 - float((residual**2).sum() / total) if float(total) > 0 else 1.0
+    a, b, c = (float(v) for v in coef)
+    return a, b, c, r2
+
+
+class ParabolaGeN(GeNBase):
+    """GeN from a fitted parabola (Bu & Xu, ICLR 2025, the practical version).
+
+    Contract:
+
+    * Call ``step(batch, loss=loss)`` after ``loss.backward()`` instead of
+      ``optimizer.step()``; ``loss_fn(model, batch)`` must recompute that loss. Every
+      ``every``-th step (the first one included) is a *probe step*: the optimizer steps once
+      (its state advances once), ``d`` is read off the parameters, the loss is probed at
+      ``theta - s*d`` for ``s`` in ``points`` (no-grad forwards; BatchNorm buffers, dropout,
+      RNG and ``.grad`` untouched; counted in ``passes["forward"]``), a parabola is fitted
+      and the parameters are placed at ``theta - factor*d`` with every group's lr multiplied
+      by ``factor``. Other steps are plain optimizer steps at the current lr.
+    * With ``probe="same"`` the probes use the training batch and ``L(0)`` is the training
+      loss passed as ``loss`` (two extra forwards with the default points), unless the model
+      has active dropout, whose training loss is not the probe's function. With
+      ``probe="next"`` the probes use a different batch: ``step(..., probe_batch=b)`` if
+      given, else the next batch of ``probe_batches`` (an iterator the caller may set), else
+      the previous step's batch; ``L(0)`` is then probed too.
+    * After ``step`` each ``param_groups[i]["lr"]`` is the lr just chosen and applied.
+    * Raises ``IncompatibleOptimizerError`` for an optimizer whose step is not linear in lr.
+    * A step the GradScaler skipped changes neither parameters nor lr. A fit with no
+      positive curvature, a non-finite probe, an R^2 below ``r2_min`` (more than three
+      points) or a non-positive vertex uses the ``fallback`` (``diagnostics["fallback"]=1``).
+
+    Diagnostics: ``alpha_star``, ``s_star``, ``curvature`` (``phi''(0) = 2c``), ``slope``
+    (``-b``), ``r2``, ``factor``, ``scale``, ``accepted`` / ``fallback``, ``probed``,
+    ``skipped``. ``last_profile``: ``s`` in units of the optimizer's step at the lr before
+    this step's choice; the real loss against the fitted parabola.
+
+    Args:
+        points: probe positions in units of the current lr (must include at least three
+            distinct values; ``0`` is free with ``probe="same"``).
+        r2_min: least R^2 of the fit to accept it (only checked with more than 3 points).
+        every: probe every this many steps (lazy GeN); the default 8 keeps the cost of the
+            two probe forwards near 5% of training (the reference code suggests >= 4).
+        smoothing: ``lr <- smoothing*lr + (1-smoothing)*alpha_star`` (0.9 as in the paper).
+        max_factor: per-update clamp of the lr change to ``[1/max_factor, max_factor]``
+            (2 as in the reference code; ``None`` turns it off).
+        scale: horizon-aware factor on the optimal lr: "constant" (1), "linear"
+            (``1 - t/T``) or "cosine" (``(1 + cos(pi t/T)) / 2``); needs ``total_steps``.
+        probe: "same" batch as the gradient, or "next" (a different one).
+        lr_min, lr_max, fallback, shrink: as in ``ExactGeN``.
+    """
+
+    def __init__(self, optimizer, model=None, loss_fn=None, *,
+                 points: list[float] = (-1.0, 0.0, 1.0), r2_min: float = 0.9, every: int = 8,
+                 smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
+                 scale: Literal["constant", "linear", "cosine"] = "constant",
+                 probe: Literal["same", "next"] = "same", lr_min: float = 0.0,
+                 lr_max: Optional[float] = None, fallback: Literal["keep", "shrink"] = "keep",
+                 shrink: float = 0.5, **common) -> None:
+        super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
+                         smoothing=smoothing, max_factor=max_factor, fallback=fallback,
+                         shrink=shrink, **common)
+        points = [float(p) for p in points]
+        if len(set(points)) < 3 or len(set(points)) != len(points):
+            raise ValueError(f"points must be at least three distinct values, got {points}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if scale != "constant" and not (self.total_steps and self.total_steps > 0):
+            raise ValueError(f"scale={scale!r} needs the number of training steps (total_steps)")
+        if probe not in PROBES:
+            raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+        self.points, self.r2_min, self.scale, self.probe = points, r2_min, scale, probe
+        # The unscaled (GeN) learning rates; the optimizer holds them times the horizon scale.
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.probe_batches: Iterator[Any] | None = None
+        self._previous_batch: Any = None
+
+    # --------------------------------------------------------------- horizon scale
+    def horizon_scale(self, step: int | None = None) -> float:
+        if self.scale == "constant":
+            return 1.0
+        t = min(self.step_count if step is None else step, self.total_steps) / self.total_steps
+        return 1.0 - t if self.scale == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def base_lr(self) -> float:
+        return self.base_lrs[0] if self.scale != "constant" else self.last_lr
+
+    def _apply_scale(self) -> None:
+        if self.scale != "constant":
+            sigma = self.horizon_scale()
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * sigma
+
+    # ----------------------------------------------------------------------- step
+    def step(self, batch: Any = None, loss: torch.Tensor | None = None,
+             probe_batch: Any = None) -> float:
+        self._apply_scale()
+        self._probe_batch = probe_batch
+        if self.scale != "constant" and self.horizon_scale() == 0.0 and self.probe_due():
+            # A zero step says nothing about the landscape: take it as a lazy step.
+            self.step_count += 1
+            lr = self._lazy(batch)
+            return lr
+        before = self.lrs
+        try:
+            lr = super().step(batch, loss)
+        finally:
+            self._previous_batch = batch
+        if self.scale == "constant":
+            self.base_lrs = self.lrs
+        elif self.diagnostics.get("probed"):
+            for i, (old, new) in enumerate(zip(before, self.lrs)):
+                if old > 0:
+                    self.base_lrs[i] *= new / old
+        self.diagnostics["scale"] = self.horizon_scale(self.step_count - 1)
+        return lr
+
+    def _lazy(self, batch: Any) -> float:
+        self.unscale_grads()
+        applied = self.apply_update()
+        self.diagnostics = {"probed": 0.0, "skipped": float(not applied), "scale": 0.0}
+        self._previous_batch = batch
+        return self.last_lr
+
+    def _probe_source(self, batch: Any) -> tuple[Any, bool]:
+        """The batch the probes run on, and whether it is the training batch."""
+        if self.probe == "same":
+            return batch, True
+        if self._probe_batch is not None:
+            return self._probe_batch, False
+        if self.probe_batches is not None:
+            try:
+                return next(self.probe_batches), False
+            except StopIteration:
+                self.probe_batches = None
+        if self._previous_batch is not None:
+            return self._previous_batch, False
+        return batch, True  # the very first step has nothing else
+
+    def estimate(self, params, d, batch, loss):
+        probe_batch, same = self._probe_source(batch)
+        reuse = (same and loss is not None and self.model is not None
+                 and not has_active_dropout(self.model))
+        losses: dict[float, float] = {}
+        if reuse:
+            losses[0.0] = as_float(loss)
+        at = 1.0
+        for s in sorted(self.points, key=lambda p: abs(p - 1.0)):  # start where we are
+            if s in losses:
+                continue
+            self.shift(params, d, s, current=at)
+            at = s
+            losses[s] = self.probe_loss(probe_batch)
+        self.shift(params, d, 1.0, current=at)
+        ys = [losses[s] for s in self.points]
+        if not finite(*ys):
+            return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
+        a, b, c, r2 = fit_parabola(self.points, ys)
+        diag = {"slope": -b, "curvature": 2.0 * c, "r2": r2, "nonfinite_probe": 0.0}
+        good = c > 0 and finite(a, b, c) and (len(self.points) == 3 or r2 >= self.r2_min)
+        s_star = -b / (2.0 * c) if good else None
+        model = (lambda s: b * s + c * s * s) if finite(a, b, c) else None
+        return s_star, diag, model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.base_lrs = list(state["base_lrs"])

@@ -1,0 +1,500 @@
+"""Second-order Taylor-mode ("jet") propagation of ``theta + s*d`` through a traced loss.
+
+``d^T H d`` is the second derivative of ``s -> L(theta + s*d)`` at 0. Propagating, for
+every intermediate value ``x(s)``, the triple ``(x, x', x'')`` at ``s = 0`` forward through
+the computation gives it at the loss, with no backward pass and no tape:
+
+* a linear op ``f`` (views, sums, pooling by averaging, casts, ``nll_loss``) maps each
+  component: ``(f x, f x', f x'')``;
+* a bilinear op ``B`` (matrix product, convolution, product): ``(B(x,y), B(x',y) + B(x,y'),
+  B(x'',y) + 2 B(x',y') + B(x,y''))``. The parameters move linearly in ``s``, so their
+  ``x''`` is zero and a layer costs five products of its size (nested forward mode: nine),
+  and the products that share an operand go through one batched call;
+* an elementwise ``f``: ``(f(x), f'(x) x', f''(x) x'^2 + f'(x) x'')``; ``log_softmax``,
+  max pooling and BatchNorm have their own rules.
+
+The loss is traced once per input signature with ``make_fx`` into ATen operations, so any
+model built from the supported operations works, whatever its Python code. An operation
+without a rule raises ``TaylorUnsupported`` and the caller falls back to double backward.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+aten = torch.ops.aten
+
+
+class TaylorUnsupported(RuntimeError):
+    """The traced loss uses an operation without a Taylor rule (the caller falls back)."""
+
+
+@dataclass
+class Jet:
+    """``x(0)``, ``x'(0)`` and ``x''(0)`` of a value along the path; None means zero."""
+
+    v: torch.Tensor
+    t: torch.Tensor | None
+    a: torch.Tensor | None
+
+
+def _add(x: torch.Tensor | None, y: torch.Tensor | None, alpha: float = 1.0) -> torch.Tensor | None:
+    if x is None:
+        return None if y is None else (y if alpha == 1.0 else y * alpha)
+    if y is None:
+        return x
+    return x + y if alpha == 1.0 else x + alpha * y
+
+
+def _mul(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None or y is None else x * y
+
+
+def _map(f: Callable[[torch.Tensor], torch.Tensor], j: Jet) -> Jet:
+    return Jet(f(j.v), None if j.t is None else f(j.t), None if j.a is None else f(j.a))
+
+
+def _unary(j: Jet, value: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor | None) -> Jet:
+    """Chain rule for an elementwise ``f`` with ``f(v) = value``, ``f' = d1``, ``f'' = d2``."""
+    t = _mul(d1, j.t)
+    a = _add(_mul(d1, j.a), _mul(d2, None if j.t is None else j.t * j.t))
+    return Jet(value, t, a)
+
+
+def _bilinear(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: Any, y: Any,
+              batch_left: bool = True, batch_right_dims: tuple[int, int] | None = None) -> Jet:
+    """``B(x, y)`` for jets or plain tensors, batching calls that share an operand.
+
+    ``batch_left``: ``B`` is row-wise in ``x`` along dim 0 (matmul, convolution), so the
+    ``x`` components can be stacked there. ``batch_right_dims = (cat, split)``: the ``y``
+    components can be stacked along ``cat`` and the result split along ``split``.
+    """
+    xj = x if isinstance(x, Jet) else Jet(x, None, None)
+    yj = y if isinstance(y, Jet) else Jet(y, None, None)
+
+    def left_batched(parts: list[torch.Tensor], right: torch.Tensor) -> list[torch.Tensor]:
+        if len(parts) == 1 or not batch_left:
+            return [call(p, right) for p in parts]
+        n = parts[0].shape[0]
+        out = call(torch.cat(parts, 0), right)
+        return list(out.split(n, 0))
+
+    def right_batched(left: torch.Tensor, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(parts) == 1 or batch_right_dims is None:
+            return [call(left, p) for p in parts]
+        cat_dim, split_dim = batch_right_dims
+        n = parts[0].shape[cat_dim]
+        out = call(left, torch.cat(parts, cat_dim))
+        return list(out.split(out.shape[split_dim] // len(parts), split_dim)) if n else []
+
+    xs = [c for c in (xj.v, xj.t, xj.a) if c is not None]
+    if yj.t is None and yj.a is None:  # linear in x
+        outs = left_batched(xs, yj.v)
+        it = iter(outs)
+        return Jet(next(it), next(it) if xj.t is not None else None,
+                   next(it) if xj.a is not None else None)
+    if xj.t is None and xj.a is None:  # linear in y
+        ys = [c for c in (yj.v, yj.t, yj.a) if c is not None]
+        outs = right_batched(xj.v, ys)
+        it = iter(outs)
+        return Jet(next(it), next(it) if yj.t is not None else None,
+                   next(it) if yj.a is not None else None)
+    # both move: v = B(x,y); t = B(x',y) + B(x,y'); a = B(x'',y) + 2B(x',y') + B(x,y'')
+    with_y = left_batched(xs, yj.v)
+    it = iter(with_y)
+    v = next(it)
+    t = next(it) if xj.t is not None else None
+    a = next(it) if xj.a is not None else None
+    with_yt = left_batched([c for c in (xj.v, xj.t) if c is not None], yj.t)
+    t = _add(t, with_yt[0])
+    if xj.t is not None:
+        a = _add(a, with_yt[1], alpha=2.0)
+    if yj.a is not None:
+        a = _add(a, call(xj.v, yj.a))
+    return Jet(v, t, a)
+
+
+# ------------------------------------------------------------------------ the rules
+LINEAR_FIRST_ARG = {
+    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default,
+    aten.permute.default, aten.transpose.int, aten.t.default, aten.squeeze.dim,
+    aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default, aten.clone.default,
+    aten.contiguous.default, aten.slice.Tensor, aten.select.int, aten._to_copy.default,
+    aten.alias.default, aten.neg.default, aten.sum.default, aten.sum.dim_IntList,
+    aten.mean.default, aten.mean.dim, aten.constant_pad_nd.default, aten.avg_pool2d.default,
+    aten.avg_pool1d.default, aten._adaptive_avg_pool2d.default, aten.flatten.using_ints,
+    aten.index_select.default, aten.repeat.default, aten.unfold.default, aten.narrow.default,
+    aten.lift_fresh_copy.default,
+}
+
+
+def _is_jet(x: Any) -> bool:
+    return isinstance(x, Jet)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Jet):
+        raise TaylorUnsupported("a moving value reached an argument that must be constant")
+    return x
+
+
+def _rule(op: Any, args: tuple, kwargs: dict) -> Any:
+    if op in LINEAR_FIRST_ARG:
+        return _map(lambda c: op(c, *args[1:], **kwargs), args[0])
+    if op is aten.mul.Tensor:
+        x, y = args
+        if not isinstance(y, (Jet, torch.Tensor)):
+            return _map(lambda c: c * y, x)
+        if not isinstance(x, (Jet, torch.Tensor)):
+            return _map(lambda c: c * x, y)
+        return _bilinear(torch.mul, x, y, batch_left=False)
+    if op in (aten.div.Tensor,):
+        x, y = args
+        if _is_jet(y):
+            return _rule(aten.mul.Tensor, (x, _reciprocal(y)), {})
+        return _map(lambda c: c / y, x)
+    if op in (aten.add.Tensor, aten.sub.Tensor):
+        x, y = args
+        alpha = kwargs.get("alpha", 1) * (-1 if op is aten.sub.Tensor else 1)
+        if not _is_jet(y):
+            return Jet(op(x.v, y, **kwargs), x.t, x.a)
+        if not _is_jet(x):
+            return Jet(op(x, y.v, **kwargs), _scale(y.t, alpha), _scale(y.a, alpha))
+        return Jet(op(x.v, y.v, **kwargs), _add(x.t, y.t, alpha), _add(x.a, y.a, alpha))
+    if op is aten.rsub.Scalar:
+        x, other = args[0], args[1]
+        return Jet(op(x.v, other, *args[2:], **kwargs), _scale(x.t, -1.0), _scale(x.a, -1.0))
+    if op in (aten.dot.default, aten.mv.default, aten.vdot.default):
+        return _bilinear(op, args[0], args[1], batch_left=False)
+    if op in (aten.mm.default, aten.bmm.default):
+        return _bilinear(op, args[0], args[1], batch_right_dims=(-1, -1))
+    if op is aten.addmm.default:
+        bias, x, w = args
+        beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+        out = _bilinear(aten.mm.default, x, w, batch_right_dims=(1, 1))
+        if alpha != 1:
+            out = _map(lambda c: c * alpha, out)
+        b = bias if _is_jet(bias) else Jet(bias, None, None)
+        if beta != 1:
+            b = _map(lambda c: c * beta, b)
+        return Jet(out.v + b.v, _add(out.t, b.t), _add(out.a, b.a))
+    if op is aten.convolution.default:
+        x, w, bias, *rest = args
+        out = _bilinear(lambda a, b: op(a, b, None, *rest), x, w, batch_right_dims=(0, 1))
+        if bias is None:
+            return out
+        shape = (1, -1) + (1,) * (out.v.dim() - 2)
+        b = bias if _is_jet(bias) else Jet(bias, None, None)
+        b = _map(lambda c: c.view(shape), b)
+        return Jet(out.v + b.v, _add(out.t, b.t), _add(out.a, b.a))
+    if op is aten.relu.default:
+        x = args[0]
+        mask = (x.v > 0).to(x.v.dtype)
+        return Jet(torch.relu(x.v), _mul(mask, x.t), _mul(mask, x.a))
+    if op is aten.tanh.default:
+        v = torch.tanh(args[0].v)
+        d1 = 1 - v * v
+        return _unary(args[0], v, d1, -2 * v * d1)
+    if op is aten.sigmoid.default:
+        v = torch.sigmoid(args[0].v)
+        d1 = v * (1 - v)
+        return _unary(args[0], v, d1, d1 * (1 - 2 * v))
+    if op is aten.exp.default:
+        v = torch.exp(args[0].v)
+        return _unary(args[0], v, v, v)
+    if op is aten.log.default:
+        x = args[0].v
+        return _unary(args[0], torch.log(x), 1 / x, -1 / (x * x))
+    if op is aten.rsqrt.default:
+        x = args[0].v
+        v = torch.rsqrt(x)
+        return _unary(args[0], v, -0.5 * v / x, 0.75 * v / (x * x))
+    if op is aten.sqrt.default:
+        x = args[0].v
+        v = torch.sqrt(x)
+        return _unary(args[0], v, 0.5 / v, -0.25 / (v * x))
+    if op is aten.reciprocal.default:
+        return _reciprocal(args[0])
+    if op is aten.pow.Tensor_Scalar:
+        x, k = args[0], args[1]
+        if k == 2:
+            return _unary(x, x.v * x.v, 2 * x.v, torch.full_like(x.v, 2.0))
+        return _unary(x, x.v**k, k * x.v ** (k - 1), k * (k - 1) * x.v ** (k - 2))
+    if op is aten.gelu.default:
+        return _gelu(args[0], kwargs.get("approximate", args[1] if len(args) > 1 else "none"))
+    if op is aten.silu.default:
+        x = args[0].v
+        s = torch.sigmoid(x)
+        d1 = s * (1 + x * (1 - s))
+        d2 = s * (1 - s) * (2 + x * (1 - 2 * s))
+        return _unary(args[0], x * s, d1, d2)
+    if op is aten.softplus.default:
+        x = args[0]
+        beta = args[1] if len(args) > 1 else 1
+        threshold = args[2] if len(args) > 2 else 20
+        s = torch.sigmoid(beta * x.v)
+        linear = beta * x.v > threshold
+        d1 = torch.where(linear, torch.ones_like(s), s)
+        d2 = torch.where(linear, torch.zeros_like(s), beta * s * (1 - s))
+        return _unary(x, op(x.v, *args[1:]), d1, d2)
+    if op is aten._log_softmax.default:
+        x, dim = args[0], args[1]
+        v = op(x.v, *args[1:])
+        p = v.exp()
+        mean_t = (p * x.t).sum(dim, keepdim=True) if x.t is not None else None
+        t = None if x.t is None else x.t - mean_t
+        a = None
+        if x.a is not None:
+            a = x.a - (p * x.a).sum(dim, keepdim=True)
+        if x.t is not None:
+            var = (p * x.t * x.t).sum(dim, keepdim=True) - mean_t * mean_t
+            a = _add(a, -var.expand_as(v))
+        return Jet(v, t, a)
+    if op is aten._softmax.default:
+        x, dim = args[0], args[1]
+        logp = _rule(aten._log_softmax.default, (x, dim, args[2]), {})
+        return _rule(aten.exp.default, (logp,), {})
+    if op in (aten.nll_loss_forward.default,):
+        x, *rest = args
+        out = [op(c, *rest, **kwargs) if c is not None else None for c in (x.v, x.t, x.a)]
+        return (Jet(out[0][0], out[1][0] if out[1] else None, out[2][0] if out[2] else None),
+                out[0][1])
+    if op is aten.max_pool2d_with_indices.default:
+        x = args[0]
+        v, idx = op(x.v, *args[1:], **kwargs)
+        return (Jet(v, _gather_pool(x.t, idx), _gather_pool(x.a, idx)), idx)
+    if op is aten._native_batch_norm_legit.no_stats:
+        return _batch_norm_batch_stats(*args)
+    if op is aten._native_batch_norm_legit_functional.default:
+        x, w, b, rm, rv, training, momentum, eps = args
+        if not training:
+            raise TaylorUnsupported("functional batch norm in eval mode")
+        out, mean, invstd = _batch_norm_batch_stats(x, w, b, training, momentum, eps)
+        return out, mean, invstd, _plain(rm), _plain(rv)
+    if op is aten._native_batch_norm_legit_no_training.default:
+        x, w, b, rm, rv, momentum, eps = args
+        return _batch_norm_running_stats(x, w, b, rm, rv, eps)
+    if op is aten.native_batch_norm.default:
+        x, w, b, rm, rv, training, momentum, eps = args
+        if training:
+            if rm is not None or rv is not None:
+                raise TaylorUnsupported("batch norm that updates its running statistics")
+            return _batch_norm_batch_stats(x, w, b, training, momentum, eps)
+        return _batch_norm_running_stats(x, w, b, rm, rv, eps)
+    if op is aten.where.self:
+        cond, x, y = args
+        xj = x if _is_jet(x) else Jet(x, None, None)
+        yj = y if _is_jet(y) else Jet(y, None, None)
+
+        def pick(p, q, like):
+            if p is None and q is None:
+                return None
+            p = torch.zeros_like(like) if p is None else p
+            q = torch.zeros_like(like) if q is None else q
+            return torch.where(cond, p, q)
+        v = torch.where(cond, xj.v, yj.v)
+        return Jet(v, pick(xj.t, yj.t, v), pick(xj.a, yj.a, v))
+    if op is aten.cat.default:
+        tensors = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        jets = [x if _is_jet(x) else Jet(x, None, None) for x in tensors]
+
+        def cat_of(field: str) -> torch.Tensor | None:
+            parts = [getattr(j, field) for j in jets]
+            if all(p is None for p in parts):
+                return None
+            return torch.cat([torch.zeros_like(j.v) if p is None else p
+                              for j, p in zip(jets, parts)], dim)
+        return Jet(torch.cat([j.v for j in jets], dim), cat_of("t"), cat_of("a"))
+    raise TaylorUnsupported(f"no Taylor rule for {op}")
+
+
+def _scale(x: torch.Tensor | None, alpha: float) -> torch.Tensor | None:
+    return None if x is None else (x if alpha == 1 else x * alpha)
+
+
+def _reciprocal(j: Jet) -> Jet:
+    v = 1 / j.v
+    return _unary(j, v, -v * v, 2 * v * v * v)
+
+
+def _gelu(j: Jet, approximate: str) -> Jet:
+    if approximate != "none":
+        raise TaylorUnsupported("gelu(approximate='tanh')")
+    x = j.v
+    cdf = 0.5 * (1 + torch.erf(x * 0.7071067811865476))
+    pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327
+    return _unary(j, x * cdf, cdf + x * pdf, pdf * (2 - x * x))
+
+
+def _gather_pool(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    if x is None:
+        return None
+    flat = x.flatten(-2)
+    return flat.gather(-1, idx.flatten(-2)).view(idx.shape)
+
+
+def _affine(xn: Jet, w: Any, b: Any, shape) -> Jet:
+    out = xn
+    if w is not None:
+        w = _map(lambda c: c.view(shape), w) if _is_jet(w) else w.view(shape)
+        out = _rule(aten.mul.Tensor, (out, w), {})
+    if b is not None:
+        b = _map(lambda c: c.view(shape), b) if _is_jet(b) else b.view(shape)
+        out = _rule(aten.add.Tensor, (out, b), {})
+    return out
+
+
+def _batch_norm_running_stats(x, w, b, rm, rv, eps):
+    if not _is_jet(x):
+        raise TaylorUnsupported("batch norm of a constant input with moving affine parameters")
+    shape = (1, -1) + (1,) * (x.v.dim() - 2)
+    invstd = torch.rsqrt(_plain(rv) + eps).view(shape)
+    xn = _map(lambda c: c * invstd, _rule(aten.sub.Tensor, (x, _plain(rm).view(shape)), {}))
+    return _affine(xn, w, b, shape), torch.empty(0), torch.empty(0)
+
+
+def _batch_norm_batch_stats(x, w, b, training, momentum, eps):
+    """BatchNorm with the batch's statistics, composed from rules above."""
+    if not _is_jet(x):
+        raise TaylorUnsupported("batch norm of a constant input with moving affine parameters")
+    dims = [0] + list(range(2, x.v.dim()))
+    shape = (1, -1) + (1,) * (x.v.dim() - 2)
+    mean = _rule(aten.mean.dim, (x, dims, True), {})
+    centred = _rule(aten.sub.Tensor, (x, mean), {})
+    var = _rule(aten.mean.dim, (_rule(aten.mul.Tensor, (centred, centred), {}), dims, True), {})
+    invstd = _rule(aten.rsqrt.default, (_rule(aten.add.Tensor, (var, eps), {}),), {})
+    out = _affine(_rule(aten.mul.Tensor, (centred, invstd), {}), w, b, shape)
+    return out, mean.v.flatten(), invstd.v.flatten()
+
+
+# --------------------------------------------------------------------- the tracer
+class _Traced:
+    def __init__(self, graph_module: torch.fx.GraphModule, spec: Any) -> None:
+        self.gm, self.spec = graph_module, spec
+
+
+_CACHE_ATTR = "_genlr_taylor_cache"
+
+
+def _signature(bound: nn.Module, names: list[str], batch: Any) -> tuple:
+    leaves, spec = pytree.tree_flatten(batch)
+    return (
+        tuple(names), str(spec),
+        tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else repr(x)
+              for x in leaves),
+        tuple(m.training for m in bound.modules()),
+        tuple(getattr(m, "track_running_stats", None) for m in bound.modules()),
+        torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+        torch.is_autocast_enabled("cuda") if torch.cuda.is_available() else False,
+    )
+
+
+def _trace(bound: nn.Module, names: list[str], batch: Any) -> _Traced:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    state = dict(bound.named_parameters())
+    state.update(dict(bound.named_buffers()))
+    all_names = list(state)
+    leaves, spec = pytree.tree_flatten(batch)
+
+    def loss_of(tensors: list[torch.Tensor], batch_leaves: list[Any]) -> torch.Tensor:
+        b = pytree.tree_unflatten(batch_leaves, spec)
+        return torch.func.functional_call(bound, dict(zip(all_names, tensors)), (b,))
+
+    try:
+        with torch.no_grad():
+            gm = make_fx(loss_of)([state[n].detach() for n in all_names], leaves)
+    except Exception as err:  # data-dependent control flow, unsupported Python, ...
+        raise TaylorUnsupported(f"tracing the loss failed: {err}") from err
+    return _Traced(gm, (all_names, spec))
+
+
+def second_directional(bound: nn.Module, named: tuple[list[str], dict], d: list[torch.Tensor],
+                       batch: Any) -> float:
+    """``d^T H d`` of ``bound(batch)`` (a loss module) along ``d`` for the parameters
+    named ``named[0]``, at their current values."""
+    names = named[0]
+    if torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
+        # Mixed precision: the trace's casts and the rules' dtypes do not line up yet.
+        raise TaylorUnsupported("autocast (mixed precision) is not supported by the Taylor pass")
+    key = _signature(bound, names, batch)
+    cache = bound.__dict__.setdefault(_CACHE_ATTR, {})
+    traced = cache.get(key)
+    if traced is None:
+        if len(cache) > 8:
+            cache.clear()
+        traced = cache[key] = _trace(bound, names, batch)
+    all_names, _ = traced.spec
+    state = dict(bound.named_parameters())
+    state.update(dict(bound.named_buffers()))
+    tangent = dict(zip(names, d))
+    inputs: list[Any] = [
+        Jet(state[n].detach(), tangent[n].to(state[n].dtype), None) if n in tangent
+        else state[n].detach() for n in all_names
+    ]
+    inputs += pytree.tree_leaves(batch)
+    # The trace holds the autocast's casts already; the interpreter's own arithmetic must
+    # not be cast again.
+    with torch.no_grad(), torch.autocast("cpu", enabled=False), _no_cuda_autocast():
+        out = _interpret(traced.gm, inputs)
+    if not _is_jet(out) or out.a is None:
+        return 0.0
+    return float(out.a.float().sum()) if out.a.dim() else float(out.a)
+
+
+INPLACE_VIEWS = {
+    aten.squeeze_.dim: aten.squeeze.dim, aten.squeeze_.dims: aten.squeeze.dims,
+    aten.squeeze_.default: aten.squeeze.default, aten.unsqueeze_.default: aten.unsqueeze.default,
+    aten.t_.default: aten.t.default, aten.transpose_.default: aten.transpose.int,
+}
+
+
+def _no_cuda_autocast():
+    import contextlib
+
+    if torch.cuda.is_available():
+        return torch.autocast("cuda", enabled=False)
+    return contextlib.nullcontext()
+
+
+def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
+    env: dict[torch.fx.Node, Any] = {}
+    it = iter(inputs)
+
+    def load(a: Any) -> Any:
+        return torch.fx.node.map_arg(a, lambda n: env[n])
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = next(it)
+        elif node.op == "get_attr":
+            env[node] = getattr(gm, node.target)
+        elif node.op == "call_function":
+            args, kwargs = load(node.args), load(node.kwargs)
+            if node.target is operator.getitem:
+                env[node] = args[0][args[1]]
+                continue
+            if node.target in INPLACE_VIEWS:  # the input is that view from here on, too
+                value = args[0]
+                func = INPLACE_VIEWS[node.target]
+                out = _map(lambda c: func(c, *args[1:], **kwargs), value) if _is_jet(value) \
+                    else func(value, *args[1:], **kwargs)
+                env[node] = out
+                if isinstance(node.args[0], torch.fx.Node):
+                    env[node.args[0]] = out
+                continue
+            moving = any(_is_jet(x) for x in pytree.tree_leaves((args, kwargs)))
+            env[node] = _rule(node.target, args, kwargs) if moving else node.target(*args, **kwargs)
+        elif node.op == "output":
+            result = load(node.args[0])
+            return result[0] if isinstance(result, (list, tuple)) else result
+        else:
+            raise TaylorUnsupported(f"graph node {node.op}")
+    raise TaylorUnsupported("graph without output")

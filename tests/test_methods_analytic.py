@@ -1,0 +1,140 @@
+"""Analytic correctness of ExactGeN, ParabolaGeN and Newt (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from genlr import ExactGeN, Newt, ParabolaGeN
+from genlr.methods.curvature import DirectionalDerivatives
+from methods_helpers import (
+    Quadratic, central_second_difference, classification_loss, cnn, cnn_batch,
+    exact_line_search, mlp, mlp_batch, mse_loss, quadratic_loss,
+)
+
+MODES = ["taylor", "double_backward", "forward_over_reverse", "forward_forward"]
+
+
+def train_step(model, loss_fn, batch, optimizer):
+    optimizer.zero_grad()
+    loss = loss_fn(model, batch)
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exact_gen_is_exact_line_search_on_quadratic(mode):
+    model = Quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = ExactGeN(opt, model, quadratic_loss, every=1, smoothing=0.0, curvature=mode)
+    for _ in range(4):
+        expected = exact_line_search(model)
+        loss = train_step(model, quadratic_loss, None, opt)
+        lr = method.step(None, loss=loss)
+        assert lr == pytest.approx(expected, rel=1e-6)
+        assert method.diagnostics["accepted"] == 1.0
+        assert method.diagnostics["alpha_star"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("points", [[-1.0, 0.0, 1.0], [-2.0, -1.0, 0.0, 1.0, 2.0], [0.0, 0.5, 2.0]])
+def test_parabola_gen_is_exact_line_search_on_quadratic(points):
+    model = Quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = ParabolaGeN(opt, model, quadratic_loss, points=points, every=1, smoothing=0.0,
+                         max_factor=None)
+    for _ in range(4):
+        expected = exact_line_search(model)
+        loss = train_step(model, quadratic_loss, None, opt)
+        assert method.step(None, loss=loss) == pytest.approx(expected, rel=1e-6)
+        assert method.diagnostics["r2"] == pytest.approx(1.0, abs=1e-9)
+    # two extra forwards per step with the symmetric three points (L(0) reused)
+    if points == [-1.0, 0.0, 1.0]:
+        assert method.passes["forward"] == 2 * 4
+
+
+@pytest.mark.parametrize("approx", ["secant", "taylor"])
+@pytest.mark.parametrize("lookahead_batch", [None, 0.5])
+def test_newt_gives_line_search_step_one_iteration_later(approx, lookahead_batch):
+    model = Quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = Newt(opt, model, quadratic_loss, gamma=1.0, approx=approx, factor_min=None,
+                  factor_max=None, scale_back=None, lr_min=None, lr_max=None, eps=0.0,
+                  lookahead_batch=lookahead_batch)
+    for _ in range(4):
+        expected = exact_line_search(model)  # for the gradient of this step
+        loss = train_step(model, quadratic_loss, None, opt)
+        assert method.step(None, loss=loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_zero_pass_newt_gives_line_search_step_at_the_next_step():
+    model = Quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = Newt(opt, model, quadratic_loss, gamma=1.0, factor_min=None, factor_max=None,
+                  scale_back=None, lr_min=None, lr_max=None, eps=0.0, lookahead="next_step")
+    previous = None
+    for _ in range(4):
+        expected = exact_line_search(model)
+        loss = train_step(model, quadratic_loss, None, opt)
+        lr = method.step(None, loss=loss)
+        if previous is not None:  # this step ran at the lr from the previous step's line search
+            assert lr == pytest.approx(previous, rel=1e-6)
+        previous = expected
+    assert method.passes["forward"] == method.passes["backward"] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_linear_model_curvature_is_closed_form(mode):
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1).double()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    y = torch.randn(40, dtype=torch.float64)
+    params = list(model.parameters())
+    d = [torch.randn_like(p) for p in params]
+    # L = mean((x w + b - y)^2) / 2  =>  d^T H d = mean((x dw + db)^2)
+    expected = float(((x @ d[0].T).squeeze(-1) + d[1]).pow(2).mean())
+    got = DirectionalDerivatives(model, mse_loss).curvature(params, d, (x, y), mode)
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_curvature_matches_central_differences(kind, mode):
+    model, batch = (mlp(), mlp_batch()) if kind == "mlp" else (cnn(), cnn_batch())
+    params = list(model.parameters())
+    torch.manual_seed(3)
+    d = [0.1 * torch.randn_like(p) for p in params]
+    expected = central_second_difference(model, classification_loss, batch, d)
+    got = DirectionalDerivatives(model, classification_loss).curvature(params, d, batch, mode)
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_curvature_modes_agree_on_relu_batchnorm_maxpool(kind):
+    if kind == "mlp":
+        model, batch = mlp(act=nn.ReLU, bn=True), mlp_batch()
+    else:
+        model, batch = cnn(act=nn.ReLU, pool=nn.MaxPool2d, bn=True), cnn_batch()
+    params = list(model.parameters())
+    torch.manual_seed(4)
+    d = [torch.randn_like(p) for p in params]
+    dd = DirectionalDerivatives(model, classification_loss)
+    # Not forward_forward: torch's nested forward-mode AD through batch norm gives a wrong
+    # second derivative (checked against central differences in the next test).
+    values = [dd.curvature(params, d, batch, mode) for mode in MODES if mode != "forward_forward"]
+    for v in values[1:]:
+        assert v == pytest.approx(values[0], rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["taylor", "double_backward", "forward_over_reverse"])
+def test_batchnorm_curvature_matches_central_differences(mode):
+    from genlr.methods.base import probe_mode
+
+    model, batch = mlp(bn=True), mlp_batch()
+    params = list(model.parameters())
+    torch.manual_seed(3)
+    d = [0.1 * torch.randn_like(p) for p in params]
+    with probe_mode(model):  # batch statistics, as the curvature pass uses them
+        expected = central_second_difference(model, classification_loss, batch, d)
+    got = DirectionalDerivatives(model, classification_loss).curvature(params, d, batch, mode)
+    assert got == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,314 @@
+"""Invariants every GeN/Newt step keeps: one optimizer step, side-effect-free probes,
+group ratios, AMP, fallbacks, checkpoints, diagnostics, registry."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from genlr import ExactGeN, Newt, ParabolaGeN
+from genlr.methods import METHODS, IncompatibleOptimizerError
+from genlr.options import options_of
+from methods_helpers import classification_loss, cnn, cnn_batch, mlp, mlp_batch
+
+FAST = {"curvature": "auto"}
+CASES = {
+    "gen_exact": lambda opt, m: ExactGeN(opt, m, classification_loss, every=1, **FAST),
+    "gen_exact_lazy": lambda opt, m: ExactGeN(opt, m, classification_loss, every=2,
+                                              curvature_batch=0.5, **FAST),
+    "gen_parabola": lambda opt, m: ParabolaGeN(opt, m, classification_loss, every=1),
+    "gen_parabola_5pts": lambda opt, m: ParabolaGeN(opt, m, classification_loss, every=2,
+                                                    points=[-2, -1, 0, 1, 2], r2_min=0.0),
+    "newt": lambda opt, m: Newt(opt, m, classification_loss, gamma=0.5),
+    "newt_full": lambda opt, m: Newt(opt, m, classification_loss, lookahead_batch=None),
+    "newt_next_step": lambda opt, m: Newt(opt, m, classification_loss, lookahead="next_step",
+                                          gamma=0.5),
+    "newt_window": lambda opt, m: Newt(opt, m, classification_loss, lookahead="window", window=2),
+}
+OPTIMIZERS = {
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True,
+                                              weight_decay=1e-3),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2),
+}
+
+
+def batches(n, seed=0, kind="mlp"):
+    make = mlp_batch if kind == "mlp" else cnn_batch
+    return [make(seed=seed + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_optimizer_state_advances_exactly_once_per_step(case, opt_name):
+    model = mlp()
+    replay_model = copy.deepcopy(model)
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    replay = OPTIMIZERS[opt_name](replay_model.parameters())
+    method = CASES[case](opt, model)
+    for batch in batches(5):
+        opt.zero_grad()
+        loss = classification_loss(model, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        before = method.lrs
+        method.step(batch, loss=loss)
+        applied = before if case.startswith("newt") and case != "newt_next_step" else method.lrs
+        # a plain optimizer fed the same gradients at the learning rates that were applied
+        for p, g in zip(replay_model.parameters(), grads):
+            p.grad = g
+        for group, lr in zip(replay.param_groups, applied):
+            group["lr"] = lr
+        replay.step()
+    for p, q in zip(model.parameters(), replay_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+    for p, q in zip(model.parameters(), replay_model.parameters()):
+        for key, value in opt.state[p].items():
+            torch.testing.assert_close(torch.as_tensor(value), torch.as_tensor(replay.state[q][key]),
+                                       rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_probes_leave_batchnorm_dropout_rng_and_grad_untouched(case):
+    model = mlp(act=nn.ReLU, dropout=0.3, bn=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    method = CASES[case](opt, model)
+    method.profile_every = 1
+    for batch in batches(3):
+        opt.zero_grad()
+        loss = classification_loss(model, batch)
+        loss.backward()
+        buffers = [b.clone() for b in model.buffers()]
+        grads = [p.grad.clone() for p in model.parameters()]
+        rng = torch.get_rng_state()
+        method.step(batch, loss=loss)
+        for b, old in zip(model.buffers(), buffers):
+            assert torch.equal(b, old)
+        for p, old in zip(model.parameters(), grads):
+            assert torch.equal(p.grad, old)
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert all(m.training for m in model.modules())
+        assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+
+
+@pytest.mark.parametrize("case", ["gen_exact", "gen_parabola", "newt", "newt_next_step", "newt_window"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_group_ratios_are_kept(case, opt_name):
+    model = mlp()
+    groups = [{"params": list(model[0].parameters())},
+              {"params": [p for m in list(model)[1:] for p in m.parameters()], "lr": 1e-3}]
+    opt = OPTIMIZERS[opt_name](groups)
+    ratio = opt.param_groups[0]["lr"] / opt.param_groups[1]["lr"]
+    method = CASES[case](opt, model)
+    for batch in batches(4):
+        opt.zero_grad()
+        loss = classification_loss(model, batch)
+        loss.backward()
+        method.step(batch, loss=loss)
+        lr0, lr1 = method.lrs
+        assert lr0 / lr1 == pytest.approx(ratio, rel=1e-12)
+        assert math.isfinite(lr0) and lr0 > 0
+
+
+def test_newt_per_group_steps_each_group():
+    model = mlp()
+    groups = [{"params": list(model[0].parameters())},
+              {"params": [p for m in list(model)[1:] for p in m.parameters()], "lr": 1e-3}]
+    opt = torch.optim.SGD(groups, lr=0.05)
+    method = Newt(opt, model, classification_loss, gamma=1.0, per_group=True,
+                  lookahead_batch=None, factor_min=None, factor_max=None, scale_back=None)
+    for batch in batches(3):
+        opt.zero_grad()
+        loss = classification_loss(model, batch)
+        loss.backward()
+        method.step(batch, loss=loss)
+    lr0, lr1 = method.lrs
+    assert lr0 / lr1 != pytest.approx(50.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("cls", [ExactGeN, ParabolaGeN, Newt])
+@pytest.mark.parametrize("optimizer", [torch.optim.Rprop, torch.optim.LBFGS])
+def test_update_not_linear_in_lr_is_refused(cls, optimizer):
+    model = mlp()
+    with pytest.raises(IncompatibleOptimizerError, match="linear in lr"):
+        cls(optimizer(model.parameters()), model, classification_loss)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_autocast_bf16_on_cpu(case):
+    model = cnn(dtype=torch.float32, act=nn.ReLU, pool=nn.MaxPool2d, bn=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    method = CASES[case](opt, model)
+    method.autocast = autocast
+    if hasattr(method, "derivatives"):
+        method.derivatives.autocast = autocast
+    for x, y in batches(3, kind="cnn"):
+        batch = (x.float(), y)
+        opt.zero_grad()
+        with autocast():
+            loss = classification_loss(model, batch)
+        loss.backward()
+        lr = method.step(batch, loss=loss)
+        assert math.isfinite(lr) and lr > 0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_grad_scaler_and_skipped_step(case):
+    model = mlp(dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    method = CASES[case](opt, model)
+    method.scaler = scaler
+    for i, (x, y) in enumerate(batches(4)):
+        batch = (x.float(), y)
+        opt.zero_grad()
+        loss = classification_loss(model, batch)
+        scaler.scale(loss).backward()
+        if i == 2:  # an overflow: the scaler skips this step, nothing may move
+            next(model.parameters()).grad[0, 0] = math.inf
+            lrs, params = method.lrs, [p.detach().clone() for p in model.parameters()]
+            method.step(batch, loss=loss)
+            assert method.lrs == lrs
+            assert method.diagnostics["skipped"] == 1.0
+            for p, old in zip(model.parameters(), params):
+                assert torch.equal(p, old)
+        else:
+            lr = method.step(batch, loss=loss)
+            assert math.isfinite(lr) and lr > 0
+
+
+@pytest.mark.parametrize("case", ["gen_exact", "gen_parabola", "newt", "newt_full"])
+def test_nonfinite_probes_fall_back_and_keep_lr(case):
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    calls = {"n": 0}
+
+    def poisoned(m, batch):
+        calls["n"] += 1
+        loss = classification_loss(m, batch)
+        return loss * math.nan if calls["n"] > 1 else loss  # the training forward is fine
+
+    method = {
+        "gen_exact": lambda: ExactGeN(opt, model, poisoned, every=1, **FAST),
+        "gen_parabola": lambda: ParabolaGeN(opt, model, poisoned, every=1),
+        "newt": lambda: Newt(opt, model, poisoned),
+        "newt_full": lambda: Newt(opt, model, poisoned, lookahead_batch=None),
+    }[case]()
+    batch = mlp_batch()
+    opt.zero_grad()
+    loss = poisoned(model, batch)
+    loss.backward()
+    lr = method.step(batch, loss=loss)
+    assert lr == pytest.approx(1e-2)
+    assert method.diagnostics["fallback"] == 1.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_state_dict_round_trip_resumes_identically(case):
+    def run(steps, resume_from=None):
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        method = CASES[case](opt, model)
+        data = batches(6)
+        start = 0
+        if resume_from is not None:
+            model.load_state_dict(resume_from["model"])
+            opt.load_state_dict(resume_from["opt"])
+            method.load_state_dict(copy.deepcopy(resume_from["method"]))
+            start = resume_from["step"]
+        for batch in data[start:steps]:
+            opt.zero_grad()
+            loss = classification_loss(model, batch)
+            loss.backward()
+            method.step(batch, loss=loss)
+        return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+                "method": copy.deepcopy(method.state_dict()), "step": steps, "lrs": method.lrs}
+
+    straight = run(6)
+    resumed = run(6, resume_from=run(3))
+    assert resumed["lrs"] == pytest.approx(straight["lrs"], rel=1e-12)
+    for k, v in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v)
+
+
+@pytest.mark.parametrize("case", ["gen_exact", "gen_parabola", "gen_parabola_5pts", "newt",
+                                  "newt_next_step"])
+def test_diagnostics_and_profile(case):
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    method = CASES[case](opt, model)
+    method.profile_every = 2
+    profiles = []
+    for i, batch in enumerate(batches(5)):
+        opt.zero_grad()
+        loss = classification_loss(model, batch)
+        loss.backward()
+        forwards = method.passes["forward"]
+        method.step(batch, loss=loss)
+        assert all(isinstance(v, float) for v in method.diagnostics.values())
+        if method.last_profile is not None and method.last_profile not in profiles:
+            profiles.append(method.last_profile)
+    assert profiles, "a profile is recorded every profile_every steps"
+    prof = profiles[-1]
+    assert len(prof["s"]) == len(prof["loss"]) == len(prof["model"])
+    assert all(math.isfinite(v) for v in prof["loss"])
+    assert 0.0 in prof["s"]
+    i0 = prof["s"].index(0.0)
+    assert prof["model"][i0] == pytest.approx(prof["loss"][i0])
+    for key in ("accepted", "fallback", "curvature", "alpha_star", "slope"):
+        assert key in method.diagnostics or case == "newt_next_step"
+    assert method.passes["profile"] > 0
+
+
+def test_diagnostics_keys_per_method():
+    model = mlp()
+    batch = mlp_batch()
+    for method_cls, keys in [(ExactGeN, {"alpha_star", "curvature", "slope", "accepted", "fallback"}),
+                             (ParabolaGeN, {"alpha_star", "curvature", "r2", "accepted", "fallback"}),
+                             (Newt, {"alpha_star", "curvature", "slope", "accepted", "fallback",
+                                     "factor", "scaled_back"})]:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        method = method_cls(opt, model, classification_loss)
+        opt.zero_grad()
+        loss = classification_loss(model, batch)
+        loss.backward()
+        method.step(batch, loss=loss)
+        assert keys <= set(method.diagnostics), method_cls
+
+
+def test_parabola_horizon_scale_and_next_batch():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = ParabolaGeN(opt, model, classification_loss, every=1, scale="linear",
+                         probe="next", total_steps=4)
+    data = batches(5)
+    for i in range(4):
+        opt.zero_grad()
+        loss = classification_loss(model, data[i])
+        loss.backward()
+        method.step(data[i], loss=loss, probe_batch=data[i + 1])
+        assert method.diagnostics["scale"] == pytest.approx(1 - i / 4)
+    assert method.passes["forward"] == 4 * 3  # L(0) is probed too on another batch
+    with pytest.raises(ValueError, match="total_steps"):
+        ParabolaGeN(opt, model, classification_loss, scale="cosine")
+
+
+def test_registry_and_options():
+    for name, cls in [("gen_exact", ExactGeN), ("gen_parabola", ParabolaGeN), ("newt", Newt)]:
+        assert METHODS[name] is cls
+        for option in options_of(cls):
+            assert option.type is not None
+    with pytest.raises(ValueError):
+        ExactGeN(torch.optim.SGD(mlp().parameters(), lr=0.1), mlp(), classification_loss,
+                 curvature="magic")
