@@ -20,8 +20,11 @@ WORLD = 2
 
 def run_spec(lr: str, strategy: str) -> RunSpec:
     optimizer = {"name": "adamw"} if lr in ("constant", "cosine") else {"name": "sgd", "lr": 0.05}
+    # Newt's default lookahead sub-batch is a fraction of each rank's slice, so not the
+    # same examples as one process's fraction: compare on the full batch.
+    options = {"lookahead_batch": None} if lr == "newt" else {"every": 1} if lr.startswith("gen") else {}
     return RunSpec(task={"name": "logreg"}, model={"name": "mlp", "hidden": [16]},
-                   optimizer=optimizer, lr={"name": lr},
+                   optimizer=optimizer, lr={"name": lr, **options},
                    trainer=TrainerConfig(max_steps=12, batch_size=64, eval_every=6,
                                          progress=False, plots=False, strategy=strategy,
                                          device="cpu"),
@@ -78,17 +81,21 @@ def test_ddp_ranks_agree_and_match_one_process(lr, tmp_path):
     mp.spawn(_worker, args=(_free_port(), lr, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     assert ranks[0]["lrs"] == ranks[1]["lrs"]  # bit for bit
+    if lr != "constant":
+        assert len({tuple(v) for v in ranks[0]["lrs"]}) > 1  # the method did move the lr
     for key in ranks[0]["params"]:
         assert torch.equal(ranks[0]["params"][key], ranks[1]["params"][key]), key
     assert (tmp_path / "run" / "summary.json").is_file()
     assert ranks[0]["summary"]["world_size"] == WORLD
 
+    # One process averages 64 losses where two average 32 each and then each other: the
+    # float32 rounding differs, and the parabola's difference of nearby losses magnifies it.
     torch.set_num_threads(1)
     single = train_and_record(run_spec(lr, "single"), tmp_path / "single")
     torch.testing.assert_close(torch.tensor(ranks[0]["lrs"]), torch.tensor(single["lrs"]),
-                               rtol=1e-4, atol=0)
+                               rtol=1e-3, atol=0)
     for key, value in single["params"].items():
-        torch.testing.assert_close(ranks[0]["params"][key], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(ranks[0]["params"][key], value, rtol=1e-3, atol=1e-4)
 
 
 def test_ddp_without_torchrun_is_a_clear_error(tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from genlr.distributed import mean_over_ranks
+
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 # Optimizers whose step is exactly linear in ``lr`` (the weight decay of AdamW included),
@@ -200,7 +202,14 @@ class LRMethod:
         assert self.model is not None and self.loss_fn is not None
         self.passes["forward"] += 1
         with torch.no_grad(), probe_mode(self.model), self.autocast():
-            return float(self.loss_fn(self.model, batch))
+            return self.batch_mean(self.loss_fn(self.model, batch))
+
+    @staticmethod
+    def batch_mean(value: float | torch.Tensor) -> float:
+        """A scalar measured on this process's batch (a loss, a curvature, an inner product
+        with a local gradient) as the whole batch's value: under DDP, the mean over ranks,
+        so that every rank picks the same learning rate (see ``genlr.distributed``)."""
+        return mean_over_ranks(value)[0]
 
     # ---------------------------------------------------------- loss-landscape profile
     def profile_due(self) -> bool:
@@ -241,7 +250,14 @@ class LRMethod:
     def _loss_no_side_effects(self, batch: Any) -> float:
         assert self.model is not None and self.loss_fn is not None
         with torch.no_grad(), probe_mode(self.model), self.autocast():
-            return float(self.loss_fn(self.model, batch))
+            return self.batch_mean(self.loss_fn(self.model, batch))
+
+    @staticmethod
+    def batch_mean(value: float | torch.Tensor) -> float:
+        """A scalar measured on this process's batch (a loss, a curvature, an inner product
+        with a local gradient) as the whole batch's value: under DDP, the mean over ranks,
+        so that every rank picks the same learning rate (see ``genlr.distributed``)."""
+        return mean_over_ranks(value)[0]
 
     def scale_lrs(self, factor: float) -> None:
         for group in self.optimizer.param_groups:

@@ -184,8 +184,8 @@ class ExactGeN(GeNBase):
         slope = self.grad_dot(d, params)
         self.shift(params, d, 0.0, current=1.0)  # back to theta: the curvature is taken there
         try:
-            curvature = self.derivatives.curvature(
-                params, d, batch_fraction(batch, self.curvature_batch), self.curvature_mode)
+            curvature = self.batch_mean(self.derivatives.curvature(
+                params, d, batch_fraction(batch, self.curvature_batch), self.curvature_mode))
         finally:
             self.shift(params, d, 1.0, current=0.0)
         self.passes["hvp"] += 1

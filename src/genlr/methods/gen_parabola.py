@@ -184,7 +184,7 @@ class ParabolaGeN(GeNBase):
                  and not has_active_dropout(self.model))
         losses: dict[float, float] = {}
         if reuse:
-            losses[0.0] = as_float(loss)
+            losses[0.0] = self.batch_mean(as_float(loss))
         at = 1.0
         for s in sorted(self.points, key=lambda p: abs(p - 1.0)):  # start where we are
             if s in losses:

@@ -136,7 +136,7 @@ class Newt(LRMethod):
         slope0 = self._group_dots([p.grad for p in params], d, groups)
         if self.lookahead_batch is None or self.lookahead_batch >= 1.0:
             loss1, grads1 = self._loss_and_grads(params, batch)
-            slope1 = self._group_dots(grads1, d, groups)
+            slope1 = [self.batch_mean(v) for v in self._group_dots(grads1, d, groups)]
             loss0 = self._current_loss(params, d, batch, loss)
         else:
             sub = batch_fraction(batch, self.lookahead_batch)
@@ -146,8 +146,9 @@ class Newt(LRMethod):
                 loss0, grads0 = self._loss_and_grads(params, sub)
             finally:
                 self.shift(params, d, 1.0, current=0.0)
-            secant = [a - b for a, b in zip(self._group_dots(grads0, d, groups),
-                                            self._group_dots(grads1, d, groups))]
+            # gradients of this process's sub-batch: their inner products are averaged over ranks
+            secant = [self.batch_mean(a - b) for a, b in zip(self._group_dots(grads0, d, groups),
+                                                             self._group_dots(grads1, d, groups))]
             slope1 = [s - c for s, c in zip(slope0, secant)]
         self._update(params, d, batch, slope0, slope1, loss0, loss1, current=1.0)
         self.step_count += 1
@@ -156,7 +157,7 @@ class Newt(LRMethod):
     def _step_next(self, batch: Any, loss: torch.Tensor | None) -> float:
         params = self.params()
         prev = self._previous
-        loss_now = as_float(loss) if loss is not None else math.nan
+        loss_now = self.batch_mean(as_float(loss)) if loss is not None else math.nan
         if prev is not None and len(prev["d"]) == len(params) and all(
                 a.shape == b.shape for a, b in zip(prev["d"], params)):
             groups = self._group_index(params)
@@ -320,12 +321,12 @@ class Newt(LRMethod):
                                         allow_unused=True)
         if scale != 1.0:
             grads = tuple(g / scale if g is not None else None for g in grads)
-        return as_float(loss), list(grads)
+        return self.batch_mean(as_float(loss)), list(grads)
 
     def _current_loss(self, params, d, batch, loss) -> float:
         """``L(theta_t)`` on the batch: the training loss when it is the probes' function."""
         if loss is not None and not has_active_dropout(self.model):
-            return as_float(loss)
+            return self.batch_mean(as_float(loss))
         self.shift(params, d, 0.0, current=1.0)
         try:
             return self.probe_loss(batch)

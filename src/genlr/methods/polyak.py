@@ -87,7 +87,7 @@ class Polyak(LRMethod):
     def step(self, batch: Any = None, loss: torch.Tensor | float | None = None) -> float:
         if loss is None:
             raise ValueError("lr=polyak needs the training loss: call step(batch, loss=loss)")
-        f = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        f = self.batch_mean(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         self.step_count += 1
         # Measure the direction at the (positive) cap, never at a previous gamma that may
         # be 0; linearity in lr makes the measuring lr irrelevant.
