@@ -185,7 +185,7 @@ def test_run_stats():
     stats.record_eval(1, eval_loss=1.5, eval_acc=0.6)
     stats.record_eval(3, eval_loss=1.7, eval_acc=0.7)
 
-    assert stats.step_time_ms() == {"median": 2.5, "p90": pytest.approx(3.7)}
+    assert stats.step_time_ms() == {"median": 2.5, "p90": pytest.approx(3.7), "mean": 2.5}
     assert stats.lr_summary() == {"initial": 0.1, "final": pytest.approx(0.4),
                                   "min": 0.1, "max": pytest.approx(0.4)}
     final = stats.final()
@@ -201,7 +201,7 @@ def test_run_stats():
     assert history["lr/group1"] == [(s, 0.01) for s in range(4)]
 
     empty = RunStats()
-    assert empty.step_time_ms() == {"median": None, "p90": None}
+    assert empty.step_time_ms() == {"median": None, "p90": None, "mean": None}
     assert empty.lr_summary()["initial"] is None
     assert empty.best()["eval_acc"] is None
     assert empty.history() == {}

@@ -147,7 +147,7 @@ def _markdown(report: Report, column: str, command: str, default_target_used: bo
               "Quality metrics average the completed runs only; diverged, failed, "
               "interrupted and unfinished runs are counted in `runs`, never dropped.", "",
               results_table(groups, report.target, has_acc), "", "## Cost", "",
-              "Step time is the median over runs of each run's median `time/step_ms`; "
+              "Step time is the median over runs of each run's mean `time/step_ms` (lazy probe steps included); "
               "`× base` divides it by the same config with `lr=constant` in this report. "
               "Passes are counted forward/backward/Hessian-vector products per training step. "
               "On CPU, peak memory is the process's max RSS, which only grows across the jobs "

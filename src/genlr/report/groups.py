@@ -158,7 +158,7 @@ class Group:
     stats: dict[str, Stat] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     reached: int = 0  # runs that reached the target
-    step_ms: float | None = None  # median over runs of each run's median step time
+    step_ms: float | None = None  # median over runs of each run's mean step time
     cost_ratio: float | None = None
     reference: str | None = None  # the group cost_ratio is relative to
 
@@ -244,9 +244,12 @@ def summarise(groups: Sequence[Group], target: Target | None) -> None:
         group.stats["lr_final"] = Stat.of(_get(r.summary, "lr", "final") for r in finished)
         for kind in ("forward", "backward", "hvp"):
             group.stats[f"{kind}_per_step"] = Stat.of(_per_step(r, kind) for r in finished)
-        medians = [m for m in (_get(r.summary, "step_time_ms", "median") for r in finished)
-                   if m is not None and math.isfinite(m)]
-        group.step_ms = statistics.median(medians) if medians else None
+        # Each run's mean step time: the amortised cost, lazy probe steps included (a
+        # median would hide them); older summaries without a mean fall back to the median.
+        means = [m for m in (_get(r.summary, "step_time_ms", "mean")
+                             or _get(r.summary, "step_time_ms", "median") for r in finished)
+                 if m is not None and math.isfinite(m)]
+        group.step_ms = statistics.median(means) if means else None
         group.reached = 0
         hits = []
         if target is not None:

@@ -22,7 +22,7 @@ def csv_columns(config_keys: Sequence[str]) -> list[str]:
     columns += ["target", "n_reached_target"]
     for name in STAT_COLUMNS:
         columns += [f"{name}_mean", f"{name}_std", f"{name}_n"]
-    columns += ["step_time_ms_median", "step_cost_ratio", "cost_reference", "run_dirs"]
+    columns += ["step_time_ms", "step_cost_ratio", "cost_reference", "run_dirs"]
     return columns
 
 
@@ -43,7 +43,7 @@ def csv_row(group: Group, config_keys: Sequence[str], target: Target | None,
         "n_runs": len(group.runs),
         "target": str(target) if target else None,
         "n_reached_target": group.reached if target else None,
-        "step_time_ms_median": group.step_ms, "step_cost_ratio": group.cost_ratio,
+        "step_time_ms": group.step_ms, "step_cost_ratio": group.cost_ratio,
         "cost_reference": group.reference,
         "run_dirs": ";".join(_relative(run.path, root) for run in group.runs),
     }
@@ -125,7 +125,7 @@ def results_table(groups: Sequence[Group], target: Target | None, has_acc: bool)
 
 
 def cost_table(groups: Sequence[Group]) -> str:
-    header = ["group", "step time (ms, median)", "× base", "base", "fwd / bwd / hvp per step",
+    header = ["group", "step time (ms, mean)", "× base", "base", "fwd / bwd / hvp per step",
               "steps", "wall time (s)", "peak memory (MB)"]
     rows = []
     for g in groups:

@@ -174,11 +174,13 @@ class RunStats:
             self.eval_acc.append((step, float(eval_acc)))
 
     def step_time_ms(self) -> dict[str, float | None]:
-        """Median and 90th percentile of the recorded step times (ms)."""
+        """Median, 90th percentile and mean of the recorded step times (ms). The mean is the
+        amortised cost of methods that do extra work every few steps (lazy probes)."""
         times = sorted(_finite(ms for _, ms in self.step_ms))
         if not times:
-            return {"median": None, "p90": None}
-        return {"median": statistics.median(times), "p90": _percentile(times, 0.9)}
+            return {"median": None, "p90": None, "mean": None}
+        return {"median": statistics.median(times), "p90": _percentile(times, 0.9),
+                "mean": statistics.fmean(times)}
 
     def lr_summary(self) -> dict[str, float | None]:
         """Initial, final, min and max learning rate of param group 0."""
