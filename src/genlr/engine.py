@@ -15,7 +15,6 @@ import math
 import platform
 import resource
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     eval_every: int = 0  # steps between evaluations; 0 = at the end of every epoch
     log_every: int = 10  # steps between TensorBoard points
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers for tasks that stream from disk (built-ins hold data in memory)
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end (and on a stop signal)
     resume: Optional[str] = None  # true: this run dir's checkpoints/last.pt; or a checkpoint / run dir path
     profile_every: int = 0  # steps between phi(s) line-profile images; 0 = never

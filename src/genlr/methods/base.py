@@ -201,8 +201,7 @@ class LRMethod:
         """The training loss at the current parameters, without side effects."""
         assert self.model is not None and self.loss_fn is not None
         self.passes["forward"] += 1
-        with torch.no_grad(), probe_mode(self.model), self.autocast():
-            return self.batch_mean(self.loss_fn(self.model, batch))
+        return self._loss_no_side_effects(batch)
 
     @staticmethod
     def batch_mean(value: float | torch.Tensor) -> float:
@@ -251,13 +250,6 @@ class LRMethod:
         assert self.model is not None and self.loss_fn is not None
         with torch.no_grad(), probe_mode(self.model), self.autocast():
             return self.batch_mean(self.loss_fn(self.model, batch))
-
-    @staticmethod
-    def batch_mean(value: float | torch.Tensor) -> float:
-        """A scalar measured on this process's batch (a loss, a curvature, an inner product
-        with a local gradient) as the whole batch's value: under DDP, the mean over ranks,
-        so that every rank picks the same learning rate (see ``genlr.distributed``)."""
-        return mean_over_ranks(value)[0]
 
     def scale_lrs(self, factor: float) -> None:
         for group in self.optimizer.param_groups:

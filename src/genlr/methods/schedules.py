@@ -78,48 +78,9 @@ class Step(ScheduledLR):
         return lr_scheduler.MultiStepLR(self.optimizer, milestones=steps, gamma=self.gamma)
 
 
-class Cosine(ScheduledLR):
-    """Cosine annealing from the initial lr to ``final_factor`` times it."""
-
-    def __init__(self, optimizer, model=None, loss_fn=None, *,
-                 final_factor: float = 0.0, **common) -> None:
-        _check_fraction("final_factor", final_factor)
-        self.final_factor = final_factor
-        super().__init__(optimizer, model, loss_fn, **common)
-
-    def make_scheduler(self):
-        total, floor = self.horizon(), self.final_factor
-        return lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda t: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, total) / total)),
-        )
-
-
-class WarmupCosine(ScheduledLR):
-    """Linear warm-up over ``warmup`` (a fraction of the run), then cosine to ``final_factor``."""
-
-    def __init__(self, optimizer, model=None, loss_fn=None, *,
-                 warmup: float = 0.05, final_factor: float = 0.0, **common) -> None:
-        _check_fraction("warmup", warmup)
-        _check_fraction("final_factor", final_factor)
-        self.warmup, self.final_factor = warmup, final_factor
-        super().__init__(optimizer, model, loss_fn, **common)
-
-    def make_scheduler(self):
-        total, floor = self.horizon(), self.final_factor
-        warm = max(1, round(self.warmup * total))
-
-        def factor(t: int) -> float:
-            if t < warm:
-                return (t + 1) / warm
-            progress = min(t - warm, total - warm) / max(1, total - warm)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return lr_scheduler.LambdaLR(self.optimizer, factor)
-
-
-class Linear(ScheduledLR):
-    """Linear warm-up over ``warmup`` (a fraction of the run), then linear decay to ``final_factor``."""
+class WarmupDecay(ScheduledLR):
+    """Linear warm-up over the first ``warmup`` of the run (a fraction), then ``shape`` from
+    the initial lr down to ``final_factor`` times it."""
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  warmup: float = 0.0, final_factor: float = 0.0, **common) -> None:
@@ -128,16 +89,52 @@ class Linear(ScheduledLR):
         self.warmup, self.final_factor = warmup, final_factor
         super().__init__(optimizer, model, loss_fn, **common)
 
+    @staticmethod
+    def shape(progress: float) -> float:
+        """1 at the start of the decay, 0 at its end."""
+        raise NotImplementedError
+
     def make_scheduler(self):
         total, floor = self.horizon(), self.final_factor
-        warm = round(self.warmup * total)
+        warm = max(1, round(self.warmup * total)) if self.warmup > 0 else 0
 
         def factor(t: int) -> float:
             if t < warm:
                 return (t + 1) / warm
-            return 1 - (1 - floor) * min(t - warm, total - warm) / max(1, total - warm)
+            progress = min(t - warm, total - warm) / max(1, total - warm)
+            return floor + (1 - floor) * self.shape(progress)
 
         return lr_scheduler.LambdaLR(self.optimizer, factor)
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Cosine(WarmupDecay):
+    """Cosine annealing from the initial lr to ``final_factor`` times it."""
+
+    shape = staticmethod(_cosine)
+
+    def __init__(self, optimizer, model=None, loss_fn=None, *,
+                 final_factor: float = 0.0, **common) -> None:
+        super().__init__(optimizer, model, loss_fn, warmup=0.0, final_factor=final_factor, **common)
+
+
+class WarmupCosine(WarmupDecay):
+    """Linear warm-up over ``warmup`` (a fraction of the run), then cosine to ``final_factor``."""
+
+    shape = staticmethod(_cosine)
+
+    def __init__(self, optimizer, model=None, loss_fn=None, *,
+                 warmup: float = 0.05, final_factor: float = 0.0, **common) -> None:
+        super().__init__(optimizer, model, loss_fn, warmup=warmup, final_factor=final_factor, **common)
+
+
+class Linear(WarmupDecay):
+    """Linear warm-up over ``warmup`` (a fraction of the run), then linear decay to ``final_factor``."""
+
+    shape = staticmethod(lambda progress: 1.0 - progress)
 
 
 class OneCycle(ScheduledLR):
