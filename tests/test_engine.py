@@ -102,3 +102,50 @@ def test_divergence_keeps_logs_plots_and_last_good_checkpoint(tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert checkpoint["step"] % 5 == 0 and checkpoint["step"] <= summary["steps"]
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+@pytest.mark.parametrize("lr", sorted(METHODS))
+def test_every_method_trains_under_bf16_autocast_on_cpu(lr, tmp_path):
+    run = RunSpec(task={"name": "logreg"}, model={"name": "mlp", "hidden": [16]},
+                  optimizer={"name": "sgd", "lr": 0.05}, lr={"name": lr},
+                  trainer=TrainerConfig(amp="bf16", max_steps=6, batch_size=64, progress=False,
+                                        plots=False))
+    summary = train(run, tmp_path)
+    assert summary["status"] == "completed", summary["message"]
+    assert summary["amp"] == "bf16"
+    assert summary["lr"]["initial"] == 0.05  # schedules may end at 0; nothing may be NaN
+    assert all(v is not None and v >= 0 for v in summary["lr"].values())
+
+
+def test_sigterm_to_the_real_cli_saves_and_resumes(tmp_path):
+    """A real gen-train process killed with SIGTERM leaves status interrupted and a
+    checkpoint; trainer.resume=true finishes the run in the same folder."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    gen_train = str(Path(sys.executable).with_name("gen-train"))
+    run_dir = tmp_path / "run"
+    args = [gen_train, "task=quadratic", "lr=constant", "trainer.epochs=200", "trainer.log_every=1",
+            "trainer.plots=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "tb").glob("events.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # well into training
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", stderr
+    assert proc.returncode != 0 and "Traceback" not in stderr
+    assert 0 < summary["steps"] < 20000
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == summary["steps"]
+
+    resumed = subprocess.run([*args[:3], "trainer.epochs=200", "trainer.max_steps=" + str(summary["steps"] + 5),
+                              "trainer.resume=true", f"hydra.run.dir={run_dir}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads((run_dir / "summary.json").read_text())
+    assert final["status"] == "completed" and final["steps"] == summary["steps"] + 5
