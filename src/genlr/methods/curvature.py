@@ -79,12 +79,6 @@ def batch_fraction(batch: Any, fraction: float | None) -> Any:
     return cut(batch)
 
 
-def _autocast_on(factory) -> bool:
-    with factory():
-        return torch.is_autocast_enabled("cpu") or (
-            torch.cuda.is_available() and torch.is_autocast_enabled("cuda"))
-
-
 class _BoundLoss(nn.Module):
     """``loss_fn(model, batch)`` as a module, so that ``torch.func.functional_call`` can swap
     the model's parameters for the duration of a loss evaluation."""
@@ -134,8 +128,6 @@ class DirectionalDerivatives:
     def _try_taylor(self, params, d, batch, strict: bool) -> float | None:
         if self._taylor_failed is not None and not strict:
             return None
-        if not strict and _autocast_on(self.autocast):
-            return None  # the Taylor pass runs in full precision only: double backward
         from genlr.methods.taylor import TaylorUnsupported, second_directional
 
         try:

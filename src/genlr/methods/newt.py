@@ -146,9 +146,10 @@ class Newt(LRMethod):
                 loss0, grads0 = self._loss_and_grads(params, sub)
             finally:
                 self.shift(params, d, 1.0, current=0.0)
-            # gradients of this process's sub-batch: their inner products are averaged over ranks
-            secant = [self.batch_mean(a - b) for a, b in zip(self._group_dots(grads0, d, groups),
-                                                             self._group_dots(grads1, d, groups))]
+            # <g0 - g1, d> in one pass over d (one host sync, no cancellation between two
+            # large dots); gradients of this process's sub-batch: averaged over ranks
+            diff = [None if a is None or b is None else a.sub_(b) for a, b in zip(grads0, grads1)]
+            secant = [self.batch_mean(v) for v in self._group_dots(diff, d, groups)]
             slope1 = [s - c for s, c in zip(slope0, secant)]
         self._update(params, d, batch, slope0, slope1, loss0, loss1, current=1.0)
         self.step_count += 1

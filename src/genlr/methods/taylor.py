@@ -195,8 +195,9 @@ def _rule(op: Any, args: tuple, kwargs: dict) -> Any:
         return Jet(out.v + b.v, _add(out.t, b.t), _add(out.a, b.a))
     if op is aten.relu.default:
         x = args[0]
-        mask = (x.v > 0).to(x.v.dtype)
-        return Jet(torch.relu(x.v), _mul(mask, x.t), _mul(mask, x.a))
+        mask = x.v > 0  # relu'' = 0; torch.where avoids a float mask and a multiply
+        keep = (lambda c: None if c is None else torch.where(mask, c, 0.0))
+        return Jet(torch.relu(x.v), keep(x.t), keep(x.a))
     if op is aten.tanh.default:
         v = torch.tanh(args[0].v)
         d1 = 1 - v * v
@@ -421,9 +422,9 @@ def second_directional(bound: nn.Module, named: tuple[list[str], dict], d: list[
     """``d^T H d`` of ``bound(batch)`` (a loss module) along ``d`` for the parameters
     named ``named[0]``, at their current values."""
     names = named[0]
-    if torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
-        # Mixed precision: the trace's casts and the rules' dtypes do not line up yet.
-        raise TaylorUnsupported("autocast (mixed precision) is not supported by the Taylor pass")
+    # Under autocast the trace records the autocast's casts (``_to_copy``, a linear rule), so
+    # each jet component takes the dtype the training forward uses at that op; the
+    # interpreter below runs with autocast off so that nothing is cast twice.
     key = _signature(bound, names, batch)
     cache = bound.__dict__.setdefault(_CACHE_ATTR, {})
     traced = cache.get(key)
@@ -464,6 +465,15 @@ def _no_cuda_autocast():
     return contextlib.nullcontext()
 
 
+def _as_traced_dtype(out: Any, val: Any) -> Any:
+    """Cast a rule's jet to the dtype the traced op produced (``val``: make_fx's metadata)."""
+    if isinstance(out, Jet) and isinstance(val, torch.Tensor) and out.v.dtype != val.dtype:
+        return _map(lambda c: c.to(val.dtype), out)
+    if isinstance(out, tuple) and isinstance(val, (tuple, list)) and len(out) == len(val):
+        return tuple(_as_traced_dtype(o, v) for o, v in zip(out, val))
+    return out
+
+
 def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
     env: dict[torch.fx.Node, Any] = {}
     it = iter(inputs)
@@ -492,6 +502,8 @@ def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
                 continue
             moving = any(_is_jet(x) for x in pytree.tree_leaves((args, kwargs)))
             env[node] = _rule(node.target, args, kwargs) if moving else node.target(*args, **kwargs)
+            if moving:  # a rule composed of several ops may promote (autocast: bf16 BN input
+                env[node] = _as_traced_dtype(env[node], node.meta.get("val"))  # with fp32 weight)
         elif node.op == "output":
             result = load(node.args[0])
             return result[0] if isinstance(result, (list, tuple)) else result
