@@ -19,8 +19,7 @@ from genlr.engine import RunSpec, TrainerConfig, build_run
 
 GROUPS = ("task", "model", "optimizer", "lr", "trainer", "experiment")
 # Hydra's own flags: with these the command line is Hydra's business (help, info, shell).
-HYDRA_FLAGS_WITH_VALUE = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
-                          "--experimental-rerun", "-p", "--package"}
+HYDRA_FLAGS_WITH_VALUE = {"-cd", "--config-dir", "-p", "--package"}
 HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info",
                     "-sc", "--shell-completion", "--resolve", "--experimental-rerun",
                     "-cp", "--config-path", "-cn", "--config-name"}

@@ -97,12 +97,17 @@ def test_probes_leave_batchnorm_dropout_rng_and_grad_untouched(case):
         assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm1d))
 
 
+def two_groups(model):
+    """The first layer in one group, the rest in another at lr 1e-3."""
+    return [{"params": list(model[0].parameters())},
+            {"params": [p for m in list(model)[1:] for p in m.parameters()], "lr": 1e-3}]
+
+
 @pytest.mark.parametrize("case", ["gen_exact", "gen_parabola", "newt", "newt_next_step", "newt_window"])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_group_ratios_are_kept(case, opt_name):
     model = mlp()
-    groups = [{"params": list(model[0].parameters())},
-              {"params": [p for m in list(model)[1:] for p in m.parameters()], "lr": 1e-3}]
+    groups = two_groups(model)
     opt = OPTIMIZERS[opt_name](groups)
     ratio = opt.param_groups[0]["lr"] / opt.param_groups[1]["lr"]
     method = CASES[case](opt, model)
@@ -118,8 +123,7 @@ def test_group_ratios_are_kept(case, opt_name):
 
 def test_newt_per_group_steps_each_group():
     model = mlp()
-    groups = [{"params": list(model[0].parameters())},
-              {"params": [p for m in list(model)[1:] for p in m.parameters()], "lr": 1e-3}]
+    groups = two_groups(model)
     opt = torch.optim.SGD(groups, lr=0.05)
     method = Newt(opt, model, classification_loss, gamma=1.0, per_group=True,
                   lookahead_batch=None, factor_min=None, factor_max=None, scale_back=None)
