@@ -161,3 +161,65 @@ def test_taylor_under_bf16_autocast_matches_double_backward(bn):
     assert taylor == pytest.approx(reference, rel=0.3)
     assert taylor == pytest.approx(full, rel=0.3)
     assert dd.curvature(params, d, (x, y), "auto") == taylor and dd.last_mode == "taylor"
+
+
+def _regression_batch(seed: int, n: int = 24):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    return x, x @ torch.arange(1.0, 6.0, dtype=torch.float64) + torch.randn(n, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method_cls", [ExactGeN, ParabolaGeN])
+def test_gen_line_search_on_another_batch(method_cls):
+    """probe="next": slope and curvature come from the probe batch B, not the gradient's
+    batch A, so the step is the exact line search of B's (quadratic) loss along -g_A."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1, dtype=torch.float64)
+    batch_a, batch_b = _regression_batch(1), _regression_batch(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    options = {"max_factor": None} if method_cls is ParabolaGeN else {}
+    method = method_cls(opt, model, mse_loss, every=1, smoothing=0.0, probe="next", **options)
+    for _ in range(3):
+        params = list(model.parameters())
+        g_b = torch.autograd.grad(mse_loss(model, batch_b), params)
+        loss = train_step(model, mse_loss, batch_a, opt)
+        d = [p.grad.detach().clone() for p in params]  # the step per unit lr
+        _, hd = torch.autograd.functional.hvp(
+            lambda w, b: mse_loss(lambda x: x @ w.T + b, batch_b), tuple(p.detach() for p in params),
+            tuple(d))
+        expected = sum(float((a * b).sum()) for a, b in zip(g_b, d)) / sum(
+            float((a * b).sum()) for a, b in zip(hd, d))
+        assert method.step(batch_a, loss=loss, probe_batch=batch_b) == pytest.approx(expected, rel=1e-6)
+        assert method.diagnostics["accepted"] == 1.0
+
+
+def test_gen_probe_next_falls_back_to_the_previous_batch():
+    model = nn.Linear(5, 1, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = ExactGeN(opt, model, mse_loss, every=1, probe="next")
+    first, second = _regression_batch(1), _regression_batch(2)
+    assert method.probe_source(first) == (first, True)  # nothing else on the very first step
+    method.step(first, loss=train_step(model, mse_loss, first, opt))
+    batch, same = method.probe_source(second)
+    assert batch is first and not same
+
+
+def test_newt_scales_back_only_past_the_minimum_of_a_descent_direction():
+    def run(lr, uphill_momentum=False):
+        model = Quadratic()
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        method = Newt(opt, model, quadratic_loss, lookahead_batch=None, lr_min=None, lr_max=None)
+        loss = train_step(model, quadratic_loss, None, opt)
+        if uphill_momentum:  # momentum from other batches outweighs this batch's gradient
+            opt.state[model.theta]["momentum_buffer"] = -10.0 * model.theta.grad.clone()
+        method.step(None, loss=loss)
+        return method
+
+    line_search = exact_line_search(Quadratic())
+    past = run(3.0 * line_search)  # beyond 2x the minimiser: the loss goes up
+    assert past.diagnostics["scaled_back"] == 1.0
+    assert past.last_lr == pytest.approx(0.1 * 3.0 * line_search)
+    short = run(1.5 * line_search)  # past the minimiser but still downhill overall
+    assert short.diagnostics["scaled_back"] == 0.0
+    uphill = run(0.1 * line_search, uphill_momentum=True)  # the loss goes up, smaller lr no cure
+    assert uphill.diagnostics["scaled_back"] == 0.0 and uphill.diagnostics["slope"] < 0

@@ -18,7 +18,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -262,6 +262,20 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
                autocast, total_steps)
 
 
+def _batch_stream(task, batch_size: int, seed: int, steps_per_epoch: int, step: int) -> Iterator[Any]:
+    """The training batches from global step ``step`` on, epoch after epoch, in the order
+    an uninterrupted run sees them (so a resumed run continues it exactly)."""
+    epoch, start = divmod(step, steps_per_epoch)
+    while True:
+        empty = True
+        for batch in task.train_batches(batch_size, epoch, seed, start=start):
+            empty = False
+            yield batch
+        if empty:
+            return
+        epoch, start = epoch + 1, 0
+
+
 def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its summary (also in ``summary.json``).
 
@@ -352,41 +366,45 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
         stats.record_step(0, lr=hooks.lrs())  # the initial learning rate, before any step
     try:
         with StopRequest() as stop:
-            while step < total_steps and stop.signal is None:
-                epoch, start = divmod(step, steps_per_epoch)
-                for batch in task.train_batches(cfg.batch_size, epoch, spec.seed, start=start):
-                    tic = time.perf_counter()
-                    batch = distributed.shard(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    with autocast():
-                        loss = task.loss(forward_model, batch)
-                    scaler.scale(loss).backward()
-                    (loss_value,) = distributed.mean_over_ranks(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise Diverged(f"training loss is {loss_value} at step {step + 1}")
+            # One batch ahead, so that a method probing "the next batch" (GeN's probe="next")
+            # sees one its optimizer has not stepped on yet; it is trained on next step.
+            batches = _batch_stream(task, cfg.batch_size, spec.seed, steps_per_epoch, step)
+            upcoming = next(batches, None)
+            wants_probe_batch = getattr(method, "probe", None) == "next"
+            while step < total_steps and stop.signal is None and upcoming is not None:
+                batch, upcoming = upcoming, next(batches, None)
+                tic = time.perf_counter()
+                batch = distributed.shard(batch)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast():
+                    loss = task.loss(forward_model, batch)
+                scaler.scale(loss).backward()
+                (loss_value,) = distributed.mean_over_ranks(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise Diverged(f"training loss is {loss_value} at step {step + 1}")
+                if wants_probe_batch and upcoming is not None:
+                    method.step(batch, loss=loss, probe_batch=distributed.shard(upcoming))
+                else:
                     method.step(batch, loss=loss)
-                    hooks.after_step()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    step_ms = (time.perf_counter() - tic) * 1e3
-                    train_time += step_ms / 1e3
-                    step += 1
-                    lrs = hooks.lrs()
-                    stats.record_step(step, train_loss=loss_value, lr=lrs, step_ms=step_ms)
-                    progress.update()
-                    if step % cfg.log_every == 0 or step == total_steps:
-                        log_step(loss_value, lrs, step_ms)
-                        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}")
-                    every = cfg.eval_every or steps_per_epoch
-                    if step % every == 0 or step == total_steps:
-                        run_eval()
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        checkpoint()
-                    if distributed.any_rank(stop.signal is not None):
-                        stop.signal = stop.signal or signal.SIGTERM  # another rank was stopped
-                        break
-                    if step >= total_steps:
-                        break
+                hooks.after_step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_ms = (time.perf_counter() - tic) * 1e3
+                train_time += step_ms / 1e3
+                step += 1
+                lrs = hooks.lrs()
+                stats.record_step(step, train_loss=loss_value, lr=lrs, step_ms=step_ms)
+                progress.update()
+                if step % cfg.log_every == 0 or step == total_steps:
+                    log_step(loss_value, lrs, step_ms)
+                    progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}")
+                every = cfg.eval_every or steps_per_epoch
+                if step % every == 0 or step == total_steps:
+                    run_eval()
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    checkpoint()
+                if distributed.any_rank(stop.signal is not None):
+                    stop.signal = stop.signal or signal.SIGTERM  # another rank was stopped
             if stop.signal is not None:
                 status = "interrupted"
                 message = f"stopped by {signal.Signals(stop.signal).name} at step {step}"

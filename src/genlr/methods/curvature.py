@@ -1,8 +1,9 @@
 """Exact directional derivatives of the training loss along an update direction.
 
-With ``phi(s) = L(theta - s*d)`` the GeN step needs ``phi'(0) = -<g, d>`` (free: the
-gradient is already in ``.grad``) and ``phi''(0) = d^T H d``. This module computes
-``d^T H d`` exactly -- no finite differences -- in several ways, so that the benchmark
+With ``phi(s) = L(theta - s*d)`` the GeN step needs ``phi'(0) = -<g, d>`` and
+``phi''(0) = d^T H d``. On the training batch ``<g, d>`` is free (the gradient is already in
+``.grad``); on another batch it comes with the curvature. This module computes both
+exactly -- no finite differences -- in several ways, so that the benchmark
 (``benchmarks/bench_methods.py``) can measure them against each other:
 
 ``taylor``
@@ -106,14 +107,14 @@ class DirectionalDerivatives:
         self.loss_fn = loss_fn
         self.autocast = autocast or contextlib.nullcontext
         self._bound = _BoundLoss(model, loss_fn)
-        self._taylor: Any = None
         self._taylor_failed: str | None = None
         self.last_mode: str = ""
 
     # ----------------------------------------------------------------------- dispatch
-    def curvature(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
-                  mode: str = "auto") -> float:
-        """``d^T H d`` at the current parameters (float; may be non-finite or negative)."""
+    def derivatives(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
+                    mode: str = "auto") -> tuple[float, float]:
+        """``(<grad L, d>, d^T H d)`` at the current parameters on ``batch``: the first and
+        second derivative of ``L(theta + s*d)`` at 0 (floats; may be non-finite)."""
         if mode not in CURVATURE_MODES:
             raise ValueError(f"curvature mode must be one of {CURVATURE_MODES}, got {mode!r}")
         if mode in ("auto", "taylor"):
@@ -125,15 +126,20 @@ class DirectionalDerivatives:
         self.last_mode = mode
         return getattr(self, mode)(params, d, batch)
 
-    def _try_taylor(self, params, d, batch, strict: bool) -> float | None:
+    def curvature(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
+                  mode: str = "auto") -> float:
+        """``d^T H d`` at the current parameters (float; may be non-finite or negative)."""
+        return self.derivatives(params, d, batch, mode)[1]
+
+    def _try_taylor(self, params, d, batch, strict: bool) -> tuple[float, float] | None:
         if self._taylor_failed is not None and not strict:
             return None
-        from genlr.methods.taylor import TaylorUnsupported, second_directional
+        from genlr.methods.taylor import TaylorUnsupported, directional_derivatives
 
         try:
             named = self._named(params)
             with probe_mode(self.model), self.autocast():
-                return second_directional(self._bound, named, d, batch)
+                return directional_derivatives(self._bound, named, d, batch)
         except (TaylorUnsupported, ValueError) as err:
             if strict:
                 raise
@@ -141,7 +147,7 @@ class DirectionalDerivatives:
             return None
 
     # ------------------------------------------------------------------------ modes
-    def double_backward(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any) -> float:
+    def double_backward(self, params, d, batch) -> tuple[float, float]:
         with torch.enable_grad():
             with probe_mode(self.model), self.autocast():
                 loss = self.loss_fn(self.model, batch)
@@ -149,12 +155,12 @@ class DirectionalDerivatives:
             pairs = [(g, v) for g, v in zip(grads, d) if g is not None]
             gd = sum((g * v.to(g.dtype)).sum() for g, v in pairs)
             if not isinstance(gd, torch.Tensor) or not gd.requires_grad:
-                return 0.0
+                return float(gd), 0.0
             hd = torch.autograd.grad(gd, params, allow_unused=True)
         used = [(h, v) for h, v in zip(hd, d) if h is not None]
-        return dot([h for h, _ in used], [v for _, v in used])
+        return float(gd.detach()), dot([h for h, _ in used], [v for _, v in used])
 
-    def forward_over_reverse(self, params, d, batch) -> float:
+    def forward_over_reverse(self, params, d, batch) -> tuple[float, float]:
         names, fixed = self._named(params)
         primals = tuple(p.detach() for p in params)
 
@@ -163,10 +169,10 @@ class DirectionalDerivatives:
 
         grad_fn = torch.func.grad(loss_of, argnums=tuple(range(len(params))))
         with probe_mode(self.model):
-            _, hd = torch.func.jvp(grad_fn, primals, tuple(d))
-        return dot(list(hd), d)
+            g, hd = torch.func.jvp(grad_fn, primals, tuple(d))
+        return dot(list(g), d), dot(list(hd), d)
 
-    def forward_forward(self, params, d, batch) -> float:
+    def forward_forward(self, params, d, batch) -> tuple[float, float]:
         names, fixed = self._named(params)
         primals, tangents = tuple(p.detach() for p in params), tuple(d)
 
@@ -177,8 +183,8 @@ class DirectionalDerivatives:
             return torch.func.jvp(loss_of, ps, tangents)[1]
 
         with probe_mode(self.model):
-            _, second = torch.func.jvp(slope_of, primals, tangents)
-        return float(second)
+            slope, second = torch.func.jvp(slope_of, primals, tangents)
+        return float(slope), float(second)
 
     # ---------------------------------------------------------------------- helpers
     def _named(self, params: list[torch.Tensor]) -> tuple[list[str], dict[str, torch.Tensor]]:

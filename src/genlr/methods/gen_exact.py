@@ -14,7 +14,7 @@ computed exactly (``genlr.methods.curvature``).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 
@@ -22,6 +22,7 @@ from genlr.methods.base import LRMethod, check_linear_in_lr, finite
 from genlr.methods.curvature import CURVATURE_MODES, DirectionalDerivatives, batch_fraction
 
 FALLBACKS = ("keep", "shrink")
+PROBES = ("same", "next")
 
 
 class GeNBase(LRMethod):
@@ -37,7 +38,7 @@ class GeNBase(LRMethod):
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, lr_min: float, lr_max: Optional[float],
                  every: int, smoothing: float, max_factor: Optional[float], fallback: str,
-                 shrink: float, **common) -> None:
+                 shrink: float, probe: str, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, type(self).__name__)
         if every < 1:
@@ -52,9 +53,14 @@ class GeNBase(LRMethod):
             raise ValueError(f"shrink must be in (0, 1], got {shrink}")
         if lr_min < 0 or (lr_max is not None and lr_max < lr_min):
             raise ValueError(f"need 0 <= lr_min <= lr_max, got {lr_min}, {lr_max}")
+        if probe not in PROBES:
+            raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
-        self.fallback, self.shrink = fallback, shrink
+        self.fallback, self.shrink, self.probe = fallback, shrink, probe
+        self.probe_batches: Iterator[Any] | None = None
+        self._probe_batch: Any = None
+        self._previous_batch: Any = None
 
     # ------------------------------------------------------------------ hooks
     def estimate(self, params, d, batch, loss) -> tuple[float | None, dict[str, float], Any]:
@@ -71,8 +77,36 @@ class GeNBase(LRMethod):
     def probe_due(self) -> bool:
         return self.step_count % self.every == 0
 
+    def probe_source(self, batch: Any) -> tuple[Any, bool]:
+        """The batch the probes run on, and whether it is the training batch.
+
+        With ``probe="next"``: the ``probe_batch`` given to ``step``, else the next batch of
+        ``probe_batches`` (an iterator the caller may set), else the previous step's batch
+        (seen by the optimizer's momentum already, so a weaker choice), else the training
+        batch itself (the very first step)."""
+        if self.probe == "same":
+            return batch, True
+        if self._probe_batch is not None:
+            return self._probe_batch, False
+        if self.probe_batches is not None:
+            try:
+                return next(self.probe_batches), False
+            except StopIteration:
+                self.probe_batches = None
+        if self._previous_batch is not None:
+            return self._previous_batch, False
+        return batch, True
+
     # ---------------------------------------------------------------- the step
-    def step(self, batch: Any = None, loss: torch.Tensor | None = None) -> float:
+    def step(self, batch: Any = None, loss: torch.Tensor | None = None,
+             probe_batch: Any = None) -> float:
+        self._probe_batch = probe_batch
+        try:
+            return self._step(batch, loss)
+        finally:
+            self._previous_batch, self._probe_batch = batch, None
+
+    def _step(self, batch: Any, loss: torch.Tensor | None) -> float:
         self.unscale_grads()
         if not self.probe_due():
             applied = self.apply_update()
@@ -168,11 +202,12 @@ class ExactGeN(GeNBase):
                  lr_min: float = 0.0, lr_max: Optional[float] = None, every: int = 4,
                  smoothing: float = 0.9, max_factor: Optional[float] = None,
                  fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
+                 probe: Literal["same", "next"] = "same",
                  curvature: str = "auto", curvature_batch: Optional[float] = None,
                  **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
-                         shrink=shrink, **common)
+                         shrink=shrink, probe=probe, **common)
         if curvature not in CURVATURE_MODES:
             raise ValueError(f"curvature must be one of {CURVATURE_MODES}, got {curvature!r}")
         if curvature_batch is not None and not 0.0 < curvature_batch <= 1.0:
@@ -181,14 +216,17 @@ class ExactGeN(GeNBase):
         self.derivatives = DirectionalDerivatives(model, loss_fn, self.autocast)
 
     def estimate(self, params, d, batch, loss):
-        slope = self.grad_dot(d, params)
-        self.shift(params, d, 0.0, current=1.0)  # back to theta: the curvature is taken there
+        probe_batch, same = self.probe_source(batch)
+        self.shift(params, d, 0.0, current=1.0)  # back to theta: the derivatives are taken there
         try:
-            curvature = self.batch_mean(self.derivatives.curvature(
-                params, d, batch_fraction(batch, self.curvature_batch), self.curvature_mode))
+            slope, curvature = self.derivatives.derivatives(
+                params, d, batch_fraction(probe_batch, self.curvature_batch), self.curvature_mode)
         finally:
             self.shift(params, d, 1.0, current=0.0)
         self.passes["hvp"] += 1
+        # On the training batch the exact full-batch slope is free; elsewhere the jet's is used.
+        slope = self.grad_dot(d, params) if same else self.batch_mean(slope)
+        curvature = self.batch_mean(curvature)
         diag = {"slope": slope, "curvature": curvature}
         s_star = slope / curvature if finite(slope, curvature) and curvature > 0 else None
         return s_star, diag, lambda s: -slope * s + 0.5 * curvature * s * s

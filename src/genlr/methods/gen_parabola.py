@@ -11,7 +11,7 @@ smoothed, clamped per update, and optionally scaled by the remaining horizon.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -19,7 +19,6 @@ from genlr.methods.base import as_float, finite, has_active_dropout
 from genlr.methods.gen_exact import GeNBase
 
 SCALES = ("constant", "linear", "cosine")
-PROBES = ("same", "next")
 
 
 def fit_parabola(s: list[float], losses: list[float]) -> tuple[float, float, float, float]:
@@ -100,7 +99,7 @@ class ParabolaGeN(GeNBase):
                  shrink: float = 0.5, **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
-                         shrink=shrink, **common)
+                         shrink=shrink, probe=probe, **common)
         points = [float(p) for p in points]
         if len(set(points)) < 3 or len(set(points)) != len(points):
             raise ValueError(f"points must be at least three distinct values, got {points}")
@@ -108,13 +107,9 @@ class ParabolaGeN(GeNBase):
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         if scale != "constant" and not (self.total_steps and self.total_steps > 0):
             raise ValueError(f"scale={scale!r} needs the number of training steps (total_steps)")
-        if probe not in PROBES:
-            raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-        self.points, self.r2_min, self.scale, self.probe = points, r2_min, scale, probe
+        self.points, self.r2_min, self.scale = points, r2_min, scale
         # The unscaled (GeN) learning rates; the optimizer holds them times the horizon scale.
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        self.probe_batches: Iterator[Any] | None = None
-        self._previous_batch: Any = None
 
     # --------------------------------------------------------------- horizon scale
     def horizon_scale(self, step: int | None = None) -> float:
@@ -133,20 +128,17 @@ class ParabolaGeN(GeNBase):
                 group["lr"] = base * sigma
 
     # ----------------------------------------------------------------------- step
-    def step(self, batch: Any = None, loss: torch.Tensor | None = None,
-             probe_batch: Any = None) -> float:
+    def _step(self, batch: Any, loss: torch.Tensor | None) -> float:
         self._apply_scale()
-        self._probe_batch = probe_batch
         if self.scale != "constant" and self.horizon_scale() == 0.0 and self.probe_due():
             # A zero step says nothing about the landscape: take it as a lazy step.
+            self.unscale_grads()
+            applied = self.apply_update()
+            self.diagnostics = {"probed": 0.0, "skipped": float(not applied), "scale": 0.0}
             self.step_count += 1
-            lr = self._lazy(batch)
-            return lr
+            return self.last_lr
         before = self.lrs
-        try:
-            lr = super().step(batch, loss)
-        finally:
-            self._previous_batch = batch
+        lr = super()._step(batch, loss)
         if self.scale == "constant":
             self.base_lrs = self.lrs
         elif self.diagnostics.get("probed"):
@@ -156,30 +148,8 @@ class ParabolaGeN(GeNBase):
         self.diagnostics["scale"] = self.horizon_scale(self.step_count - 1)
         return lr
 
-    def _lazy(self, batch: Any) -> float:
-        self.unscale_grads()
-        applied = self.apply_update()
-        self.diagnostics = {"probed": 0.0, "skipped": float(not applied), "scale": 0.0}
-        self._previous_batch = batch
-        return self.last_lr
-
-    def _probe_source(self, batch: Any) -> tuple[Any, bool]:
-        """The batch the probes run on, and whether it is the training batch."""
-        if self.probe == "same":
-            return batch, True
-        if self._probe_batch is not None:
-            return self._probe_batch, False
-        if self.probe_batches is not None:
-            try:
-                return next(self.probe_batches), False
-            except StopIteration:
-                self.probe_batches = None
-        if self._previous_batch is not None:
-            return self._previous_batch, False
-        return batch, True  # the very first step has nothing else
-
     def estimate(self, params, d, batch, loss):
-        probe_batch, same = self._probe_source(batch)
+        probe_batch, same = self.probe_source(batch)
         reuse = (same and loss is not None and self.model is not None
                  and not has_active_dropout(self.model))
         losses: dict[float, float] = {}

@@ -417,10 +417,11 @@ def _trace(bound: nn.Module, names: list[str], batch: Any) -> _Traced:
     return _Traced(gm, (all_names, spec))
 
 
-def second_directional(bound: nn.Module, named: tuple[list[str], dict], d: list[torch.Tensor],
-                       batch: Any) -> float:
-    """``d^T H d`` of ``bound(batch)`` (a loss module) along ``d`` for the parameters
-    named ``named[0]``, at their current values."""
+def directional_derivatives(bound: nn.Module, named: tuple[list[str], dict],
+                            d: list[torch.Tensor], batch: Any) -> tuple[float, float]:
+    """``(<grad L, d>, d^T H d)`` of ``L = bound(batch)`` (a loss module) along ``d`` for the
+    parameters named ``named[0]``, at their current values: the first and second
+    derivative of ``L(theta + s*d)`` at ``s = 0``, from one jet."""
     names = named[0]
     # Under autocast the trace records the autocast's casts (``_to_copy``, a linear rule), so
     # each jet component takes the dtype the training forward uses at that op; the
@@ -445,9 +446,15 @@ def second_directional(bound: nn.Module, named: tuple[list[str], dict], d: list[
     # not be cast again.
     with torch.no_grad(), torch.autocast("cpu", enabled=False), _no_cuda_autocast():
         out = _interpret(traced.gm, inputs)
-    if not _is_jet(out) or out.a is None:
+    if not _is_jet(out):
+        return 0.0, 0.0
+    return _total(out.t), _total(out.a)
+
+
+def _total(x: torch.Tensor | None) -> float:
+    if x is None:
         return 0.0
-    return float(out.a.float().sum()) if out.a.dim() else float(out.a)
+    return float(x.sum(dtype=torch.float64) if x.dim() else x)
 
 
 INPLACE_VIEWS = {
