@@ -149,3 +149,27 @@ def test_sigterm_to_the_real_cli_saves_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     final = json.loads((run_dir / "summary.json").read_text())
     assert final["status"] == "completed" and final["steps"] == summary["steps"] + 5
+
+
+def test_gen_probes_the_upcoming_batch(monkeypatch, tmp_path):
+    """probe="next": each step's probe batch is the batch the next step trains on (one the
+    optimizer has not stepped on yet), across the epoch boundary too."""
+    build_run = engine.build_run
+    seen: list[tuple] = []
+
+    def spying_build_run(*args, **kwargs):
+        run = build_run(*args, **kwargs)
+        step_fn = run.method.step
+
+        def step(batch, loss=None, probe_batch=None):
+            seen.append((batch, probe_batch))
+            return step_fn(batch, loss=loss, probe_batch=probe_batch)
+
+        run.method.step = step
+        return run
+
+    monkeypatch.setattr(engine, "build_run", spying_build_run)
+    summary = train(spec("gen_parabola"), tmp_path)
+    assert summary["status"] == "completed" and len(seen) == summary["steps"]
+    for (_, probe), (following, _) in zip(seen, seen[1:]):
+        assert all(torch.equal(a, b) for a, b in zip(probe, following))
