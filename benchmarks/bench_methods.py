@@ -10,19 +10,18 @@ does not depend on the values; random tensors of the same shape otherwise).
 Time: mean step time (zero_grad, forward, backward, method.step) over ``--steps`` steps
 after warm-up, each configuration measured in rounds interleaved with plain AdamW so that
 drift in the machine's speed cancels; the ratio is method / AdamW. Memory (``--memory``):
-each configuration in a fresh subprocess, peak RSS during the training steps minus the RSS
-before them, divided by the same for plain AdamW.
+the peak of the bytes held by live tensors during training steps (parameters, gradients,
+optimizer state, activations, the method's own tensors), counted per storage by a
+``TorchDispatchMode`` (``PeakTensorMemory``), divided by the same for plain AdamW. On a GPU
+this is what ``torch.cuda.max_memory_allocated`` would show, without the allocator's
+rounding; process RSS, tried first, hides a step's tensors at this model size.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -129,22 +131,47 @@ def time_configs(names: list[str], steps: int, rounds: int, batches) -> dict[str
     return {"adamw_ms": base * 1e3, **{n: statistics.fmean(samples[n]) / base for n in names}}
 
 
-def memory_child(name: str, steps: int) -> None:
-    batches = load_batches(8)
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of tensor storages alive at once while the mode is active: the storages
+    of ``existing`` tensors (given at entry) and of every op's outputs, each storage counted
+    once however many views share it, and dropped when it is freed."""
+
+    def __init__(self, existing: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        for t in existing:
+            self._track(t)
+        self.peak = self._purge_and_count()
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        ref = StorageWeakRef(storage)
+        self.live.setdefault(ref.cdata, (ref, storage.nbytes()))
+
+    def _purge_and_count(self) -> int:
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            del self.live[key]
+        return sum(n for _, n in self.live.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._purge_and_count()  # free first, so that a reused address is a new storage
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self._track(t)
+        self.peak = max(self.peak, self._purge_and_count())
+        return out
+
+
+def peak_memory(name: str, steps: int, batches) -> int:
+    """Peak live tensor bytes over ``steps`` training steps after a warm-up (which creates
+    the optimizer state and traces the Taylor pass outside the measurement)."""
     model, opt, method = build(name)
-    with open("/proc/self/statm") as f:
-        rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    run_steps(model, opt, method, batches, steps)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"delta": peak - rss_before}))
-
-
-def memory_ratio(name: str, steps: int) -> float:
-    def delta(n: str) -> int:
-        out = subprocess.run([sys.executable, __file__, "--memory-child", n, "--steps", str(steps)],
-                             check=True, capture_output=True, text=True).stdout
-        return json.loads(out.strip().splitlines()[-1])["delta"]
-    return delta(name) / delta("adamw")
+    run_steps(model, opt, method, batches, 2)
+    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    with PeakTensorMemory([*model.parameters(), *state]) as meter:
+        run_steps(model, opt, method, batches, steps, start=2)
+    return meter.peak
 
 
 def main() -> None:
@@ -153,21 +180,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="substring filter on configuration names")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory ratios")
-    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_child:
-        memory_child(args.memory_child, args.steps)
-        return
     names = [n for n in CONFIGS if n != "adamw" and args.only in n]
     batches = load_batches(16)
     result = time_configs(names, args.steps, args.rounds, batches)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"AdamW step {result['adamw_ms']:.1f} ms (batch 128)")
+    base_memory = peak_memory("adamw", 4, batches) if args.memory else 0
+    if args.memory:
+        print(f"AdamW peak live tensor memory {base_memory / 2**20:.1f} MiB")
     print(f"{'configuration':42s} {'time / AdamW':>12s}" + (f" {'memory / AdamW':>15s}" if args.memory else ""))
     for name in names:
         line = f"{name:42s} {result[name]:12.2f}"
         if args.memory:
-            line += f" {memory_ratio(name, 10):15.2f}"
+            line += f" {peak_memory(name, 4, batches) / base_memory:15.2f}"
         print(line, flush=True)
 
 

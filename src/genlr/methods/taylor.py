@@ -484,11 +484,18 @@ def _as_traced_dtype(out: Any, val: Any) -> Any:
 def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
     env: dict[torch.fx.Node, Any] = {}
     it = iter(inputs)
+    nodes = list(gm.graph.nodes)
+    # Each value is dropped after its last use, so the three jet streams of only the live
+    # layers are held at once (not of the whole network): the pass's peak memory.
+    dead_after: dict[int, list[torch.fx.Node]] = {}
+    last_use = {inp: i for i, node in enumerate(nodes) for inp in node.all_input_nodes}
+    for node, i in last_use.items():
+        dead_after.setdefault(i, []).append(node)
 
     def load(a: Any) -> Any:
         return torch.fx.node.map_arg(a, lambda n: env[n])
 
-    for node in gm.graph.nodes:
+    for i, node in enumerate(nodes):
         if node.op == "placeholder":
             env[node] = next(it)
         elif node.op == "get_attr":
@@ -497,8 +504,7 @@ def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
             args, kwargs = load(node.args), load(node.kwargs)
             if node.target is operator.getitem:
                 env[node] = args[0][args[1]]
-                continue
-            if node.target in INPLACE_VIEWS:  # the input is that view from here on, too
+            elif node.target in INPLACE_VIEWS:  # the input is that view from here on, too
                 value = args[0]
                 func = INPLACE_VIEWS[node.target]
                 out = _map(lambda c: func(c, *args[1:], **kwargs), value) if _is_jet(value) \
@@ -506,14 +512,17 @@ def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
                 env[node] = out
                 if isinstance(node.args[0], torch.fx.Node):
                     env[node.args[0]] = out
-                continue
-            moving = any(_is_jet(x) for x in pytree.tree_leaves((args, kwargs)))
-            env[node] = _rule(node.target, args, kwargs) if moving else node.target(*args, **kwargs)
-            if moving:  # a rule composed of several ops may promote (autocast: bf16 BN input
-                env[node] = _as_traced_dtype(env[node], node.meta.get("val"))  # with fp32 weight)
+            else:
+                moving = any(_is_jet(x) for x in pytree.tree_leaves((args, kwargs)))
+                env[node] = _rule(node.target, args, kwargs) if moving else node.target(*args, **kwargs)
+                if moving:  # a rule composed of several ops may promote (autocast: bf16 BN
+                    env[node] = _as_traced_dtype(env[node], node.meta.get("val"))  # input, fp32 weight)
+            del args, kwargs
         elif node.op == "output":
             result = load(node.args[0])
             return result[0] if isinstance(result, (list, tuple)) else result
         else:
             raise TaylorUnsupported(f"graph node {node.op}")
+        for dead in dead_after.get(i, ()):
+            env.pop(dead, None)
     raise TaylorUnsupported("graph without output")
