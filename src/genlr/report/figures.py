@@ -103,17 +103,16 @@ def lr_figure(groups: Sequence[Group], path: Path) -> Path | None:
     wide = len(groups) > 6
     figure = Figure(figsize=(6.5 + (2.5 if wide else 0), 4.0), dpi=100)
     ax = figure.add_subplot()
-    positive = True
     for group, color in zip(groups, _colors(len(groups))):
         xs, mean, low, high = mean_curve(group, "train/lr", "step")
         if not xs:
             continue
-        positive &= min(low) > 0
         ax.plot(xs, mean, color=color, label=group.name, marker="o" if len(xs) == 1 else None,
                 markersize=3)
         ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
-    if positive:
-        ax.set_yscale("log")
+    # Log even when a schedule reaches 0 at its end (that point is left out), so that one
+    # method's spike does not flatten every other trace.
+    ax.set_yscale("log", nonpositive="mask")
     ax.set_title("learning rate (train/lr, param group 0)")
     ax.set_xlabel("step")
     ax.set_ylabel("lr")
