@@ -78,8 +78,9 @@ class ParabolaGeN(GeNBase):
         points: probe positions in units of the current lr (must include at least three
             distinct values; ``0`` is free with ``probe="same"``).
         r2_min: least R^2 of the fit to accept it (only checked with more than 3 points).
-        every: probe every this many steps (lazy GeN); the default 8 keeps the cost of the
-            probe forwards near 10% of training (the reference code suggests >= 4).
+        every: probe every this many steps (lazy GeN); the default 8 costs about 1.2x a
+            plain AdamW step with the three next-batch forwards (the reference code
+            suggests >= 4; docs/methods.md has the measured table).
         smoothing: ``lr <- smoothing*lr + (1-smoothing)*alpha_star`` (0.9 as in the paper).
         max_factor: per-update clamp of the lr change to ``[1/max_factor, max_factor]``
             (2 as in the reference code; ``None`` turns it off).
