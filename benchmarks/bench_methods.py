@@ -141,25 +141,25 @@ class PeakTensorMemory(TorchDispatchMode):
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
         for t in existing:
             self._track(t)
-        self.peak = self._purge_and_count()
+        self.peak = self._total()
 
     def _track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
         ref = StorageWeakRef(storage)
         self.live.setdefault(ref.cdata, (ref, storage.nbytes()))
 
-    def _purge_and_count(self) -> int:
-        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
-            del self.live[key]
+    def _total(self) -> int:
         return sum(n for _, n in self.live.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self._purge_and_count()  # free first, so that a reused address is a new storage
+        # Forget freed storages first, so that a reused address counts as a new storage.
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            del self.live[key]
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 self._track(t)
-        self.peak = max(self.peak, self._purge_and_count())
+        self.peak = max(self.peak, self._total())
         return out
 
 

@@ -370,7 +370,6 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             # sees one its optimizer has not stepped on yet; it is trained on next step.
             batches = _batch_stream(task, cfg.batch_size, spec.seed, steps_per_epoch, step)
             upcoming = next(batches, None)
-            wants_probe_batch = getattr(method, "probe", None) == "next"
             while step < total_steps and stop.signal is None and upcoming is not None:
                 batch, upcoming = upcoming, next(batches, None)
                 tic = time.perf_counter()
@@ -382,7 +381,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 (loss_value,) = distributed.mean_over_ranks(loss.detach())
                 if not math.isfinite(loss_value):
                     raise Diverged(f"training loss is {loss_value} at step {step + 1}")
-                if wants_probe_batch and upcoming is not None:
+                if method.wants_probe_batch and upcoming is not None:
                     method.step(batch, loss=loss, probe_batch=distributed.shard(upcoming))
                 else:
                     method.step(batch, loss=loss)

@@ -90,6 +90,9 @@ class LRMethod:
 
     #: whether the method probes the loss (then ``model`` and ``loss_fn`` are required)
     needs_loss_fn: bool = False
+    #: whether ``step`` takes ``probe_batch=``, a batch the optimizer has not stepped on yet
+    #: (the engine then passes the one the next step trains on)
+    wants_probe_batch: bool = False
     #: record ``last_profile`` (the real loss along the step against the method's quadratic
     #: model) every this many steps; 0 turns it off. The engine sets it.
     profile_every: int = 0

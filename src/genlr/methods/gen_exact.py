@@ -96,6 +96,10 @@ class GeNBase(LRMethod):
     def probe_due(self) -> bool:
         return self.step_count % self.every == 0
 
+    @property
+    def wants_probe_batch(self) -> bool:
+        return self.probe == "next"
+
     def probe_source(self, batch: Any) -> tuple[Any, bool]:
         """The batch the probes run on, and whether it is the training batch.
 
@@ -119,16 +123,13 @@ class GeNBase(LRMethod):
     # ---------------------------------------------------------------- the step
     def step(self, batch: Any = None, loss: torch.Tensor | None = None,
              probe_batch: Any = None) -> float:
-        self._probe_batch = probe_batch
-        try:
-            return self._step(batch, loss)
-        finally:
-            self._previous_batch, self._probe_batch = batch, None
-
-    def _step(self, batch: Any, loss: torch.Tensor | None) -> float:
         self._apply_scale()
         before = self.lrs
-        self._probe_and_step(batch, loss)
+        self._probe_batch = probe_batch
+        try:
+            self._probe_and_step(batch, loss)
+        finally:
+            self._previous_batch, self._probe_batch = batch, None
         if self.scale == "constant":
             self.base_lrs = self.lrs
         elif self.diagnostics["probed"]:
