@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (InterpolationKeyError, OmegaConfBaseException,
+                              UnsupportedInterpolationType)
 
 from gen_cli.schema import register_schemas
 from genlr.engine import RunSpec, TrainerConfig, build_run
@@ -140,11 +141,32 @@ def _hydra_settings(overrides: list[str], multirun: bool) -> tuple[bool, Path]:
     """Whether the config asks for a multirun (experiments may), and the output folder."""
     try:
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        _check_references(cfg.hydra, "hydra.")
         config_multirun = OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN
         key = "hydra.sweep.dir" if multirun or config_multirun else "hydra.run.dir"
         return config_multirun, Path(str(OmegaConf.select(cfg, key)))
+    except UsageError:
+        raise
     except Exception as err:
         raise UsageError(_first_line(err)) from None
+
+
+def _check_references(node: DictConfig | ListConfig, prefix: str) -> None:
+    """Hydra's own settings resolve only once the run starts; an interpolation to a key that
+    does not exist, or to an unknown resolver, fails then with a traceback, so find it now.
+    (Values Hydra fills in at run time, still ``???`` here, are left alone.)"""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        if f"{prefix}{key}" == "hydra.overrides":  # the command line's own text, not settings
+            continue
+        try:
+            value = node[key]
+        except (InterpolationKeyError, UnsupportedInterpolationType) as err:
+            raise UsageError(f"{prefix}{key}: {_first_line(err)}") from None
+        except OmegaConfBaseException:
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            _check_references(value, f"{prefix}{key}.")
 
 
 def _check_writable(out_dir: Path) -> None:

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_mnist_layout
@@ -58,6 +58,8 @@ def _restore_argv():
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
 @given(override=overrides)
+@example(override="hydra.job.chdir=${oops}")  # Hydra's settings resolve only at run time
+@example(override="hydra.run.dir=${nope:x}")
 def test_malformed_override_runs_or_fails_with_one_line(override):
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
