@@ -126,6 +126,40 @@ def test_curvature_modes_agree_on_relu_batchnorm_maxpool(kind):
         assert v == pytest.approx(values[0], rel=1e-9)
 
 
+class PartlyMoving(nn.Module):
+    """Layers where only some operands move: a grouped conv without bias, a conv whose
+    weight is frozen (only its bias moves), a linear layer through ``torch.addmm`` with
+    alpha and beta, and a product of two moving values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.grouped = nn.Conv2d(2, 4, 3, padding=1, groups=2, bias=False).double()
+        self.frozen = nn.Conv2d(4, 4, 1).double()
+        self.frozen.weight.requires_grad_(False)
+        self.w = nn.Parameter(0.1 * torch.randn(4 * 6 * 6, 3, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(3, dtype=torch.float64))
+        self.gate = nn.Linear(4 * 6 * 6, 3).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.frozen(self.grouped(x))).flatten(1)
+        return torch.addmm(self.b, h, self.w, beta=0.5, alpha=2.0) * torch.tanh(self.gate(h))
+
+
+@pytest.mark.parametrize("mode", ["taylor", "forward_over_reverse"])
+def test_curvature_when_only_some_operands_move(mode):
+    model = PartlyMoving()
+    torch.manual_seed(6)
+    batch = (torch.randn(8, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (8,)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    d = [0.1 * torch.randn_like(p) for p in params]
+    dd = DirectionalDerivatives(model, classification_loss)
+    reference = dd.derivatives(params, d, batch, "double_backward")
+    slope, curvature = dd.derivatives(params, d, batch, mode)
+    assert slope == pytest.approx(reference[0], rel=1e-9)
+    assert curvature == pytest.approx(reference[1], rel=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["taylor", "double_backward", "forward_over_reverse"])
 def test_batchnorm_curvature_matches_central_differences(mode):
     from genlr.methods.base import probe_mode
