@@ -120,6 +120,12 @@ LINEAR_FIRST_ARG = {
 }
 
 
+# Linear ops with several outputs (views of the first argument).
+LINEAR_FIRST_ARG_MULTI = {
+    aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
+}
+
+
 def _is_jet(x: Any) -> bool:
     return isinstance(x, Jet)
 
@@ -144,6 +150,11 @@ def _rule(op: Any, args: tuple, kwargs: dict, donated: bool = False) -> Any:
     """The jet of ``op(*args, **kwargs)``; ``donated``: ``args[0]`` is this op's to overwrite."""
     if op in LINEAR_FIRST_ARG:
         return _map(lambda c: op(c, *args[1:], **kwargs), args[0])
+    if op in LINEAR_FIRST_ARG_MULTI:
+        parts = [None if c is None else op(c, *args[1:], **kwargs)
+                 for c in (args[0].v, args[0].t, args[0].a)]
+        return [Jet(v, None if parts[1] is None else parts[1][i],
+                    None if parts[2] is None else parts[2][i]) for i, v in enumerate(parts[0])]
     if op is aten.mul.Tensor:
         x, y = args
         if not isinstance(y, (Jet, torch.Tensor)):
@@ -285,6 +296,17 @@ def _rule(op: Any, args: tuple, kwargs: dict, donated: bool = False) -> Any:
                 raise TaylorUnsupported("batch norm that updates its running statistics")
             return _batch_norm_batch_stats(x, w, b, training, momentum, eps)
         return _batch_norm_running_stats(x, w, b, rm, rv, eps)
+    if op is aten.native_layer_norm.default:
+        x, normalized_shape, w, b, eps = args
+        if not _is_jet(x):
+            raise TaylorUnsupported("layer norm of a constant input with moving affine parameters")
+        dims = list(range(x.v.dim() - len(normalized_shape), x.v.dim()))
+        mean = _rule(aten.mean.dim, (x, dims, True), {})
+        centred = _rule(aten.sub.Tensor, (x, mean), {})
+        var = _rule(aten.mean.dim, (_rule(aten.mul.Tensor, (centred, centred), {}), dims, True), {})
+        rstd = _rule(aten.rsqrt.default, (_rule(aten.add.Tensor, (var, eps), {}),), {})
+        out = _affine(_rule(aten.mul.Tensor, (centred, rstd), {}), w, b, tuple(normalized_shape))
+        return out, mean.v, rstd.v
     if op is aten.where.self:
         cond, x, y = args
         xj = x if _is_jet(x) else Jet(x, None, None)
@@ -408,7 +430,9 @@ def _trace(bound: nn.Module, names: list[str], batch: Any) -> _Traced:
 
     try:
         with torch.no_grad():
-            gm = make_fx(loss_of)([state[n].detach() for n in all_names], leaves)
+            # functionalize: in-place ops (ReLU(inplace=True)) are traced as their pure forms.
+            gm = make_fx(torch.func.functionalize(loss_of))(
+                [state[n].detach() for n in all_names], leaves)
     except Exception as err:  # data-dependent control flow, unsupported Python, ...
         raise TaylorUnsupported(f"tracing the loss failed: {err}") from err
     return _Traced(gm, (all_names, spec))
