@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -211,7 +213,8 @@ def test_gen_line_search_on_another_batch(method_cls):
     model = nn.Linear(5, 1, dtype=torch.float64)
     batch_a, batch_b = _regression_batch(1), _regression_batch(2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    options = {"max_factor": None} if method_cls is ParabolaGeN else {}
+    # defer=False: decide at this step (the next one trains on A, not on B)
+    options = {"max_factor": None, "defer": False} if method_cls is ParabolaGeN else {}
     method = method_cls(opt, model, mse_loss, every=1, smoothing=0.0, probe="next", **options)
     for _ in range(3):
         params = list(model.parameters())
@@ -225,6 +228,44 @@ def test_gen_line_search_on_another_batch(method_cls):
             float((a * b).sum()) for a, b in zip(hd, d))
         assert method.step(batch_a, loss=loss, probe_batch=batch_b) == pytest.approx(expected, rel=1e-6)
         assert method.diagnostics["accepted"] == 1.0
+
+
+@pytest.mark.parametrize("next_batch", ["probe", "other", "resumed"])
+def test_parabola_defers_the_plus_one_probe_to_the_next_training_loss(next_batch):
+    """With defer, L(+1) on the probe batch B is the next step's training loss (when that
+    step trains on B; probed otherwise): the lr adopted at the start of the next step is the
+    exact line search of B's quadratic along the first step, with two forwards per probe."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1, dtype=torch.float64)
+    batch_a, batch_b, batch_c = (_regression_batch(seed) for seed in (1, 2, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def make(optimizer):
+        return ParabolaGeN(optimizer, model, mse_loss, every=2, smoothing=0.0, max_factor=None)
+
+    method = make(opt)
+    params = list(model.parameters())
+    g_b = torch.autograd.grad(mse_loss(model, batch_b), params)
+    loss = train_step(model, mse_loss, batch_a, opt)
+    d = [p.grad.detach().clone() for p in params]
+    _, hd = torch.autograd.functional.hvp(
+        lambda w, b: mse_loss(lambda x: x @ w.T + b, batch_b), tuple(p.detach() for p in params),
+        tuple(d))
+    expected = sum(float((a * b).sum()) for a, b in zip(g_b, d)) / sum(
+        float((a * b).sum()) for a, b in zip(hd, d))
+    assert method.step(batch_a, loss=loss, probe_batch=batch_b) == 0.01  # not decided yet
+    assert method.diagnostics["probed"] == 0.0 and method.passes["forward"] == 2
+    if next_batch == "resumed":  # a checkpoint between the probe and its completion
+        state = copy.deepcopy((opt.state_dict(), method.state_dict()))
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        method = make(opt)
+        opt.load_state_dict(state[0])
+        method.load_state_dict(state[1])
+    train_on = batch_c if next_batch == "other" else batch_b
+    loss = train_step(model, mse_loss, train_on, opt)
+    assert method.step(train_on, loss=loss) == pytest.approx(expected, rel=1e-6)
+    assert method.diagnostics["probed"] == 1.0 and method.diagnostics["accepted"] == 1.0
+    assert method.passes["forward"] == (3 if next_batch == "other" else 2)
 
 
 def test_gen_probe_next_falls_back_to_the_previous_batch():

@@ -303,7 +303,8 @@ def test_parabola_horizon_scale_and_next_batch():
         loss.backward()
         method.step(data[i], loss=loss, probe_batch=data[i + 1])
         assert method.diagnostics["scale"] == pytest.approx(1 - i / 4)
-    assert method.passes["forward"] == 4 * 3  # L(0) is probed too on another batch
+    # L(0) is probed too on another batch; L(+1) is the next step's training loss (defer)
+    assert method.passes["forward"] == 4 * 2
     with pytest.raises(ValueError, match="total_steps"):
         ParabolaGeN(opt, model, classification_loss, scale="cosine")
 

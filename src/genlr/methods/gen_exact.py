@@ -142,31 +142,48 @@ class GeNBase(LRMethod):
 
     def _probe_and_step(self, batch: Any, loss: torch.Tensor | None) -> None:
         self.unscale_grads()
+        fitted = self.complete_deferred(batch, loss)
         # A zero step (the end of a decaying scale) says nothing about the landscape.
         if not self.probe_due() or self.horizon_scale() == 0.0:
             applied = self.apply_update()
             # Lazy steps carry the last probe's measurements, so a logger sampling any
             # step sees the latest ones (``probed`` says whether they are this step's).
-            self.diagnostics = {**self.diagnostics, "probed": 0.0, "skipped": float(not applied)}
+            self.diagnostics = {**self.diagnostics, "probed": float(fitted),
+                                "skipped": float(not applied)}
             return
         captured = self.capture_direction()
         if captured is None:  # the GradScaler skipped the step: nothing moved, lr unchanged
-            self.diagnostics = {"probed": 0.0, "skipped": 1.0, "accepted": 0.0, "fallback": 0.0}
+            self.diagnostics = ({**self.diagnostics, "skipped": 1.0} if fitted else
+                                {"probed": 0.0, "skipped": 1.0, "accepted": 0.0, "fallback": 0.0})
             return
         params, d = captured
         probe_batch, same = self.probe_source(batch)
-        s_star, diag, model = self.estimate(params, d, probe_batch, same, loss)
-        factor, accepted = self.choose(s_star)
+        estimate = self.estimate(params, d, probe_batch, same, loss)
+        if estimate is None:  # completed at the next step (``complete_deferred``)
+            self.diagnostics = {**self.diagnostics, "probed": float(fitted), "skipped": 0.0}
+            return
+        s_star, diag, model = estimate
+        factor = self.adopt(s_star, diag)
         if self.profile_due() and model is not None:
             self.record_profile(params, d, probe_batch, current=1.0, model=model,
                                 anchored=True, chosen=factor)
         self.place(params, d, factor, current=1.0)
+
+    def complete_deferred(self, batch: Any, loss: torch.Tensor | None) -> bool:
+        """Finish a measurement the previous step began and adopt its learning rate (before
+        this step's update); True if one was finished. None to finish here."""
+        return False
+
+    def adopt(self, s_star: float | None, diag: dict[str, float]) -> float:
+        """The factor on the current lr for a proposed ``s*``; sets the diagnostics."""
+        factor, accepted = self.choose(s_star)
         self.diagnostics = {
             **diag, "probed": 1.0, "skipped": 0.0,
-            "alpha_star": float(s_star) * self.last_lr / factor if s_star is not None else math.nan,
+            "alpha_star": float(s_star) * self.last_lr if s_star is not None else math.nan,
             "s_star": float(s_star) if s_star is not None else math.nan,
             "factor": factor, "accepted": float(accepted), "fallback": float(not accepted),
         }
+        return factor
 
     def state_dict(self) -> dict[str, Any]:
         # The previous batch is what probe="next" falls back on without a probe_batch.

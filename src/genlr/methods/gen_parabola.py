@@ -14,6 +14,7 @@ import math
 from typing import Any, Literal, Optional
 
 import torch
+from torch.utils import _pytree as pytree
 
 from genlr.methods.base import as_float, finite, has_active_dropout
 from genlr.methods.gen_exact import GeNBase
@@ -62,7 +63,12 @@ class ParabolaGeN(GeNBase):
       has active dropout, whose training loss is not the probe's function. With
       ``probe="next"`` the probes use a different batch: ``step(..., probe_batch=b)`` if
       given, else the next batch of ``probe_batches`` (an iterator the caller may set), else
-      the previous step's batch; ``L(0)`` is then probed too.
+      the previous step's batch; ``L(0)`` is then probed too. With ``defer`` and a
+      ``probe_batch`` given (the engine passes the batch the next step trains on), ``L(+1)``
+      is not probed: the parameters stay at ``s = 1`` and the next step's training loss on
+      that batch is ``L(+1)``, so the fit completes at the start of the next ``step`` (before
+      its update, which takes the new lr); one forward fewer per probe. If the next step
+      trains on another batch, ``L(+1)`` is probed then.
     * After ``step`` each ``param_groups[i]["lr"]`` is the lr just chosen and applied.
     * Raises ``IncompatibleOptimizerError`` for an optimizer whose step is not linear in lr.
     * A step the GradScaler skipped changes neither parameters nor lr. A fit with no
@@ -78,9 +84,9 @@ class ParabolaGeN(GeNBase):
         points: probe positions in units of the current lr (must include at least three
             distinct values; ``0`` is free with ``probe="same"``).
         r2_min: least R^2 of the fit to accept it (only checked with more than 3 points).
-        every: probe every this many steps (lazy GeN); the default 8 costs about 1.2x a
-            plain AdamW step with the three next-batch forwards (the reference code
-            suggests >= 4; docs/methods.md has the measured table).
+        every: probe every this many steps (lazy GeN); the default 8 costs about 1.1x a
+            plain AdamW step with two next-batch forwards per probe (``defer``; the
+            reference code suggests >= 4; docs/methods.md has the measured table).
         smoothing: ``lr <- smoothing*lr + (1-smoothing)*alpha_star`` (0.9 as in the paper).
         max_factor: per-update clamp of the lr change to ``[1/max_factor, max_factor]``
             (2 as in the reference code; ``None`` turns it off).
@@ -92,6 +98,9 @@ class ParabolaGeN(GeNBase):
             ``s*`` includes the batch's own noise and keeps growing: on the Fashion-MNIST
             CNN with AdamW it drove the lr to 0.03 and the accuracy from 0.82 to 0.42
             within 400 steps, where "next" kept it in 1.3e-3 to 4e-3 (docs/methods.md).
+        defer: take ``L(+1)`` from the next step's training loss when that step trains on
+            the probe batch (needs ``+1`` in ``points``, no active dropout; not on steps
+            that record the profile). The lr found applies from that next step on.
         lr_min, lr_max, fallback, shrink: as in ``ExactGeN``.
     """
 
@@ -101,14 +110,15 @@ class ParabolaGeN(GeNBase):
                  scale: Literal["constant", "linear", "cosine"] = "constant",
                  probe: Literal["same", "next"] = "next", lr_min: float = 0.0,
                  lr_max: Optional[float] = None, fallback: Literal["keep", "shrink"] = "keep",
-                 shrink: float = 0.5, **common) -> None:
+                 shrink: float = 0.5, defer: bool = True, **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
                          shrink=shrink, probe=probe, scale=scale, **common)
         points = [float(p) for p in points]
         if len(set(points)) < 3 or len(set(points)) != len(points):
             raise ValueError(f"points must be at least three distinct values, got {points}")
-        self.points, self.r2_min = points, r2_min
+        self.points, self.r2_min, self.defer = points, r2_min, defer
+        self._deferred: dict[str, Any] | None = None
 
     def estimate(self, params, d, batch, same, loss):
         reuse = (same and loss is not None and self.model is not None
@@ -116,6 +126,12 @@ class ParabolaGeN(GeNBase):
         losses: dict[float, float] = {}
         if reuse:
             losses[0.0] = self.batch_mean(as_float(loss))
+        # The next step trains on the probe batch at s = 1 (where the optimizer's step
+        # leaves us): its training loss is phi(1), so that probe can wait for it.
+        defer = (self.defer and not same and batch is self._probe_batch and 1.0 in self.points
+                 and not has_active_dropout(self.model) and not self.profile_due())
+        if defer:
+            losses[1.0] = math.nan
         at = 1.0
         for s in sorted(self.points, key=lambda p: abs(p - 1.0)):  # start where we are
             if s in losses:
@@ -124,6 +140,26 @@ class ParabolaGeN(GeNBase):
             at = s
             losses[s] = self.probe_loss(batch)
         self.shift(params, d, 1.0, current=at)
+        if defer:
+            self._deferred = {"losses": losses, "batch": batch}
+            return None
+        return self.fit(losses)
+
+    def complete_deferred(self, batch, loss) -> bool:
+        if self._deferred is None:
+            return False
+        losses, probed = self._deferred["losses"], self._deferred["batch"]
+        self._deferred = None
+        if loss is not None and same_batch(batch, probed):
+            losses[1.0] = self.batch_mean(as_float(loss))
+        else:  # trained on another batch: the parameters are still at s = 1, probe there
+            losses[1.0] = self.probe_loss(probed)
+        s_star, diag, _ = self.fit(losses)
+        self.scale_lrs(self.adopt(s_star, diag))
+        return True
+
+    def fit(self, losses: dict[float, float]):
+        """``(s*, diagnostics, model)`` from the losses at ``points``."""
         ys = [losses[s] for s in self.points]
         if not finite(*ys):
             return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
@@ -133,3 +169,33 @@ class ParabolaGeN(GeNBase):
         s_star = -b / (2.0 * c) if good else None
         model = (lambda s: b * s + c * s * s) if finite(a, b, c) else None
         return s_star, diag, model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "deferred": self._deferred}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._deferred = state.get("deferred")
+
+
+def same_batch(a: Any, b: Any) -> bool:
+    """Whether two batches hold the same data (the same objects, or equal values: a
+    re-sliced shard, a batch restored from a checkpoint)."""
+    if a is b:
+        return True
+    leaves_a, spec_a = pytree.tree_flatten(a)
+    leaves_b, spec_b = pytree.tree_flatten(b)
+    if spec_a != spec_b:
+        return False
+    for x, y in zip(leaves_a, leaves_b):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if (x.shape, x.dtype, x.device) != (y.shape, y.dtype, y.device) or not (
+                    (x.data_ptr(), x.stride()) == (y.data_ptr(), y.stride()) or torch.equal(x, y)):
+                return False
+        elif x is not y:
+            try:
+                if not bool(x == y):
+                    return False
+            except (TypeError, ValueError, RuntimeError):  # arrays, tensor vs non-tensor
+                return False
+    return True
