@@ -1,6 +1,7 @@
 """Per-step cost of the GeN and Newt methods relative to plain AdamW, in one process.
 
-Fashion-MNIST CNN (2 conv + 2 fc, as the issue and DESIGN.md measure it), batch 128, CPU.
+Fashion-MNIST CNN (``model=cnn``: 2 conv + 2 fc with dropout, the network of DESIGN.md's
+cost figures; ``--model small`` for a lighter one without dropout), batch 128, CPU.
 Real Fashion-MNIST images are used when /usr/share/datasets/fashion-mnist is there (timing
 does not depend on the values; random tensors of the same shape otherwise).
 
@@ -25,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +38,20 @@ from torch.utils._pytree import tree_leaves
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from genlr import ExactGeN, Newt, ParabolaGeN  # noqa: E402
+from genlr.models import build_model  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
 
 
-def make_model() -> nn.Module:
+def make_model(kind: str = "cnn") -> nn.Module:
+    """``cnn``: the registry's CNN (``model=cnn``, the PyTorch MNIST example: two 3x3 convs,
+    max pooling, dropout, two fc), on which DESIGN.md's costs were measured; ``small``: a
+    lighter conv-pool-conv-pool CNN without dropout (the tables of earlier sessions)."""
     torch.manual_seed(0)
+    if kind == "cnn":
+        task = SimpleNamespace(name="fashion_mnist", input_shape=(1, 28, 28), num_outputs=10)
+        return build_model("cnn", task)
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
@@ -92,8 +101,8 @@ CONFIGS = {
 }
 
 
-def build(name: str):
-    model = make_model()
+def build(name: str, kind: str):
+    model = make_model(kind)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     factory = CONFIGS[name]
     method = factory(opt, model) if factory is not None else None
@@ -118,8 +127,8 @@ def run_steps(model, opt, method, batches, steps: int, start: int = 0) -> list[f
     return times
 
 
-def time_configs(names: list[str], steps: int, rounds: int, batches) -> dict[str, float]:
-    built = {name: build(name) for name in ["adamw", *names]}
+def time_configs(names: list[str], steps: int, rounds: int, batches, kind: str) -> dict[str, float]:
+    built = {name: build(name, kind) for name in ["adamw", *names]}
     for name, (model, opt, method) in built.items():  # warm-up (and first-call tracing)
         run_steps(model, opt, method, batches, 8)
     samples: dict[str, list[float]] = {name: [] for name in built}
@@ -165,10 +174,10 @@ class PeakTensorMemory(TorchDispatchMode):
         return out
 
 
-def peak_memory(name: str, steps: int, batches) -> int:
+def peak_memory(name: str, steps: int, batches, kind: str) -> int:
     """Peak live tensor bytes over ``steps`` training steps after a warm-up (which creates
     the optimizer state and traces the Taylor pass outside the measurement)."""
-    model, opt, method = build(name)
+    model, opt, method = build(name, kind)
     run_steps(model, opt, method, batches, 2)
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     with PeakTensorMemory([*model.parameters(), *state]) as meter:
@@ -182,20 +191,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="substring filter on configuration names")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory ratios")
+    parser.add_argument("--model", choices=["cnn", "small"], default="cnn",
+                        help="the registry's CNN (default) or the lighter one without dropout")
     args = parser.parse_args()
     names = [n for n in CONFIGS if n != "adamw" and args.only in n]
     batches = load_batches(16)
-    result = time_configs(names, args.steps, args.rounds, batches)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    result = time_configs(names, args.steps, args.rounds, batches, args.model)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
           f"AdamW step {result['adamw_ms']:.1f} ms (batch 128)")
-    base_memory = peak_memory("adamw", 4, batches) if args.memory else 0
+    base_memory = peak_memory("adamw", 4, batches, args.model) if args.memory else 0
     if args.memory:
         print(f"AdamW peak live tensor memory {base_memory / 2**20:.1f} MiB")
     print(f"{'configuration':42s} {'time / AdamW':>12s}" + (f" {'memory / AdamW':>15s}" if args.memory else ""))
     for name in names:
         line = f"{name:42s} {result[name]:12.2f}"
         if args.memory:
-            line += f" {peak_memory(name, 4, batches) / base_memory:15.2f}"
+            line += f" {peak_memory(name, 4, batches, args.model) / base_memory:15.2f}"
         print(line, flush=True)
 
 

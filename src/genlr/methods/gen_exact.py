@@ -170,8 +170,8 @@ class GeNBase(LRMethod):
         self.place(params, d, factor, current=1.0)
 
     def complete_deferred(self, batch: Any, loss: torch.Tensor | None) -> bool:
-        """Finish a measurement the previous step began and adopt its learning rate (before
-        this step's update); True if one was finished. None to finish here."""
+        """Finish a measurement the previous step began (``estimate`` returned None) and
+        adopt its learning rate before this step's update; True if one was finished."""
         return False
 
     def adopt(self, s_star: float | None, diag: dict[str, float]) -> float:

@@ -158,7 +158,7 @@ class ParabolaGeN(GeNBase):
         self.scale_lrs(self.adopt(s_star, diag))
         return True
 
-    def fit(self, losses: dict[float, float]):
+    def fit(self, losses: dict[float, float]) -> tuple[float | None, dict[str, float], Any]:
         """``(s*, diagnostics, model)`` from the losses at ``points``."""
         ys = [losses[s] for s in self.points]
         if not finite(*ys):
