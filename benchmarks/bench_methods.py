@@ -6,11 +6,12 @@ Real Fashion-MNIST images are used when /usr/share/datasets/fashion-mnist is the
 does not depend on the values; random tensors of the same shape otherwise).
 
     python benchmarks/bench_methods.py              # time ratios (and memory with --memory)
-    python benchmarks/bench_methods.py --only gen_exact --steps 40
+    python benchmarks/bench_methods.py --only gen_exact --rounds 15
 
-Time: mean step time (zero_grad, forward, backward, method.step) over ``--steps`` steps
-after warm-up, each configuration measured in rounds interleaved with plain AdamW so that
-drift in the machine's speed cancels; the ratio is method / AdamW. Memory (``--memory``):
+Time: a step is zero_grad, forward, backward and method.step. After warm-up, each
+configuration runs ``--rounds`` blocks of ``--block`` steps, each right after a block of
+plain AdamW; the printed ratio is the median over blocks of method / AdamW (mean step time
+per block), with its quartiles. Memory (``--memory``):
 the peak of the bytes held by live tensors during training steps (parameters, gradients,
 optimizer state, activations, the method's own tensors), counted per storage by a
 ``TorchDispatchMode`` (``PeakTensorMemory``), divided by the same for plain AdamW. On a GPU
@@ -81,6 +82,8 @@ def load_batches(count: int, batch_size: int = 128) -> list:
 
 CONFIGS = {
     "adamw": None,
+    # A second plain AdamW: its ratio is the measurement's own floor and spread.
+    "adamw again (control)": lambda o, m: None,
     "gen_exact every=1 taylor": lambda o, m: ExactGeN(o, m, loss_fn, every=1, curvature="taylor"),
     "gen_exact every=1 double_backward": lambda o, m: ExactGeN(o, m, loss_fn, every=1,
                                                                curvature="double_backward"),
@@ -93,6 +96,7 @@ CONFIGS = {
     "gen_exact (defaults)": lambda o, m: ExactGeN(o, m, loss_fn),
     "gen_parabola every=1": lambda o, m: ParabolaGeN(o, m, loss_fn, every=1),
     "gen_parabola every=4": lambda o, m: ParabolaGeN(o, m, loss_fn, every=4),
+    "gen_parabola every=8": lambda o, m: ParabolaGeN(o, m, loss_fn, every=8),
     "gen_parabola (defaults)": lambda o, m: ParabolaGeN(o, m, loss_fn),
     "newt full-batch lookahead": lambda o, m: Newt(o, m, loss_fn, lookahead_batch=None),
     "newt (defaults)": lambda o, m: Newt(o, m, loss_fn),
@@ -127,19 +131,32 @@ def run_steps(model, opt, method, batches, steps: int, start: int = 0) -> list[f
     return times
 
 
-def time_configs(names: list[str], steps: int, rounds: int, batches, kind: str) -> dict[str, float]:
+def time_configs(names: list[str], block: int, rounds: int, batches, kind: str) -> dict:
+    """Per configuration, the median over ``rounds`` of (mean step time of a block of
+    ``block`` steps) / (the same for a block of plain AdamW run just before it), and the
+    quartiles of those ratios. A block holds whole probe periods (``block`` a multiple of
+    ``every``), so each one carries its share of probe steps; pairing adjacent blocks
+    cancels slow drift of the machine's speed, and the median drops the blocks a
+    background burst hit (on a shared 2-core machine single ratios swing by +-30%)."""
     built = {name: build(name, kind) for name in ["adamw", *names]}
     for name, (model, opt, method) in built.items():  # warm-up (and first-call tracing)
-        run_steps(model, opt, method, batches, 8)
-    samples: dict[str, list[float]] = {name: [] for name in built}
+        run_steps(model, opt, method, batches, 2 * block)
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    base_ms = []
     for r in range(rounds):
         for name in names:
+            pair = []
             for which in ("adamw", name):
                 model, opt, method = built[which]
-                samples[which] += run_steps(model, opt, method, batches, steps, start=r * steps)
-    # The mean, not the median: lazy methods' probe steps are the minority of steps.
-    base = statistics.fmean(samples["adamw"])
-    return {"adamw_ms": base * 1e3, **{n: statistics.fmean(samples[n]) / base for n in names}}
+                pair.append(statistics.fmean(run_steps(model, opt, method, batches, block,
+                                                       start=r * block)))
+            base_ms.append(pair[0] * 1e3)
+            ratios[name].append(pair[1] / pair[0])
+    result = {"adamw_ms": statistics.median(base_ms)}
+    for name, values in ratios.items():
+        q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+        result[name] = (statistics.median(values), q1, q3)
+    return result
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -187,24 +204,29 @@ def peak_memory(name: str, steps: int, batches, kind: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default="", help="substring filter on configuration names")
+    parser.add_argument("--block", type=int, default=16,
+                        help="steps per timed block (a multiple of every lazy every)")
+    parser.add_argument("--rounds", type=int, default=9, help="timed blocks per configuration")
+    parser.add_argument("--only", default="",
+                        help="keep configurations whose name contains one of these "
+                             "'|'-separated substrings")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory ratios")
     parser.add_argument("--model", choices=["cnn", "small"], default="cnn",
                         help="the registry's CNN (default) or the lighter one without dropout")
     args = parser.parse_args()
-    names = [n for n in CONFIGS if n != "adamw" and args.only in n]
+    names = [n for n in CONFIGS if n != "adamw" and any(s in n for s in args.only.split("|"))]
     batches = load_batches(16)
-    result = time_configs(names, args.steps, args.rounds, batches, args.model)
+    result = time_configs(names, args.block, args.rounds, batches, args.model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
           f"AdamW step {result['adamw_ms']:.1f} ms (batch 128)")
     base_memory = peak_memory("adamw", 4, batches, args.model) if args.memory else 0
     if args.memory:
         print(f"AdamW peak live tensor memory {base_memory / 2**20:.1f} MiB")
-    print(f"{'configuration':42s} {'time / AdamW':>12s}" + (f" {'memory / AdamW':>15s}" if args.memory else ""))
+    print(f"{'configuration':42s} {'time / AdamW':>12s} {'quartiles':>11s}"
+          + (f" {'memory / AdamW':>15s}" if args.memory else ""))
     for name in names:
-        line = f"{name:42s} {result[name]:12.2f}"
+        median, q1, q3 = result[name]
+        line = f"{name:42s} {median:12.2f} {q1:5.2f}-{q3:<5.2f}"
         if args.memory:
             line += f" {peak_memory(name, 4, batches, args.model) / base_memory:15.2f}"
         print(line, flush=True)

@@ -27,4 +27,4 @@ $BIN/gen-report --synthetic $OUT/synthetic
 
 # Overhead ratios in the same process (README tables)
 .venv/bin/python benchmarks/bench_engine.py | tee $OUT/bench_engine.txt
-.venv/bin/python benchmarks/bench_methods.py --steps 20 --rounds 3 | tee $OUT/bench_methods.txt
+.venv/bin/python benchmarks/bench_methods.py --memory | tee $OUT/bench_methods.txt
