@@ -264,7 +264,7 @@ class ExactGeN(GeNBase):
         curvature_batch: fraction of the batch the curvature is computed on (``None``: all).
 
     Defaults (``every=4``, smoothing 0.9 as in the paper, Taylor-mode curvature on the full
-    batch) cost about 1.4x a plain AdamW step on the Fashion-MNIST CNN on 2 CPU cores; see
+    batch) cost about 1.3x a plain AdamW step on the Fashion-MNIST CNN on 2 CPU cores; see
     docs/methods.md for the measured table.
     """
 

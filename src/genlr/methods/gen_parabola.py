@@ -85,10 +85,11 @@ class ParabolaGeN(GeNBase):
             distinct values; ``0`` is free with ``probe="same"``).
         r2_min: least R^2 of the fit to accept it (only checked with more than 3 points).
         every: probe every this many steps (lazy GeN; the reference code suggests >= 4).
-            A probe costs two or three no-grad forwards (``defer``), about a training
-            step, so the default 16 keeps the method within 1.1x a plain AdamW step; on
-            the Fashion-MNIST CNN comparison ``every`` 4, 8 and 16 reached the same
-            accuracy within the seeds' spread (docs/methods.md has both tables).
+            A probe costs two or three no-grad forwards (``defer``), well over half a
+            training step with a small model on the CPU: on the Fashion-MNIST CNN (with
+            dropout, so three) ``every=8`` costs 1.13-1.15x a plain AdamW step and the
+            default 16 1.06-1.08x, with the same accuracy as 4 and 8 within the seeds' spread
+            (docs/methods.md has both tables).
         smoothing: ``lr <- smoothing*lr + (1-smoothing)*alpha_star`` (0.9 as in the paper).
         max_factor: per-update clamp of the lr change to ``[1/max_factor, max_factor]``
             (2 as in the reference code; ``None`` turns it off).
