@@ -154,8 +154,7 @@ def time_configs(names: list[str], block: int, rounds: int, batches, kind: str) 
             ratios[name].append(pair[1] / pair[0])
     result = {"adamw_ms": statistics.median(base_ms)}
     for name, values in ratios.items():
-        q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
-        result[name] = (statistics.median(values), q1, q3)
+        result[name] = tuple(statistics.quantiles(values, n=4)) if len(values) > 1 else values * 3
     return result
 
 
@@ -205,7 +204,7 @@ def peak_memory(name: str, steps: int, batches, kind: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", type=int, default=16,
-                        help="steps per timed block (a multiple of every lazy every)")
+                        help="steps per timed block (keep it a multiple of the lazy methods' every)")
     parser.add_argument("--rounds", type=int, default=9, help="timed blocks per configuration")
     parser.add_argument("--only", default="",
                         help="keep configurations whose name contains one of these "
@@ -225,7 +224,7 @@ def main() -> None:
     print(f"{'configuration':42s} {'time / AdamW':>12s} {'quartiles':>11s}"
           + (f" {'memory / AdamW':>15s}" if args.memory else ""))
     for name in names:
-        median, q1, q3 = result[name]
+        q1, median, q3 = result[name]
         line = f"{name:42s} {median:12.2f} {q1:5.2f}-{q3:<5.2f}"
         if args.memory:
             line += f" {peak_memory(name, 4, batches, args.model) / base_memory:15.2f}"

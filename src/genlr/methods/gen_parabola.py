@@ -85,8 +85,8 @@ class ParabolaGeN(GeNBase):
             distinct values; ``0`` is free with ``probe="same"``).
         r2_min: least R^2 of the fit to accept it (only checked with more than 3 points).
         every: probe every this many steps (lazy GeN; the reference code suggests >= 4).
-            A probe costs two or three no-grad forwards (``defer``), well over half a
-            training step with a small model on the CPU: on the Fashion-MNIST CNN (with
+            A probe costs two or three no-grad forwards (``defer``), each about 0.4 of a
+            training step with a small CNN on the CPU: on the Fashion-MNIST CNN (with
             dropout, so three) ``every=8`` costs 1.13-1.15x a plain AdamW step and the
             default 16 1.06-1.08x, with the same accuracy as 4 and 8 within the seeds' spread
             (docs/methods.md has both tables).
