@@ -204,7 +204,7 @@ def peak_memory(name: str, steps: int, batches, kind: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", type=int, default=16,
-                        help="steps per timed block (keep it a multiple of the lazy methods' every)")
+                        help="steps per timed block (a multiple of the lazy methods' every)")
     parser.add_argument("--rounds", type=int, default=9, help="timed blocks per configuration")
     parser.add_argument("--only", default="",
                         help="keep configurations whose name contains one of these "
