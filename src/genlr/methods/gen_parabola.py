@@ -17,7 +17,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from genlr.methods.base import as_float, finite, has_active_dropout
-from genlr.methods.gen_exact import GeNBase
+from genlr.methods.gen_base import GeNBase
 
 
 
