@@ -123,10 +123,8 @@ def run_steps(model, opt, method, batches, steps: int, start: int = 0) -> list[f
         loss.backward()
         if method is None:
             opt.step()
-        elif method.wants_probe_batch:  # as gen-train: the batch the next step trains on
+        else:  # as gen-train: the batch the next step trains on
             method.step(batch, loss=loss, probe_batch=batches[(start + i + 1) % len(batches)])
-        else:
-            method.step(batch, loss=loss)
         times.append(time.perf_counter() - t0)
     return times
 

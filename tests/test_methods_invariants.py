@@ -317,3 +317,19 @@ def test_registry_and_options():
     with pytest.raises(ValueError):
         ExactGeN(torch.optim.SGD(mlp().parameters(), lr=0.1), mlp(), classification_loss,
                  curvature="magic")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_takes_the_same_step_call(name):
+    """One signature for all: ``step(batch, loss=..., probe_batch=...)``, so a training loop
+    can swap methods without changing the call."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = METHODS[name](opt, model, classification_loss, total_steps=4)
+    data = batches(3)
+    for i in range(2):
+        opt.zero_grad()
+        loss = classification_loss(model, data[i])
+        loss.backward()
+        lr = method.step(data[i], loss=loss, probe_batch=data[i + 1])
+        assert math.isfinite(lr) and lr == method.last_lr

@@ -381,10 +381,9 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 (loss_value,) = distributed.mean_over_ranks(loss.detach())
                 if not math.isfinite(loss_value):
                     raise Diverged(f"training loss is {loss_value} at step {step + 1}")
-                if method.wants_probe_batch and upcoming is not None:
-                    method.step(batch, loss=loss, probe_batch=distributed.shard(upcoming))
-                else:
-                    method.step(batch, loss=loss)
+                probe_batch = (distributed.shard(upcoming) if method.wants_probe_batch
+                               and upcoming is not None else None)
+                method.step(batch, loss=loss, probe_batch=probe_batch)
                 hooks.after_step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)

@@ -90,8 +90,7 @@ class LRMethod:
 
     #: whether the method probes the loss (then ``model`` and ``loss_fn`` are required)
     needs_loss_fn: bool = False
-    #: whether ``step`` takes ``probe_batch=``, a batch the optimizer has not stepped on yet
-    #: (the engine then passes the one the next step trains on)
+    #: whether ``step`` uses its ``probe_batch`` (the engine only prepares one then)
     wants_probe_batch: bool = False
     #: record ``last_profile`` (the real loss along the step against the method's quadratic
     #: model) every this many steps; 0 turns it off. The engine sets it.
@@ -124,7 +123,11 @@ class LRMethod:
         self._profile_pending = False
 
     # ----------------------------------------------------------------- public protocol
-    def step(self, batch: Any = None, loss: torch.Tensor | None = None) -> float:
+    def step(self, batch: Any = None, loss: torch.Tensor | None = None,
+             probe_batch: Any = None) -> float:
+        """Apply this step's update; return group 0's lr afterwards. ``probe_batch`` is a
+        batch the optimizer has not stepped on yet (the one the next step trains on); every
+        method takes it, and those that do not measure on another batch ignore it."""
         raise NotImplementedError
 
     def on_eval(self, metrics: dict[str, float]) -> None:

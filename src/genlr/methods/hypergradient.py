@@ -119,7 +119,8 @@ class Hypergradient(LRMethod):
             d2 = float(sum(n.square() for n in torch._foreach_norm(list(dirs))))
         return dot, g2, d2
 
-    def step(self, batch: Any = None, loss: torch.Tensor | None = None) -> float:
+    def step(self, batch: Any = None, loss: torch.Tensor | None = None,
+             probe_batch: Any = None) -> float:
         self.step_count += 1
         self.unscale_grads()  # the hypergradient reads .grad before the optimizer does
         params = self.params()

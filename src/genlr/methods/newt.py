@@ -121,7 +121,8 @@ class Newt(LRMethod):
         self._window_u: list[torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------- step
-    def step(self, batch: Any = None, loss: torch.Tensor | None = None) -> float:
+    def step(self, batch: Any = None, loss: torch.Tensor | None = None,
+             probe_batch: Any = None) -> float:
         self.unscale_grads()
         if self.lookahead == "window":
             return self._step_window()

@@ -84,7 +84,8 @@ class Polyak(LRMethod):
         for group, ratio in zip(self.optimizer.param_groups, self.ratios):
             group["lr"] = lr * ratio
 
-    def step(self, batch: Any = None, loss: torch.Tensor | float | None = None) -> float:
+    def step(self, batch: Any = None, loss: torch.Tensor | float | None = None,
+             probe_batch: Any = None) -> float:
         if loss is None:
             raise ValueError("lr=polyak needs the training loss: call step(batch, loss=loss)")
         f = self.batch_mean(loss.detach() if isinstance(loss, torch.Tensor) else loss)

@@ -34,7 +34,7 @@ class ScheduledLR(LRMethod):
     def name(self) -> str:
         return type(self).__name__.lower()
 
-    def step(self, batch=None, loss=None) -> float:
+    def step(self, batch=None, loss=None, probe_batch=None) -> float:
         self.apply_update()
         self.step_count += 1
         if not isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
