@@ -21,22 +21,12 @@ register_schemas()
 FAILED_RUNS: list[str] = []  # jobs of this process that did not complete (sweeps go on)
 
 
-def _flatten(node: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 @hydra.main(version_base="1.3", config_path="pkg://gen_cli.conf", config_name="train")
 def run(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = train(spec_from_config(cfg), run_dir,
-                        hparams=_flatten(OmegaConf.to_container(cfg, resolve=True)))
+                        hparams=OmegaConf.to_container(cfg, resolve=True))
     except (ValueError, TypeError, ImportError, FileNotFoundError, RuntimeError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

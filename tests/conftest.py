@@ -118,3 +118,28 @@ def fake_cifar10(tmp_path, monkeypatch) -> tuple[Path, dict[str, np.ndarray]]:
         "test_images": test.reshape(-1, 3, 32, 32),
         "test_labels": np.array(test_labels),
     }
+
+
+def chosen_marker_column(image: np.ndarray) -> float | None:
+    """Where a line-profile image (RGB array) draws the chosen step: the mean pixel column
+    (x, from the left) of the vertical runs of the marker's colour taller than half the
+    image; None if there are none."""
+    from matplotlib.colors import to_rgb
+
+    from genlr.tracking.tensorboard import CHOSEN_COLOR
+
+    colour = np.array(to_rgb(CHOSEN_COLOR)) * 255
+    hits = np.abs(image[..., :3].astype(float) - colour).max(axis=-1) < 8
+    columns = np.flatnonzero(hits.sum(axis=0) > image.shape[0] / 2)
+    return float(columns.mean()) + 0.5 if columns.size else None  # pixel centres
+
+
+def chosen_marker_expected(profile) -> float:
+    """The pixel column at which ``line_profile_figure(profile)`` puts ``profile.chosen``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from genlr.tracking.tensorboard import line_profile_figure
+
+    figure = line_profile_figure(profile)
+    FigureCanvasAgg(figure).draw()
+    return float(figure.axes[0].transData.transform((profile.chosen, 0.0))[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 
 import pytest
@@ -173,3 +174,47 @@ def test_gen_probes_the_upcoming_batch(monkeypatch, tmp_path):
     assert summary["status"] == "completed" and len(seen) == summary["steps"]
     for (_, probe), (following, _) in zip(seen, seen[1:]):
         assert all(torch.equal(a, b) for a, b in zip(probe, following))
+
+
+def test_line_profiles_reach_tensorboard_with_the_chosen_step_marked(monkeypatch, tmp_path):
+    """trainer.profile_every=2: every profile the method records becomes one
+    method/line_profile image at the step it was taken, drawn with its chosen step."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import chosen_marker_column, chosen_marker_expected
+
+    build_run = engine.build_run
+    handed: list = []
+
+    def spying_build_run(*args, **kwargs):
+        run = build_run(*args, **kwargs)
+        take = run.method.take_profile
+
+        def take_profile():
+            profile = take()
+            if profile is not None:
+                handed.append(profile)
+            return profile
+
+        run.method.take_profile = take_profile
+        return run
+
+    monkeypatch.setattr(engine, "build_run", spying_build_run)
+    run = RunSpec(**SMALL, optimizer={"name": "sgd"}, lr={"name": "gen_parabola", "every": 1},
+                  trainer=TrainerConfig(max_steps=5, batch_size=64, profile_every=2,
+                                        progress=False, plots=False), seed=1)
+    assert train(run, tmp_path)["status"] == "completed"
+    assert [p.step for p in handed] == [0, 2, 4]
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("method/line_profile")
+    assert [image.step for image in images] == [1, 3, 5]  # logged after the step took them
+    for image, profile in zip(images, handed):
+        pixels = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
+        assert math.isfinite(profile.chosen) and profile.chosen > 0
+        assert chosen_marker_column(pixels) == pytest.approx(chosen_marker_expected(profile),
+                                                             abs=1.0)

@@ -261,15 +261,15 @@ def test_diagnostics_and_profile(case):
         forwards = method.passes["forward"]
         method.step(batch, loss=loss)
         assert all(isinstance(v, float) for v in method.diagnostics.values())
-        if method.last_profile is not None and method.last_profile not in profiles:
-            profiles.append(method.last_profile)
+        if (profile := method.take_profile()) is not None:
+            profiles.append(profile)
     assert profiles, "a profile is recorded every profile_every steps"
+    assert method.take_profile() is None  # each profile is handed over once
     prof = profiles[-1]
-    assert len(prof["s"]) == len(prof["loss"]) == len(prof["model"])
-    assert all(math.isfinite(v) for v in prof["loss"])
-    assert 0.0 in prof["s"]
-    i0 = prof["s"].index(0.0)
-    assert prof["model"][i0] == pytest.approx(prof["loss"][i0])
+    assert all(math.isfinite(v) for v in prof.loss)
+    assert 0.0 in prof.s
+    i0 = prof.s.index(0.0)
+    assert prof.model[i0] == pytest.approx(prof.loss[i0])
     for key in ("accepted", "fallback", "curvature", "alpha_star", "slope"):
         assert key in method.diagnostics or case == "newt_next_step"
     assert method.passes["profile"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,12 +12,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
+from conftest import chosen_marker_column, chosen_marker_expected
+from genlr.line_profile import LineProfile
 from genlr.tracking import (
     DEFAULT_HPARAM_METRICS,
     REQUIRED_KEYS,
     REQUIRED_SUBKEYS,
     RunStats,
     RunWriter,
+    build_summary,
     find_runs,
     flatten_hparams,
     missing_keys,
@@ -26,6 +30,7 @@ from genlr.tracking import (
     write_plots,
     write_summary,
 )
+from genlr.tracking.tensorboard import line_profile_figure, render_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -37,8 +42,8 @@ CONFIG = {
     "seed": 0,
 }
 
-PROFILE = {"step": 3, "s": [-1.0, 0.0, 1.0, 2.0], "loss": [1.3, 1.0, 0.9, 1.2],
-           "model": [1.35, 1.0, 0.85, 1.1], "s_star": 0.9}
+PROFILE = LineProfile(step=3, s=(-1.0, 0.0, 1.0, 2.0), loss=(1.3, 1.0, 0.9, 1.2),
+                      model=(1.35, 1.0, 0.85, 1.1), chosen=0.9)
 
 
 def accumulator(tb_dir) -> EventAccumulator:
@@ -135,6 +140,13 @@ def test_end_session_status(tmp_path):
     assert end.status == api_pb2.STATUS_FAILURE
 
 
+def test_line_profile_image_marks_the_chosen_step():
+    marked = render_figure(line_profile_figure(PROFILE))
+    assert chosen_marker_column(marked) == pytest.approx(chosen_marker_expected(PROFILE), abs=1.0)
+    unmarked = render_figure(line_profile_figure(dataclasses.replace(PROFILE, chosen=math.nan)))
+    assert chosen_marker_column(unmarked) is None
+
+
 def test_flatten_hparams():
     flat = flatten_hparams({"a": {"b": {"c": 1}}, "t": torch.tensor(2.0), "n": None, "f": 0.5})
     assert flat == {"a.b.c": 1, "t": "tensor(2.)", "n": "None", "f": 0.5}
@@ -210,15 +222,39 @@ def test_run_stats():
     assert single.history() == {"train/lr": [(0, 0.3)], "time/step_ms": [(0, 5.0)]}
 
 
+FULL_SUMMARY_ARGS = dict(
+    components={"task": "mnist", "model": "cnn", "optimizer": "adamw", "lr_method": "parabola"},
+    seed=0, status="diverged", message="", steps=4, epochs=1, wall_time_s=1.0,
+    peak_memory_mb=float("inf"), method_passes={"forward": 8, "backward": 0, "hvp": 0},
+    device="cpu", amp="off", torch_version=torch.__version__, world_size=1, trainer={})
+
+
 def full_summary(stats: RunStats) -> dict:
-    return {
-        "task": "mnist", "model": "cnn", "optimizer": "adamw", "lr_method": "parabola",
-        "seed": 0, "status": "diverged", "steps": 4, "epochs": 1,
-        "wall_time_s": 1.0, "train_time_s": 0.8, "peak_memory_mb": float("inf"),
-        "passes": {"forward": 12, "backward": 4, "hvp": 0},
-        "device": "cpu", "amp": False, "torch_version": torch.__version__,
-        **stats.summary_fields(),
-    }
+    return build_summary(stats, **FULL_SUMMARY_ARGS)
+
+
+def test_summary_is_built_in_contract_order_and_counts_every_pass():
+    stats = RunStats()
+    stats.record_step(1, train_loss=1.0, lr=0.1, step_ms=300.0)
+    stats.record_step(2, train_loss=0.5, lr=0.1, step_ms=500.0)
+    summary = full_summary(stats)
+    assert list(summary)[:len(REQUIRED_KEYS)] == list(REQUIRED_KEYS)
+    assert summary["passes"] == {"forward": 12, "backward": 4, "hvp": 0}  # 4 steps + extras
+    assert summary["train_time_s"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="status"):
+        build_summary(stats, **{**FULL_SUMMARY_ARGS, "status": "done"})
+
+
+def test_run_stats_state_dict_round_trips_through_a_safe_load(tmp_path):
+    stats = RunStats()
+    stats.record_step(0, lr=[0.1, 0.01])
+    stats.record_step(1, train_loss=2.0, lr=[0.2, 0.02], step_ms=3.0)
+    stats.record_eval(1, eval_loss=1.5, eval_acc=0.25)
+    torch.save(stats.state_dict(), tmp_path / "stats.pt")
+    restored = RunStats()
+    restored.load_state_dict(torch.load(tmp_path / "stats.pt", weights_only=True))
+    assert restored.history() == stats.history()
+    assert full_summary(restored) == full_summary(stats)
 
 
 def test_summary_round_trip(tmp_path):

@@ -2,7 +2,7 @@
 
 Reads top to bottom like a hand-written PyTorch loop; everything a run leaves behind
 (TensorBoard events, ``summary.json``, plots, ``checkpoints/last.pt``) is described in
-DESIGN.md. Usable without Hydra::
+docs/design.md. Usable without Hydra::
 
     from genlr.engine import RunSpec, train
     summary = train(RunSpec(task={"name": "fashion_mnist"}, lr={"name": "gen_parabola"}), "runs/x")
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import platform
 import resource
 import signal
 import time
@@ -30,7 +29,7 @@ from genlr.models import build_model
 from genlr.optimizers import build_optimizer
 from genlr.peers import optimizer_hooks
 from genlr.tasks import build_task
-from genlr.tracking import RunStats, RunWriter, write_plots, write_summary
+from genlr.tracking import RunStats, RunWriter, build_summary, write_plots, write_summary
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -202,13 +201,6 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-save never leaves a broken last.pt
-
-
 @dataclass
 class Run:
     """Everything one run trains with, built from a RunSpec by ``build_run``."""
@@ -256,10 +248,58 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     with _blame("lr", names["lr"]):
         method = build_lr_method(names["lr"], optimizer, model, loss_fn, total_steps=total_steps,
-                                 scaler=scaler, autocast=autocast, **options["lr"])
+                                 scaler=scaler, autocast=autocast,
+                                 profile_every=cfg.profile_every, **options["lr"])
     hooks = optimizer_hooks(optimizer, model)
     return Run(spec, device, task, model, forward_model, optimizer, method, hooks, scaler,
                autocast, total_steps)
+
+
+class GlobalRNG:
+    """The global torch (and CUDA) random state, saved and restored like a module's."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.cuda else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"].cpu())
+        if state["cuda"] is not None and self.cuda:
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _checkpointed(run: Run, stats: RunStats) -> dict[str, Any]:
+    """What a checkpoint holds besides the step, by key: each has ``state_dict()`` and
+    ``load_state_dict()``. The one list of what ``checkpoints/last.pt`` contains."""
+    return {"model": run.model, "optimizer": run.optimizer, "lr_method": run.method,
+            "scaler": run.scaler, "hooks": run.hooks, "stats": stats,
+            "rng": GlobalRNG(run.device)}
+
+
+def save_checkpoint(path: Path, run: Run, stats: RunStats, step: int) -> None:
+    """Write the run's state after ``step`` steps to ``path``, atomically: a kill mid-save
+    never leaves a broken checkpoint. The model is saved as it is evaluated (the peers'
+    hooks in eval mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    run.hooks.eval()
+    try:  # state dicts share the parameters' storage: save before hooks.train() moves them
+        torch.save({**{key: part.state_dict() for key, part in _checkpointed(run, stats).items()},
+                    "step": step}, tmp)
+    finally:
+        run.hooks.train()
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, run: Run, stats: RunStats) -> int:
+    """Restore what ``save_checkpoint`` wrote into ``run`` and ``stats``; return the step."""
+    state = torch.load(path, map_location=run.device, weights_only=False)
+    for key, part in _checkpointed(run, stats).items():
+        part.load_state_dict(state[key])
+    return state["step"]
 
 
 def _batch_stream(task, batch_size: int, seed: int, steps_per_epoch: int, step: int) -> Iterator[Any]:
@@ -278,6 +318,8 @@ def _batch_stream(task, batch_size: int, seed: int, steps_per_epoch: int, step: 
 
 def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its summary (also in ``summary.json``).
+    ``hparams``: the (nested) config to record for TensorBoard's HParams tab; by default
+    the spec's.
 
     Raises the component's own one-line errors (unknown names, bad options, missing
     dataset, incompatible optimizer) before anything is written; once training started,
@@ -289,8 +331,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     run = build_run(spec, distributed.init(cfg.strategy, cfg.device) or resolve_device(cfg.device))
-    task, model, optimizer, method, hooks = run.task, run.model, run.optimizer, run.method, run.hooks
-    device, autocast, scaler, total_steps = run.device, run.autocast, run.scaler, run.total_steps
+    task, model, method, hooks, device = run.task, run.model, run.method, run.hooks, run.device
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     forward_model = run.forward_model  # probes use it too; training may go through DDP
     if distributed.is_distributed():
@@ -299,66 +340,34 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
     main_rank = distributed.is_main()  # only rank 0 writes the run's outputs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # per run, also within a sweep
-    method.profile_every = cfg.profile_every
 
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    stats = RunStats()
-    status, message, step, train_time = "completed", "", 0, 0.0
+    stats, step = RunStats(), 0
+    status, message = "completed", ""
     resume_from = resume_path(cfg.resume, run_dir)
     if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        method.load_state_dict(state["lr_method"])
-        scaler.load_state_dict(state["scaler"])
-        hooks.load_state_dict(state["hooks"])
-        vars(stats).update(state["stats"])
-        step, train_time = state["step"], state["train_time_s"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        step = load_checkpoint(resume_from, run, stats)
     # Resuming purges the events an interrupted attempt logged after its checkpoint.
     writer = (RunWriter(run_dir, purge_step=step + 1 if resume_from else None) if main_rank
               else SilentWriter())
     if resume_from is None:
-        writer.hparams(hparams or _flat_hparams(spec))
+        writer.hparams(hparams or asdict(spec))
 
     def checkpoint() -> None:
-        if not main_rank:
-            return
-        hooks.eval()
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_method": method.state_dict(), "scaler": scaler.state_dict(),
-            "hooks": hooks.state_dict(), "step": step, "train_time_s": train_time,
-            "stats": {k: list(v) for k, v in vars(stats).items()},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
-        })
-        hooks.train()
+        if main_rank:
+            save_checkpoint(checkpoint_path, run, stats, step)
 
-    def run_eval() -> dict[str, float]:
+    def run_eval() -> None:
         hooks.eval()
         with hooks.eval_model() as eval_model:
-            metrics = evaluate(task, eval_model, autocast, cfg.eval_batch_size)
+            metrics = evaluate(task, eval_model, run.autocast, cfg.eval_batch_size)
         hooks.train()
         method.on_eval(metrics)
         stats.record_eval(step, eval_loss=metrics["loss"], eval_acc=metrics.get("acc"))
         writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-        return metrics
 
-    def log_step(loss_value: float, lrs: list[float], step_ms: float) -> None:
-        writer.scalars(step, {
-            "train/loss": loss_value, "train/lr": lrs[0], "time/step_ms": step_ms,
-            **{f"lr/group{i}": v for i, v in enumerate(lrs)},
-            **{f"method/{k}": v for k, v in method.diagnostics.items()},
-        })
-        if getattr(method, "last_profile", None):
-            writer.line_profile(step, method.last_profile)
-            method.last_profile = None
-
-    progress = tqdm(total=total_steps, disable=None if cfg.progress and main_rank else True,
+    progress = tqdm(total=run.total_steps, disable=None if cfg.progress and main_rank else True,
                     desc=spec.lr["name"], leave=False)
     model.train()
     hooks.train()
@@ -370,14 +379,14 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             # sees one its optimizer has not stepped on yet; it is trained on next step.
             batches = _batch_stream(task, cfg.batch_size, spec.seed, steps_per_epoch, step)
             upcoming = next(batches, None)
-            while step < total_steps and stop.signal is None and upcoming is not None:
+            while step < run.total_steps and stop.signal is None and upcoming is not None:
                 batch, upcoming = upcoming, next(batches, None)
                 tic = time.perf_counter()
                 batch = distributed.shard(batch)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast():
+                run.optimizer.zero_grad(set_to_none=True)
+                with run.autocast():
                     loss = task.loss(forward_model, batch)
-                scaler.scale(loss).backward()
+                run.scaler.scale(loss).backward()
                 (loss_value,) = distributed.mean_over_ranks(loss.detach())
                 if not math.isfinite(loss_value):
                     raise Diverged(f"training loss is {loss_value} at step {step + 1}")
@@ -388,16 +397,20 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 step_ms = (time.perf_counter() - tic) * 1e3
-                train_time += step_ms / 1e3
                 step += 1
                 lrs = hooks.lrs()
                 stats.record_step(step, train_loss=loss_value, lr=lrs, step_ms=step_ms)
                 progress.update()
-                if step % cfg.log_every == 0 or step == total_steps:
-                    log_step(loss_value, lrs, step_ms)
+                if (profile := method.take_profile()) is not None:
+                    writer.line_profile(step, profile)
+                if step % cfg.log_every == 0 or step == run.total_steps:
+                    writer.scalars(step, {
+                        "train/loss": loss_value, "train/lr": lrs[0], "time/step_ms": step_ms,
+                        **{f"lr/group{i}": v for i, v in enumerate(lrs)},
+                        **{f"method/{k}": v for k, v in method.diagnostics.items()},
+                    })
                     progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}")
-                every = cfg.eval_every or steps_per_epoch
-                if step % every == 0 or step == total_steps:
+                if step % (cfg.eval_every or steps_per_epoch) == 0 or step == run.total_steps:
                     run_eval()
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint()
@@ -417,20 +430,14 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
         raise
     finally:
         progress.close()
-        summary = dict(
-            task=spec.task["name"], model=spec.model["name"],
-            optimizer=spec.optimizer["name"], lr_method=spec.lr["name"],
-            seed=spec.seed, status=status, steps=step, epochs=step / steps_per_epoch,
-            wall_time_s=time.perf_counter() - started, train_time_s=train_time,
-            peak_memory_mb=peak_memory_mb(device),
-            passes={"forward": step + method.passes["forward"],
-                    "backward": step + method.passes["backward"],
-                    "hvp": method.passes["hvp"]},
+        summary = build_summary(
+            stats, components={"task": spec.task["name"], "model": spec.model["name"],
+                               "optimizer": spec.optimizer["name"], "lr_method": spec.lr["name"]},
+            seed=spec.seed, status=status, message=message, steps=step,
+            epochs=step / steps_per_epoch, wall_time_s=time.perf_counter() - started,
+            peak_memory_mb=peak_memory_mb(device), method_passes=method.passes,
             device=str(device), amp=cfg.amp, torch_version=torch.__version__,
-            world_size=distributed.world_size(),
-            python_version=platform.python_version(), message=message,
-            trainer=asdict(cfg), **stats.summary_fields(),
-        )
+            world_size=distributed.world_size(), trainer=asdict(cfg))
         writer.end_session(status)
         writer.close()
         if main_rank:
@@ -438,13 +445,3 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             if cfg.plots:
                 write_plots(run_dir, stats.history())
     return summary
-
-
-def _flat_hparams(spec: RunSpec) -> dict[str, Any]:
-    flat: dict[str, Any] = {"seed": spec.seed}
-    for group in ("task", "model", "optimizer", "lr"):
-        for key, value in getattr(spec, group).items():
-            flat[f"{group}.{key}"] = value
-    for key, value in asdict(spec.trainer).items():
-        flat[f"trainer.{key}"] = value
-    return flat

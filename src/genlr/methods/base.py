@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from genlr.distributed import mean_over_ranks
+from genlr.line_profile import LineProfile
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -86,15 +87,14 @@ class LRMethod:
         scaler: an optional ``torch.amp.GradScaler``; the loss was scaled by it.
         autocast: a zero-argument factory of the training autocast context, so that probes
             run in the training precision (default: no autocast).
+        profile_every: record a ``LineProfile`` (the real loss along the step against the
+            method's quadratic model; ``take_profile()``) every this many steps; 0: never.
     """
 
     #: whether the method probes the loss (then ``model`` and ``loss_fn`` are required)
     needs_loss_fn: bool = False
     #: whether ``step`` uses its ``probe_batch`` (the engine only prepares one then)
     wants_probe_batch: bool = False
-    #: record ``last_profile`` (the real loss along the step against the method's quadratic
-    #: model) every this many steps; 0 turns it off. The engine sets it.
-    profile_every: int = 0
     #: points of the profile grid, in units of the method's ``s`` (see each method)
     profile_grid: tuple[float, ...] = tuple(x / 4 for x in range(-4, 13))
 
@@ -107,7 +107,10 @@ class LRMethod:
         total_steps: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        profile_every: int = 0,
     ) -> None:
+        if profile_every < 0:
+            raise ValueError(f"profile_every must be >= 0, got {profile_every}")
         if self.needs_loss_fn and (model is None or loss_fn is None):
             raise ValueError(f"{type(self).__name__} needs model and loss_fn to probe the loss")
         self.optimizer = optimizer
@@ -119,7 +122,8 @@ class LRMethod:
         self.step_count = 0
         self.passes: Counter[str] = Counter(forward=0, backward=0, hvp=0)
         self.diagnostics: dict[str, float] = {}
-        self.last_profile: dict[str, Any] | None = None
+        self.profile_every = profile_every
+        self._profile: LineProfile | None = None
         self._profile_pending = False
 
     # ----------------------------------------------------------------- public protocol
@@ -132,6 +136,11 @@ class LRMethod:
 
     def on_eval(self, metrics: dict[str, float]) -> None:
         """Called by the engine after each evaluation (``ReduceLROnPlateau`` uses it)."""
+
+    def take_profile(self) -> LineProfile | None:
+        """The line profile recorded since the last call (None if none), handed over once."""
+        profile, self._profile = self._profile, None
+        return profile
 
     @property
     def last_lr(self) -> float:
@@ -218,9 +227,9 @@ class LRMethod:
 
     # ---------------------------------------------------------- loss-landscape profile
     def profile_due(self) -> bool:
-        """Whether this step should record ``last_profile``: the first step that builds a
+        """Whether this step should record a ``LineProfile``: the first step that builds a
         quadratic model at or after each multiple of ``profile_every``."""
-        if self.profile_every and self.profile_every > 0 and self.step_count % self.profile_every == 0:
+        if self.profile_every and self.step_count % self.profile_every == 0:
             self._profile_pending = True
         return self._profile_pending
 
@@ -244,12 +253,12 @@ class LRMethod:
             losses.append(self._loss_no_side_effects(batch))
             self.passes["profile"] += 1
         self.shift(params, d, current, at)
-        self.last_profile = {
-            "step": self.step_count, "s": grid, "loss": losses,
-            "model": [float(model(s)) + (losses[grid.index(0.0)] if anchored else 0.0)
-                      for s in grid],
-            "chosen": float(chosen) if chosen is not None else float("nan"),
-        }
+        offset = losses[grid.index(0.0)] if anchored else 0.0
+        self._profile = LineProfile(
+            step=self.step_count, s=tuple(grid), loss=tuple(losses),
+            model=tuple(float(model(s)) + offset for s in grid),
+            chosen=float(chosen) if chosen is not None else math.nan,
+        )
         self._profile_pending = False
 
     def _loss_no_side_effects(self, batch: Any) -> float:

@@ -47,7 +47,7 @@ class ExactGeN(GeNBase):
     Diagnostics (``method/*``): ``alpha_star`` (the unsmoothed optimal lr of group 0),
     ``s_star`` (the same in units of the current lr), ``slope`` (``<g, d>``), ``curvature``
     (``d^T H d``), ``factor`` (applied lr ratio), ``accepted`` / ``fallback``, ``probed``,
-    ``skipped``. ``last_profile`` (every ``profile_every`` steps): ``s`` in units of the
+    ``skipped``. Line profile (every ``profile_every`` steps): ``s`` in units of the
     optimizer's step at the lr before this step's choice (``s = 1``: the plain optimizer
     step), the real loss there and the quadratic ``phi(0) - <g,d> s + d^T H d s^2 / 2``.
 

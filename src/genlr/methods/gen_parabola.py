@@ -77,7 +77,7 @@ class ParabolaGeN(GeNBase):
 
     Diagnostics: ``alpha_star``, ``s_star``, ``curvature`` (``phi''(0) = 2c``), ``slope``
     (``-b``), ``r2``, ``factor``, ``scale``, ``accepted`` / ``fallback``, ``probed``,
-    ``skipped``. ``last_profile``: ``s`` in units of the optimizer's step at the lr before
+    ``skipped``. Line profile: ``s`` in units of the optimizer's step at the lr before
     this step's choice; the real loss against the fitted parabola.
 
     Args:

@@ -66,7 +66,7 @@ class Newt(LRMethod):
     Diagnostics: ``slope`` (``<g_t, d_t>``), ``lookahead_slope`` (``<g_{t+1}, d_t>``),
     ``curvature`` (the approximated ``d^T H d``), ``alpha_star`` (the undamped Newton lr),
     ``factor``, ``accepted`` / ``fallback``, ``scaled_back``, ``lookahead_loss``,
-    ``skipped``. ``last_profile``: ``s`` in units of the step ``d_t`` just taken (``s = 1``
+    ``skipped``. Line profile: ``s`` in units of the step ``d_t`` just taken (``s = 1``
     is ``theta_{t+1}``); the real loss against ``phi(0) - <g_t,d_t> s + curvature s^2 / 2``.
 
     Args:

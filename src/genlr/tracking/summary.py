@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import statistics
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,6 +51,33 @@ REQUIRED_SUBKEYS = {
     "final": ("train_loss", "eval_loss", "eval_acc"),
     "lr": ("initial", "final", "min", "max"),
 }
+
+
+def build_summary(stats: RunStats, *, components: Mapping[str, str], seed: int, status: str,
+                  message: str, steps: int, epochs: float, wall_time_s: float,
+                  peak_memory_mb: float, method_passes: Mapping[str, int], device: str,
+                  amp: str, torch_version: str, world_size: int,
+                  trainer: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary of a run: the contract keys in ``REQUIRED_KEYS`` order, then the others.
+
+    ``components`` names the task, model, optimizer and lr method (``lr_method``);
+    ``method_passes`` are the lr method's extra passes, to which the training step's own
+    forward and backward are added here (``passes`` counts every pass the run made).
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    return {
+        **{key: components[key] for key in ("task", "model", "optimizer", "lr_method")},
+        "seed": seed, "status": status, "steps": steps, "epochs": epochs,
+        "wall_time_s": wall_time_s, "train_time_s": stats.train_time_s(),
+        "step_time_ms": stats.step_time_ms(), "peak_memory_mb": peak_memory_mb,
+        "passes": {"forward": steps + method_passes["forward"],
+                   "backward": steps + method_passes["backward"], "hvp": method_passes["hvp"]},
+        "final": stats.final(), "best": stats.best(), "lr": stats.lr_summary(),
+        "device": device, "amp": amp, "torch_version": torch_version,
+        "world_size": world_size, "python_version": platform.python_version(),
+        "message": message, "trainer": dict(trainer),
+    }
 
 
 def missing_keys(summary: Mapping[str, Any]) -> list[str]:
@@ -133,12 +161,16 @@ class RunStats:
     """Accumulates what a run saw, step by step, and condenses it for ``summary.json``.
 
     The engine calls ``record_step`` after every optimizer step and ``record_eval`` after
-    every evaluation; ``summary_fields()`` gives the ``step_time_ms``, ``lr``, ``final``
-    and ``best`` entries, and ``history()`` the curves for ``write_plots``.
+    every evaluation; ``build_summary`` condenses it into the ``train_time_s``,
+    ``step_time_ms``, ``lr``, ``final`` and ``best`` entries, and ``history()`` gives the
+    curves for ``write_plots``.
 
     The learning rate summarised is param group 0's (the one logged as ``train/lr``);
-    every group's trace is kept for the plots.
+    every group's trace is kept for the plots. ``state_dict()`` / ``load_state_dict()``
+    carry it through a checkpoint.
     """
+
+    SERIES = ("train_loss", "eval_loss", "eval_acc", "step_ms", "lrs")
 
     def __init__(self) -> None:
         self.train_loss: list[tuple[int, float]] = []
@@ -146,6 +178,18 @@ class RunStats:
         self.eval_acc: list[tuple[int, float]] = []
         self.step_ms: list[tuple[int, float]] = []
         self.lrs: list[tuple[int, list[float]]] = []
+
+    def state_dict(self) -> dict[str, list]:
+        """Every recorded series, as plain lists (what a checkpoint stores)."""
+        return {name: [list(point) for point in getattr(self, name)] for name in self.SERIES}
+
+    def load_state_dict(self, state: Mapping[str, Sequence]) -> None:
+        for name in self.SERIES:
+            setattr(self, name, [tuple(point) for point in state[name]])
+
+    def train_time_s(self) -> float:
+        """Seconds spent in training steps (the recorded step times), over every attempt."""
+        return sum(ms for _, ms in self.step_ms) / 1e3
 
     def record_step(
         self,
@@ -222,15 +266,6 @@ class RunStats:
             "train_loss": extreme(self.train_loss, min),
             "eval_loss": extreme(self.eval_loss, min),
             "eval_acc": extreme(self.eval_acc, max),
-        }
-
-    def summary_fields(self) -> dict[str, Any]:
-        """The ``step_time_ms``, ``lr``, ``final`` and ``best`` entries of summary.json."""
-        return {
-            "step_time_ms": self.step_time_ms(),
-            "final": self.final(),
-            "best": self.best(),
-            "lr": self.lr_summary(),
         }
 
     def history(self) -> dict[str, list[tuple[int, float]]]:

@@ -21,6 +21,8 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from torch.utils.tensorboard import SummaryWriter
 
+from genlr.line_profile import LineProfile
+
 from .summary import STATUSES
 
 TB_DIRNAME = "tb"
@@ -28,6 +30,9 @@ TB_DIRNAME = "tb"
 # Metric columns to declare for a single run's HParams table (``RunWriter.hparams``):
 # scalar tags the run logs.
 DEFAULT_HPARAM_METRICS = ("eval/acc", "eval/loss", "train/loss")
+
+# The colour of the chosen step's line in the line-profile image.
+CHOSEN_COLOR = "tab:red"
 
 # summary.json's final statuses as TensorBoard HParams session statuses.
 _SESSION_STATUS = {
@@ -77,22 +82,19 @@ def render_figure(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def line_profile_figure(profile: Mapping[str, Any]) -> Figure:
+def line_profile_figure(profile: LineProfile) -> Figure:
     """Figure of the real loss phi(s) along the update direction against the LR method's
-    quadratic model of it, with the chosen step marked when ``profile`` has ``s_star``."""
+    quadratic model of it, with the chosen step marked (a vertical line) when there is one."""
     figure = Figure(figsize=(4.0, 3.0), dpi=100)
     ax = figure.add_subplot()
-    s = np.asarray(profile.get("s", []), dtype=float)
-    for key, style, label in (("loss", "o-", "loss φ(s)"), ("model", "--", "quadratic model")):
-        values = profile.get(key)
-        if values is not None and len(values) == len(s) and len(s) > 0:
-            ax.plot(s, np.asarray(values, dtype=float), style, label=label, markersize=3)
-    s_star = profile.get("s_star")
-    if s_star is not None and math.isfinite(s_star):
-        ax.axvline(float(s_star), color="gray", linewidth=0.8, label="chosen s")
+    if profile.s:
+        ax.plot(profile.s, profile.loss, "o-", label="loss φ(s)", markersize=3)
+        ax.plot(profile.s, profile.model, "--", label="quadratic model")
+    if math.isfinite(profile.chosen):
+        ax.axvline(profile.chosen, color=CHOSEN_COLOR, linewidth=1.5, label="chosen s")
     ax.set_xlabel("s (multiple of the optimizer step)")
     ax.set_ylabel("loss")
-    ax.set_title(f"line profile, step {profile.get('step', '?')}", fontsize=9)
+    ax.set_title(f"line profile, step {profile.step}", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     figure.tight_layout()
@@ -200,13 +202,9 @@ class RunWriter:
         )
         self._writer.file_writer.add_summary(summary)
 
-    def line_profile(self, step: int, profile: Mapping[str, Any]) -> None:
+    def line_profile(self, step: int, profile: LineProfile) -> None:
         """Log the loss along the update direction against the method's quadratic model
-        as an image under ``method/line_profile``.
-
-        ``profile``: ``{"step": int, "s": [...], "loss": [...], "model": [...]}`` and
-        optionally ``"s_star"`` (the step multiple the method chose).
-        """
+        as an image under ``method/line_profile`` (``line_profile_figure``)."""
         image = render_figure(line_profile_figure(profile))
         self._writer.add_image("method/line_profile", image, global_step=step, dataformats="HWC")
 
