@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 from gen_cli.preflight import spec_from_config
 from gen_cli.report import main as report_main
 from gen_cli.schema import register_schemas
-from genlr.engine import train
+from genlr.engine import RunSpec, TrainerConfig, train
 from genlr.report import NoRunsError, Target, load_runs, write_report
 from genlr.report.groups import varying_keys
 from genlr.report.trajectories import trace, trajectory_figure
@@ -210,6 +211,21 @@ def test_method_options_do_not_name_groups():
     assert varying_keys(configs) == ["lr.name"]
     configs.append({"lr.name": "gen_parabola", "lr.every": 2, "optimizer.lr": 0.1})
     assert varying_keys(configs) == ["lr.name", "lr.every"]
+
+
+@pytest.mark.parametrize("lr", [{"name": "gen_parabola", "every": 1}, {"name": "newt"}])
+def test_a_traced_path_is_the_run_gen_train_makes(lr, tmp_path):
+    """trace() trains through the engine's own steps (probe batches and deferred probes
+    included): its last point is the parameters the engine's run ends with."""
+    optimizer = {"name": "sgd", "lr": 1e-3, "momentum": 0.0}
+    path = trace({"name": "rosenbrock"}, optimizer, lr, steps=12)
+    assert path.status == "completed" and len(path.points) == 13
+    spec = RunSpec(task={"name": "rosenbrock", "steps_per_epoch": 12}, model={"name": "coords"},
+                   optimizer=optimizer, lr=lr, trainer=TrainerConfig(
+                       device="cpu", max_steps=12, progress=False, plots=False))
+    train(spec, tmp_path)
+    (theta,) = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"].values()
+    assert path.points[-1] == pytest.approx(tuple(theta.double().tolist()), rel=1e-12, abs=0)
 
 
 def test_trajectory_figure(tmp_path):

@@ -209,7 +209,8 @@ class Run:
     device: torch.device
     task: Any
     model: torch.nn.Module
-    forward_model: Callable  # the model, compiled if trainer.compile
+    forward_model: Callable  # the model, compiled if trainer.compile (what probes call)
+    train_model: Callable  # what the training forward calls: forward_model, under DDP if distributed
     optimizer: torch.optim.Optimizer
     method: Any
     hooks: Any
@@ -251,8 +252,12 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
                                  scaler=scaler, autocast=autocast,
                                  profile_every=cfg.profile_every, **options["lr"])
     hooks = optimizer_hooks(optimizer, model)
-    return Run(spec, device, task, model, forward_model, optimizer, method, hooks, scaler,
-               autocast, total_steps)
+    train_model = forward_model
+    if distributed.is_distributed():
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            forward_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Run(spec, device, task, model, forward_model, train_model, optimizer, method, hooks,
+               scaler, autocast, total_steps)
 
 
 class GlobalRNG:
@@ -316,6 +321,40 @@ def _batch_stream(task, batch_size: int, seed: int, steps_per_epoch: int, step: 
         epoch, start = epoch + 1, 0
 
 
+def training_steps(run: Run, start: int = 0) -> Iterator[tuple[float, float]]:
+    """Train from step ``start`` until ``run.total_steps`` (or the data ends), yielding
+    ``(loss, step_ms)`` after each step: its training loss (the mean over ranks) and time.
+
+    One batch ahead, so that a method probing "the next batch" (GeN's ``probe="next"``)
+    gets one its optimizer has not stepped on yet; it is trained on next step. Raises
+    ``Diverged`` on a non-finite loss, before the method steps on it.
+    """
+    batch_size = run.spec.trainer.batch_size
+    batches = _batch_stream(run.task, batch_size, run.spec.seed,
+                            run.task.steps_per_epoch(batch_size), start)
+    upcoming = next(batches, None)
+    for _ in range(start, run.total_steps):
+        if upcoming is None:
+            return
+        batch, upcoming = upcoming, next(batches, None)
+        tic = time.perf_counter()
+        batch = distributed.shard(batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        with run.autocast():
+            loss = run.task.loss(run.train_model, batch)
+        run.scaler.scale(loss).backward()
+        (loss_value,) = distributed.mean_over_ranks(loss.detach())
+        if not math.isfinite(loss_value):
+            raise Diverged(f"training loss is {loss_value}")
+        probe_batch = (distributed.shard(upcoming) if run.method.wants_probe_batch
+                       and upcoming is not None else None)
+        run.method.step(batch, loss=loss, probe_batch=probe_batch)
+        run.hooks.after_step()
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        yield loss_value, (time.perf_counter() - tic) * 1e3
+
+
 def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its summary (also in ``summary.json``).
     ``hparams``: the (nested) config to record for TensorBoard's HParams tab; by default
@@ -333,10 +372,6 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
     run = build_run(spec, distributed.init(cfg.strategy, cfg.device) or resolve_device(cfg.device))
     task, model, method, hooks, device = run.task, run.model, run.method, run.hooks, run.device
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
-    forward_model = run.forward_model  # probes use it too; training may go through DDP
-    if distributed.is_distributed():
-        forward_model = torch.nn.parallel.DistributedDataParallel(
-            forward_model, device_ids=[device.index] if device.type == "cuda" else None)
     main_rank = distributed.is_main()  # only rank 0 writes the run's outputs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # per run, also within a sweep
@@ -375,28 +410,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
         stats.record_step(0, lr=hooks.lrs())  # the initial learning rate, before any step
     try:
         with StopRequest() as stop:
-            # One batch ahead, so that a method probing "the next batch" (GeN's probe="next")
-            # sees one its optimizer has not stepped on yet; it is trained on next step.
-            batches = _batch_stream(task, cfg.batch_size, spec.seed, steps_per_epoch, step)
-            upcoming = next(batches, None)
-            while step < run.total_steps and stop.signal is None and upcoming is not None:
-                batch, upcoming = upcoming, next(batches, None)
-                tic = time.perf_counter()
-                batch = distributed.shard(batch)
-                run.optimizer.zero_grad(set_to_none=True)
-                with run.autocast():
-                    loss = task.loss(forward_model, batch)
-                run.scaler.scale(loss).backward()
-                (loss_value,) = distributed.mean_over_ranks(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise Diverged(f"training loss is {loss_value} at step {step + 1}")
-                probe_batch = (distributed.shard(upcoming) if method.wants_probe_batch
-                               and upcoming is not None else None)
-                method.step(batch, loss=loss, probe_batch=probe_batch)
-                hooks.after_step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                step_ms = (time.perf_counter() - tic) * 1e3
+            for loss_value, step_ms in training_steps(run, step):
                 step += 1
                 lrs = hooks.lrs()
                 stats.record_step(step, train_loss=loss_value, lr=lrs, step_ms=step_ms)
@@ -416,12 +430,13 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                     checkpoint()
                 if distributed.any_rank(stop.signal is not None):
                     stop.signal = stop.signal or signal.SIGTERM  # another rank was stopped
+                    break
             if stop.signal is not None:
                 status = "interrupted"
                 message = f"stopped by {signal.Signals(stop.signal).name} at step {step}"
             checkpoint()
     except Diverged as err:
-        status, message = "diverged", str(err)
+        status, message = "diverged", f"{err} at step {step + 1}"
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the signal handler
         status, message = "interrupted", f"interrupted at step {step}"
         checkpoint()

@@ -4,8 +4,8 @@ drawn over a log-scaled contour plot of the objective, as in the GeN paper's fig
 
 The engine logs losses, not coordinates, so the paths are recomputed in-process: each
 (optimizer, lr method) is built exactly as ``gen-train`` builds it (``genlr.engine.build_run``:
-the task, ``model=coords``, the optimizer, the lr method and the peers' hooks) and stepped
-through the engine's own step protocol while the point is recorded. A 2-D problem takes
+the task, ``model=coords``, the optimizer, the lr method and the peers' hooks) and trained by
+the engine's own steps (``genlr.engine.training_steps``) while the point is recorded. A 2-D problem takes
 milliseconds per step, so a figure of a dozen methods takes seconds::
 
     from genlr.report.trajectories import synthetic_figures
@@ -72,10 +72,10 @@ class Path2D:
 def trace(task: Mapping[str, Any], optimizer: Mapping[str, Any], lr: Mapping[str, Any],
           steps: int = DEFAULT_STEPS, label: str = "", seed: int = 0) -> Path2D:
     """Run ``steps`` steps of (optimizer, lr method) on a coordinate task and record the
-    point after each; the engine's build and step protocol, on CPU, without writing
-    anything. A point that leaves a ball of radius 1e3 or a non-finite loss ends the
-    path as ``diverged``; a component that cannot be built gives status ``error``."""
-    from genlr.engine import RunSpec, TrainerConfig, build_run
+    point after each; the engine's build and steps, on CPU, without writing anything. A
+    point that leaves a ball of radius 1e3 or a non-finite loss ends the path as
+    ``diverged``; a component that cannot be built gives status ``error``."""
+    from genlr.engine import Diverged, RunSpec, TrainerConfig, build_run, training_steps
 
     path = Path2D(label or f"{optimizer['name']} + {lr['name']}")
     task = {"steps_per_epoch": steps, **task}
@@ -107,18 +107,12 @@ def trace(task: Mapping[str, Any], optimizer: Mapping[str, Any], lr: Mapping[str
     run.hooks.train()
     record()
     try:
-        for step in range(run.total_steps):
-            run.optimizer.zero_grad(set_to_none=True)
-            loss = run.task.loss(run.forward_model, step)
-            loss.backward()
-            if not math.isfinite(loss.item()):
-                path.status, path.message = "diverged", f"non-finite loss at step {step + 1}"
-                break
-            run.method.step(step, loss=loss)
-            run.hooks.after_step()
+        for step, _ in enumerate(training_steps(run), start=1):
             if not record():
-                path.status, path.message = "diverged", f"left the plane at step {step + 1}"
+                path.status, path.message = "diverged", f"left the plane at step {step}"
                 break
+    except Diverged as err:
+        path.status, path.message = "diverged", f"{err} at step {len(path.points)}"
     except Exception as err:  # a method failing mid-run: draw what it did until then
         path.status, path.message = "error", f"{type(err).__name__}: {err}"
     return path
