@@ -1,7 +1,7 @@
 """Per-step cost of the GeN and Newt methods relative to plain AdamW, in one process.
 
-Fashion-MNIST CNN (``model=cnn``: 2 conv + 2 fc with dropout, the network of DESIGN.md's
-cost figures; ``--model small`` for a lighter one without dropout), batch 128, CPU.
+Fashion-MNIST CNN (``model=cnn``: 2 conv + 2 fc with dropout, the network of the cost
+figures in docs/methods.md; ``--model small`` for a lighter one without dropout), batch 128, CPU.
 Real Fashion-MNIST images are used when /usr/share/datasets/fashion-mnist is there (timing
 does not depend on the values; random tensors of the same shape otherwise).
 
@@ -47,7 +47,7 @@ LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
 
 def make_model(kind: str = "cnn") -> nn.Module:
     """``cnn``: the registry's CNN (``model=cnn``, the PyTorch MNIST example: two 3x3 convs,
-    max pooling, dropout, two fc), on which DESIGN.md's costs were measured; ``small``: a
+    max pooling, dropout, two fc), on which docs/methods.md's costs were measured; ``small``: a
     lighter conv-pool-conv-pool CNN without dropout (the tables of earlier sessions)."""
     torch.manual_seed(0)
     if kind == "cnn":

@@ -22,7 +22,9 @@ from gen_cli.report import main as report_main
 from gen_cli.schema import register_schemas
 from genlr.engine import RunSpec, TrainerConfig, train
 from genlr.report import NoRunsError, Target, load_runs, write_report
+from genlr.options import flatten_config, unflatten_config
 from genlr.report.groups import varying_keys
+from genlr.report.runs import flatten
 from genlr.report.trajectories import trace, trajectory_figure
 from genlr.tracking import read_summary, write_summary
 
@@ -226,6 +228,15 @@ def test_a_traced_path_is_the_run_gen_train_makes(lr, tmp_path):
     train(spec, tmp_path)
     (theta,) = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"].values()
     assert path.points[-1] == pytest.approx(tuple(theta.double().tolist()), rel=1e-12, abs=0)
+
+
+def test_a_run_config_flattens_to_the_reports_keys_and_back():
+    config = {"task": {"name": "rosenbrock", "steps_per_epoch": 7}, "seed": 2,
+              "lr": {"name": "gen_parabola", "points": [-1.0, 0.0, 1.0], "lr_max": None}}
+    flat = flatten(config)
+    assert flat == {"task.name": "rosenbrock", "task.steps_per_epoch": 7, "seed": 2,
+                    "lr.name": "gen_parabola", "lr.points": (-1.0, 0.0, 1.0), "lr.lr_max": None}
+    assert unflatten_config(flatten_config(config)) == config
 
 
 def test_trajectory_figure(tmp_path):

@@ -49,7 +49,6 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     eval_every: int = 0  # steps between evaluations; 0 = at the end of every epoch
     log_every: int = 10  # steps between TensorBoard points
-    num_workers: int = 0  # DataLoader workers for tasks that stream from disk (built-ins hold data in memory)
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end (and on a stop signal)
     resume: Optional[str] = None  # true: this run dir's checkpoints/last.pt; or a checkpoint / run dir path
     profile_every: int = 0  # steps between phi(s) line-profile images; 0 = never
@@ -70,7 +69,7 @@ class TrainerConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"trainer.{name} must be a positive integer, got {value}")
-        for name in ("eval_every", "num_workers", "checkpoint_every", "profile_every"):
+        for name in ("eval_every", "checkpoint_every", "profile_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
 

@@ -1,9 +1,12 @@
-"""The options of a registered builder, read from its signature.
+"""The options of a registered builder, read from its signature, and a config of them as
+dotted keys.
 
 Every registry entry (task, model, optimizer, lr method) declares its options as
 keyword-only parameters with a default and a simple annotation (bool, int, float, str,
 an Optional of those, or a list of them). That signature is the single source of truth:
 the command line's config schema is generated from it and its defaults fill the YAML.
+A composed config (``{"lr": {"name": "newt", "gamma": 0.5}, ...}``) flattens to dotted keys
+(``lr.gamma``) for TensorBoard's HParams and for gen-report's grouping of runs.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Callable
 
 
@@ -50,3 +54,27 @@ def options_of(builder: Callable) -> list[Option]:
         default = list(param.default) if isinstance(param.default, tuple) else param.default
         options.append(Option(param.name, _simplify(hints.get(param.name, Any)), default))
     return options
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": [1, 2]}``: nested mappings
+    become dotted keys, every other value is kept as it is."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unflatten_config(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of ``flatten_config``: ``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    root: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = root
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return root

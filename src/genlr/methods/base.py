@@ -7,7 +7,7 @@ A method replaces ``optimizer.step()`` in a training loop::
     loss.backward()
     lr = method.step(batch, loss=loss)
 
-The shared machinery (see DESIGN.md):
+The shared machinery (docs/design.md, "The data flow of one step"):
 
 * ``apply_update()`` -- the base optimizer's ``step()`` through the AMP ``GradScaler`` if
   there is one. It is called exactly once per training step, so the optimizer's state

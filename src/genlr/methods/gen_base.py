@@ -8,15 +8,16 @@ they measure ``phi(s) = L(theta - s*d)`` (``GeNBase.estimate``).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
 from genlr.methods.base import LRMethod, check_linear_in_lr, finite
+from genlr.methods.schedules import DECAYS
 
 FALLBACKS = ("keep", "shrink")
 PROBES = ("same", "next")
-SCALES = ("constant", "linear", "cosine")
+SCALES = tuple(DECAYS)  # the horizon-aware scale's shapes: constant, linear, cosine
 
 
 class GeNBase(LRMethod):
@@ -60,7 +61,6 @@ class GeNBase(LRMethod):
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
         # The unscaled (GeN) learning rates; the optimizer holds them times the horizon scale.
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        self.probe_batches: Iterator[Any] | None = None
         self._probe_batch: Any = None
         self._previous_batch: Any = None
 
@@ -71,10 +71,10 @@ class GeNBase(LRMethod):
 
     def horizon_scale(self, step: int | None = None) -> float:
         """The factor ``scale`` puts on the GeN learning rate at ``step`` (default: now)."""
-        if self.scale == "constant":
+        if self.scale == "constant":  # no horizon needed
             return 1.0
         t = min(self.step_count if step is None else step, self.total_steps) / self.total_steps
-        return 1.0 - t if self.scale == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+        return DECAYS[self.scale](t)
 
     def base_lr(self) -> float:
         """Group 0's learning rate before the horizon scale."""
@@ -96,19 +96,13 @@ class GeNBase(LRMethod):
     def probe_source(self, batch: Any) -> tuple[Any, bool]:
         """The batch the probes run on, and whether it is the training batch.
 
-        With ``probe="next"``: the ``probe_batch`` given to ``step``, else the next batch of
-        ``probe_batches`` (an iterator the caller may set), else the previous step's batch
-        (seen by the optimizer's momentum already, so a weaker choice), else the training
-        batch itself (the very first step)."""
+        With ``probe="next"``: the ``probe_batch`` given to ``step``, else the previous step's
+        batch (seen by the optimizer's momentum already, so a weaker choice), else the
+        training batch itself (the very first step)."""
         if self.probe == "same":
             return batch, True
         if self._probe_batch is not None:
             return self._probe_batch, False
-        if self.probe_batches is not None:
-            try:
-                return next(self.probe_batches), False
-            except StopIteration:
-                self.probe_batches = None
         if self._previous_batch is not None:
             return self._previous_batch, False
         return batch, True

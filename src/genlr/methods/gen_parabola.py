@@ -62,8 +62,7 @@ class ParabolaGeN(GeNBase):
       loss passed as ``loss`` (two extra forwards with the default points), unless the model
       has active dropout, whose training loss is not the probe's function. With
       ``probe="next"`` the probes use a different batch: ``step(..., probe_batch=b)`` if
-      given, else the next batch of ``probe_batches`` (an iterator the caller may set), else
-      the previous step's batch; ``L(0)`` is then probed too. With ``defer`` and a
+      given, else the previous step's batch; ``L(0)`` is then probed too. With ``defer`` and a
       ``probe_batch`` given (the engine passes the batch the next step trains on), ``L(+1)``
       is not probed: the parameters stay at ``s = 1`` and the next step's training loss on
       that batch is ``L(+1)``, so the fit completes at the start of the next ``step`` (before
@@ -85,11 +84,8 @@ class ParabolaGeN(GeNBase):
             distinct values; ``0`` is free with ``probe="same"``).
         r2_min: least R^2 of the fit to accept it (only checked with more than 3 points).
         every: probe every this many steps (lazy GeN; the reference code suggests >= 4).
-            A probe costs two or three no-grad forwards (``defer``), each about 0.4 of a
-            training step with a small CNN on the CPU: on the Fashion-MNIST CNN (with
-            dropout, so three) ``every=8`` costs 1.13-1.15x a plain AdamW step and the
-            default 16 1.06-1.08x, with the same accuracy as 4 and 8 within the seeds' spread
-            (docs/methods.md has both tables).
+            A probe costs two or three no-grad forwards (``defer``); docs/methods.md has the
+            measured cost and accuracy of each ``every``.
         smoothing: ``lr <- smoothing*lr + (1-smoothing)*alpha_star`` (0.9 as in the paper).
         max_factor: per-update clamp of the lr change to ``[1/max_factor, max_factor]``
             (2 as in the reference code; ``None`` turns it off).

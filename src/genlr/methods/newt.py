@@ -25,8 +25,14 @@ import torch
 
 from genlr.methods.base import LRMethod, as_float, check_linear_in_lr, dot, finite, has_active_dropout, probe_mode
 from genlr.methods.curvature import batch_fraction
+from genlr.options import options_of
 
 LOOKAHEADS = ("probe", "next_step", "window")
+# The options each lookahead reads besides lr_min, lr_max and per_group (which all read);
+# another option set away from its default is refused, never silently ignored.
+_NEWTON_STEP = ("gamma", "approx", "factor_min", "factor_max", "scale_back", "eps")
+LOOKAHEAD_OPTIONS = {"probe": (*_NEWTON_STEP, "lookahead_batch"), "next_step": _NEWTON_STEP,
+                     "window": ("window", "window_gamma")}
 APPROXIMATIONS = ("secant", "taylor")
 NOT_PSD_FACTOR = 1.0  # reference: a curvature that is not positive leaves the lr as it is
 
@@ -57,6 +63,9 @@ class Newt(LRMethod):
         steps, the displacement over the last window (per unit lr) plays the gradient's
         part, ``lr *= 1 + window_gamma <u_old, u_new> / (<u_old, u_old> - <u_old, u_new>)``.
         Zero extra passes; only ``lr_min``/``lr_max`` and the not-positive guard apply.
+
+      Each reads only its own options (``LOOKAHEAD_OPTIONS``; all read ``lr_min``,
+      ``lr_max`` and ``per_group``): any other option away from its default is refused.
     * Raises ``IncompatibleOptimizerError`` for an optimizer whose step is not linear in lr.
     * A step the GradScaler skipped changes neither parameters nor lr; a non-finite
       lookahead never reaches the lr (``diagnostics["fallback"] = 1``).
@@ -95,7 +104,7 @@ class Newt(LRMethod):
                  lookahead: Literal["probe", "next_step", "window"] = "probe",
                  lookahead_batch: Optional[float] = 0.25, window: int = 100,
                  window_gamma: float = 0.2, per_group: bool = False, **common) -> None:
-        if lookahead != "probe" and model is None:
+        if lookahead != "probe":
             self.needs_loss_fn = False  # zero-pass variants never call the loss
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, "Newt")
@@ -109,6 +118,17 @@ class Newt(LRMethod):
             raise ValueError(f"lookahead_batch must be in (0, 1] or None, got {lookahead_batch}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        given = {"gamma": gamma, "approx": approx, "factor_min": factor_min,
+                 "factor_max": factor_max, "scale_back": scale_back, "eps": eps,
+                 "lookahead_batch": lookahead_batch, "window": window,
+                 "window_gamma": window_gamma}
+        defaults = {o.name: o.default for o in options_of(Newt) if o.name in given}
+        ignored = [f"{name}={value!r}" for name, value in given.items()
+                   if name not in LOOKAHEAD_OPTIONS[lookahead] and value != defaults[name]]
+        if ignored:
+            raise ValueError(f"lookahead={lookahead!r} does not use {', '.join(ignored)}; it "
+                             f"reads {', '.join(LOOKAHEAD_OPTIONS[lookahead])}, lr_min, lr_max "
+                             f"and per_group")
         self.gamma, self.approx, self.eps = gamma, approx, eps
         self.factor_min, self.factor_max, self.scale_back = factor_min, factor_max, scale_back
         self.lr_min, self.lr_max = lr_min, lr_max

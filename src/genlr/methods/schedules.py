@@ -7,12 +7,20 @@ built on ``torch.optim.lr_scheduler`` so that its behaviour is PyTorch's.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.optim import lr_scheduler
 
 from genlr.methods.base import LRMethod
+
+# Decay shapes over a run's progress ``t/T`` in [0, 1], from 1 at the start to 0 at the end
+# (``constant`` stays 1): the schedules' and GeN's horizon-aware ``scale``.
+DECAYS: dict[str, Callable[[float], float]] = {
+    "constant": lambda progress: 1.0,
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+}
 
 
 class ScheduledLR(LRMethod):
@@ -107,14 +115,10 @@ class WarmupDecay(ScheduledLR):
         return lr_scheduler.LambdaLR(self.optimizer, factor)
 
 
-def _cosine(progress: float) -> float:
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class Cosine(WarmupDecay):
     """Cosine annealing from the initial lr to ``final_factor`` times it."""
 
-    shape = staticmethod(_cosine)
+    shape = staticmethod(DECAYS["cosine"])
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  final_factor: float = 0.0, **common) -> None:
@@ -124,7 +128,7 @@ class Cosine(WarmupDecay):
 class WarmupCosine(WarmupDecay):
     """Linear warm-up over ``warmup`` (a fraction of the run), then cosine to ``final_factor``."""
 
-    shape = staticmethod(_cosine)
+    shape = staticmethod(DECAYS["cosine"])
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  warmup: float = 0.05, final_factor: float = 0.0, **common) -> None:
@@ -134,7 +138,7 @@ class WarmupCosine(WarmupDecay):
 class Linear(WarmupDecay):
     """Linear warm-up over ``warmup`` (a fraction of the run), then linear decay to ``final_factor``."""
 
-    shape = staticmethod(lambda progress: 1.0 - progress)
+    shape = staticmethod(DECAYS["linear"])
 
 
 class OneCycle(ScheduledLR):

@@ -1,7 +1,7 @@
 """The two-convolution network of the PyTorch MNIST example (pytorch/examples, mnist/main.py).
 
 conv3x3(32) -> ReLU -> conv3x3(64) -> ReLU -> maxpool2 -> dropout -> fc(128) -> ReLU ->
-dropout -> fc(classes). It is the network on which DESIGN.md's cost measurements were taken.
+dropout -> fc(classes). The methods' costs in docs/methods.md were measured on it.
 """
 
 from __future__ import annotations

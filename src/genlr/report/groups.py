@@ -15,8 +15,7 @@ from .runs import INCOMPLETE, RunRecord
 # reports or saves itself.
 IGNORED_KEYS = frozenset({
     "seed", "trainer.progress", "trainer.plots", "trainer.log_every",
-    "trainer.checkpoint_every", "trainer.profile_every", "trainer.num_workers",
-    "trainer.eval_batch_size",
+    "trainer.checkpoint_every", "trainer.profile_every", "trainer.eval_batch_size",
 })
 # Order of keys in a group's name; the rest follow alphabetically.
 NAME_ORDER = ("task.name", "model.name", "optimizer.name", "lr.name", "optimizer.lr")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genlr.options import flatten_config
 from genlr.tracking import read_scalars, read_summary
 from genlr.tracking.summary import SUMMARY_FILENAME
 from genlr.tracking.tensorboard import TB_DIRNAME
@@ -87,16 +88,10 @@ def _first_event_time(events_dir: Path) -> float | None:
     return min(times) if times else None
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become tuples (hashable)."""
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    if isinstance(node, (list, tuple)):
-        return {prefix[:-1]: tuple(node)}
-    return {prefix[:-1]: node}
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as dotted keys (``flatten_config``), lists as tuples (hashable)."""
+    return {key: tuple(value) if isinstance(value, list) else value
+            for key, value in flatten_config(config, prefix).items()}
 
 
 def _config_from_hydra(path: Path) -> dict[str, Any] | None:

@@ -26,6 +26,8 @@ import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from genlr.options import unflatten_config
+
 TRAJECTORY_TASKS = ("rosenbrock", "beale")
 
 # The window each problem is drawn in (x range, y range): the start, the valley and the
@@ -200,25 +202,14 @@ def synthetic_figures(out_dir: str | Path, tasks: Sequence[str] = TRAJECTORY_TAS
     return result
 
 
-def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (tuples back to lists)."""
-    root: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = root
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = list(value) if isinstance(value, tuple) else value
-    return root
-
-
 def trace_config(flat_config: Mapping[str, Any], label: str, max_steps: int = 5000) -> Path2D:
     """The path of one run's composed config (flattened, as the report reads it):
     the same task options, optimizer and lr method, as many steps as the run was given
     (at most ``max_steps``)."""
     from genlr.engine import TrainerConfig
 
-    config = nested(flat_config)
+    config = unflatten_config({k: list(v) if isinstance(v, tuple) else v
+                               for k, v in flat_config.items()})
     trainer = config.get("trainer", {})
     known = {f.name for f in fields(TrainerConfig)}
     trainer = TrainerConfig(**{k: v for k, v in trainer.items() if k in known})

@@ -1,6 +1,7 @@
 """What a run leaves behind and how it is read back: TensorBoard events (``RunWriter``),
-``summary.json`` (``write_summary``, ``RunStats``), PNG plots (``write_plots``), and
-``read_scalars`` / ``find_runs`` for reports. See DESIGN.md, "What a run leaves behind"."""
+``summary.json`` (``build_summary``, ``write_summary``, ``RunStats``), PNG plots
+(``write_plots``), and ``read_scalars`` / ``find_runs`` for reports. See docs/design.md,
+"What a run leaves behind"."""
 
 from .events import read_history, read_scalars, find_runs
 from .plots import History, write_plots

@@ -1,6 +1,6 @@
 """``summary.json``: the one-object record of a run that tests and ``gen-report`` read.
 
-The contract (DESIGN.md, "What a run leaves behind") is the keys below; add keys freely,
+The contract (docs/design.md, "What a run leaves behind") is the keys below; add keys freely,
 never rename these. Non-finite floats (a diverged loss) are written as ``null`` so the file
 is strict JSON that any reader accepts.
 """

@@ -22,6 +22,7 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 from torch.utils.tensorboard import SummaryWriter
 
 from genlr.line_profile import LineProfile
+from genlr.options import flatten_config
 
 from .summary import STATUSES
 
@@ -50,25 +51,12 @@ def _hparam_type(value: bool | int | float | str) -> int:
     return api_pb2.DATA_TYPE_STRING
 
 
-def flatten_hparams(
-    config: Mapping[str, Any], prefix: str = ""
-) -> dict[str, bool | int | float | str]:
-    """Flatten a nested config to dotted keys with values TensorBoard accepts.
-
-    ``{"lr": {"name": "newt", "every": 1}}`` -> ``{"lr.name": "newt", "lr.every": 1}``.
+def flatten_hparams(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """A nested config as dotted keys (``flatten_config``) with values TensorBoard accepts:
     bool/int/float/str are kept, None becomes ``"None"``, anything else (lists, tuples,
-    objects) its ``str``, so one odd config entry never stops the run from logging.
-    """
-    flat: dict[str, bool | int | float | str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_hparams(value, prefix=f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+    objects) its ``str``, so one odd config entry never stops the run from logging."""
+    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for key, value in flatten_config(config).items()}
 
 
 def render_figure(figure: Figure) -> np.ndarray:
@@ -104,7 +92,7 @@ def line_profile_figure(profile: LineProfile) -> Figure:
 class RunWriter:
     """Writes one run's TensorBoard events into ``<run_dir>/tb/``.
 
-    Scalar tags follow the run contract (DESIGN.md): ``train/loss``, ``train/lr``,
+    Scalar tags follow the run contract (docs/design.md): ``train/loss``, ``train/lr``,
     ``lr/group{i}``, ``eval/loss``, ``eval/acc``, ``time/step_ms``, ``method/<key>``.
     Use as a context manager, or call ``close()``; call ``end_session(status)`` before,
     so the HParams tab shows how the run ended.
