@@ -12,8 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 FAKE_TRAIN, FAKE_TEST = 64, 20
+
+# Property-based tests: a few examples from a fixed seed in the default suite (the same
+# every run), the full random search under ``-m slow``. Each example may run gen-train.
+_PROPERTY = dict(deadline=None, suppress_health_check=list(HealthCheck))
+settings.register_profile("fast", max_examples=25, derandomize=True, **_PROPERTY)
+settings.register_profile("full", max_examples=250, **_PROPERTY)
+settings.load_profile("fast")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

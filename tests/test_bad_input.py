@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_mnist_layout
@@ -56,21 +56,32 @@ def _restore_argv():
     sys.argv = argv
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
-@given(override=overrides)
-@example(override="hydra.job.chdir=${oops}")  # Hydra's settings resolve only at run time
-@example(override="hydra.run.dir=${nope:x}")
-def test_malformed_override_runs_or_fails_with_one_line(override):
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        code, stderr = gen_train("task=quadratic", "trainer.max_steps=2", "trainer.plots=false",
-                                 "trainer.progress=false", f"hydra.run.dir={run_dir}", override)
-        assert "Traceback" not in stderr, (override, stderr)
-        if code == 0:
-            assert (run_dir / "summary.json").is_file(), override
-        else:
-            lines = [line for line in stderr.splitlines() if line.strip()]
-            assert len(lines) == 1 and lines[0].startswith("gen-train: "), (override, stderr)
+def malformed_override_property(profile: str):
+    """The property, searched with a hypothesis profile (``conftest.py``): "fast" in the
+    default suite, "full" under ``-m slow``."""
+
+    @settings(settings.get_profile(profile))
+    @given(override=overrides)
+    @example(override="hydra.job.chdir=${oops}")  # Hydra's settings resolve only at run time
+    @example(override="hydra.run.dir=${nope:x}")
+    def test(override):
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "run"
+            code, stderr = gen_train("task=quadratic", "trainer.max_steps=2",
+                                     "trainer.plots=false", "trainer.progress=false",
+                                     f"hydra.run.dir={run_dir}", override)
+            assert "Traceback" not in stderr, (override, stderr)
+            if code == 0:
+                assert (run_dir / "summary.json").is_file(), override
+            else:
+                lines = [line for line in stderr.splitlines() if line.strip()]
+                assert len(lines) == 1 and lines[0].startswith("gen-train: "), (override, stderr)
+
+    return test
+
+
+test_malformed_override_runs_or_fails_with_one_line = malformed_override_property("fast")
+test_malformed_override_full_search = pytest.mark.slow(malformed_override_property("full"))
 
 
 def test_known_bad_inputs_each_get_their_line(tmp_path):

@@ -29,9 +29,10 @@ register_schemas()
 
 
 @pytest.fixture
-def fake_datasets(fake_mnist, fake_cifar10) -> Path:
-    """A data root holding small MNIST and CIFAR-10 files in their real on-disk formats."""
-    assert fake_mnist[0] == fake_cifar10[0]
+def fake_datasets(fake_mnist, fake_fashion_root, fake_cifar10) -> Path:
+    """A data root holding small MNIST, Fashion-MNIST and CIFAR-10 files in their real
+    on-disk formats."""
+    assert fake_mnist[0] == fake_fashion_root[0] == fake_cifar10[0]
     return fake_mnist[0]
 
 
@@ -80,11 +81,10 @@ def test_every_optimizer_option_trains(optimizer, tmp_path):
 
 @pytest.mark.parametrize("task", group_options("task"))
 def test_every_task_option_trains(task, tmp_path, fake_datasets):
+    """Image tasks on small fake files (the real Fashion-MNIST run is in the slow set)."""
     overrides = [f"task={task}", "lr=constant"]
-    if task in ("mnist", "cifar10"):
+    if task in ("mnist", "cifar10", "fashion_mnist"):
         overrides.append(f"task.data_root={fake_datasets}")
-    if task == "fashion_mnist" and not FASHION.is_dir():
-        pytest.skip("no Fashion-MNIST")
     _train_quick(overrides, tmp_path)
 
 
@@ -101,6 +101,7 @@ def test_trainer_options_compose_and_train(tmp_path):
 
 
 @needs_fashion
+@pytest.mark.slow
 def test_real_gen_train_on_fashion_mnist_leaves_the_whole_contract(tmp_path):
     run_dir = tmp_path / "run"
     proc = gen_train("trainer.max_steps=12", "trainer.log_every=2",
@@ -125,6 +126,7 @@ def test_real_gen_train_on_fashion_mnist_leaves_the_whole_contract(tmp_path):
     assert [p for p in (run_dir / "tb").iterdir() if p.is_dir()] == []
 
 
+@pytest.mark.slow
 def test_two_job_multirun(tmp_path):
     sweep = tmp_path / "sweep"
     proc = gen_train("-m", "task=logreg", "model=mlp", "lr=constant,cosine",

@@ -76,6 +76,7 @@ def _free_port() -> int:
 DDP_METHODS = [m for m in ("constant", "gen_parabola", "gen_exact", "newt") if m in METHODS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr", DDP_METHODS)
 def test_ddp_ranks_agree_and_match_one_process(lr, tmp_path):
     mp.spawn(_worker, args=(_free_port(), lr, str(tmp_path)), nprocs=WORLD, join=True)

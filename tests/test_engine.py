@@ -114,6 +114,7 @@ def test_every_method_trains_under_bf16_autocast_on_cpu(lr, tmp_path):
     assert all(v is not None and v >= 0 for v in summary["lr"].values())
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_real_cli_saves_and_resumes(tmp_path):
     """A real gen-train process killed with SIGTERM leaves status interrupted and a
     checkpoint; trainer.resume=true finishes the run in the same folder."""

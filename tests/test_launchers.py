@@ -16,6 +16,7 @@ from gen_cli.schema import register_schemas
 GEN_TRAIN = str(Path(sys.executable).with_name("gen-train"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
 def test_sweep_through_launcher(launcher, tmp_path):
     sweep = tmp_path / "sweep"
