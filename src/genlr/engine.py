@@ -242,13 +242,11 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
         optimizer = build_optimizer(names["optimizer"], model.parameters(), **options["optimizer"])
     forward_model = torch.compile(model) if cfg.compile else model
 
-    def loss_fn(_model, batch):  # probes go through the compiled module too
-        return task.loss(forward_model, batch)
-
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     with _blame("lr", names["lr"]):
-        method = build_lr_method(names["lr"], optimizer, model, loss_fn, total_steps=total_steps,
-                                 scaler=scaler, autocast=autocast,
+        # Probes go through the compiled module; the curvature takes its original module.
+        method = build_lr_method(names["lr"], optimizer, forward_model, task.loss,
+                                 total_steps=total_steps, scaler=scaler, autocast=autocast,
                                  profile_every=cfg.profile_every, **options["lr"])
     hooks = optimizer_hooks(optimizer, model)
     train_model = forward_model
@@ -451,7 +449,14 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             epochs=step / steps_per_epoch, wall_time_s=time.perf_counter() - started,
             peak_memory_mb=peak_memory_mb(device), method_passes=method.passes,
             device=str(device), amp=cfg.amp, torch_version=torch.__version__,
+<<<<<<< HEAD
             world_size=distributed.world_size(), trainer=asdict(cfg))
+=======
+            world_size=distributed.world_size(),
+            python_version=platform.python_version(), message=message,
+            trainer=asdict(cfg), **stats.summary_fields(), **method.summary_fields(),
+        )
+>>>>>>> 41bf041 (WIP: Taylor rules registry, decomposition to core ATen, curvature fallback chain with self-check, dropout-free probes)
         writer.end_session(status)
         writer.close()
         if main_rank:

@@ -29,7 +29,9 @@ from collections import Counter
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from genlr.distributed import mean_over_ranks
 from genlr.line_profile import LineProfile
@@ -120,6 +122,7 @@ class LRMethod:
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.autocast = autocast or contextlib.nullcontext
         self.step_count = 0
+        self.updates = 0  # calls of the optimizer's step (skipped by a GradScaler or not)
         self.passes: Counter[str] = Counter(forward=0, backward=0, hvp=0)
         self.diagnostics: dict[str, float] = {}
         self.profile_every = profile_every
@@ -133,6 +136,10 @@ class LRMethod:
         batch the optimizer has not stepped on yet (the one the next step trains on); every
         method takes it, and those that do not measure on another batch ignore it."""
         raise NotImplementedError
+
+    def summary_fields(self) -> dict[str, Any]:
+        """What the method adds to ``summary.json`` (counts over the run; none by default)."""
+        return {}
 
     def on_eval(self, metrics: dict[str, float]) -> None:
         """Called by the engine after each evaluation (``ReduceLROnPlateau`` uses it)."""
@@ -170,6 +177,7 @@ class LRMethod:
 
     def apply_update(self) -> bool:
         """The base optimizer's step, through the GradScaler; False if the scaler skipped it."""
+        self.updates += 1
         if self.scaler is None:
             self.optimizer.step()
             return True
@@ -279,18 +287,60 @@ def _batchnorm_modules(model: nn.Module) -> Iterator[nn.modules.batchnorm._Batch
     return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
-def _dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
-    return (m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd))
+_DROPOUT_SEEN = "_genlr_dropout_seen"  # set on a model whose probes removed a dropout
 
 
 def has_active_dropout(model: nn.Module) -> bool:
-    return model.training and any(m.p > 0 for m in _dropout_modules(model))
+    """Whether the training forward applies dropout, so that a training loss is not the
+    loss a probe measures: a dropout module or attention/recurrent layer with ``p > 0``, or
+    any dropout a probe of this model has removed (see ``probe_mode``)."""
+    if not model.training:
+        return False
+    for m in model.modules():
+        p = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "dropout", 0.0)
+        if isinstance(p, (int, float)) and p > 0 and isinstance(
+                m, (nn.modules.dropout._DropoutNd, nn.MultiheadAttention, nn.RNNBase)):
+            return True
+    return bool(model.__dict__.get(_DROPOUT_SEEN))
+
+
+class _NoDropout(TorchFunctionMode):
+    """Every dropout becomes the identity, whatever switched it on (a module's ``training``
+    flag, ``F.dropout(x, p, training=True)`` in the model's code, attention's ``dropout_p``);
+    ``removed`` counts those with ``p > 0``."""
+
+    IDENTITY = {F.dropout: 1, F.alpha_dropout: 1, F.feature_alpha_dropout: 1, F.dropout1d: 1,
+                F.dropout2d: 1, F.dropout3d: 1, torch.dropout: 1, torch.alpha_dropout: 1,
+                torch.feature_dropout: 1, torch.feature_alpha_dropout: 1}  # position of p
+    DROPOUT_P = {F.scaled_dot_product_attention: ("dropout_p", 4),
+                 F.multi_head_attention_forward: ("dropout_p", 10)}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.IDENTITY:
+            p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+            self.removed += bool(p)
+            return args[0] if args else kwargs["input"]
+        if func in self.DROPOUT_P:
+            name, position = self.DROPOUT_P[func]
+            if len(args) > position:
+                self.removed += bool(args[position])
+                args = (*args[:position], 0.0, *args[position + 1:])
+            else:
+                self.removed += bool(kwargs.get(name))
+                kwargs = {**kwargs, name: 0.0}
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def probe_mode(model: nn.Module) -> Iterator[None]:
-    """BatchNorm normalises with batch statistics as in training, but its running
-    statistics are restored afterwards; dropout is off; the global RNG is untouched."""
+    """BatchNorm normalises with batch statistics as in training, but writes no running
+    statistic; every form of dropout is off (see ``_NoDropout``; recurrent layers' dropout
+    between layers too); the global RNG is untouched. Other modules keep their mode."""
     saved = [
         (m, [b.clone() for b in m.buffers(recurse=False)]) for m in _batchnorm_modules(model)
     ]
@@ -300,18 +350,21 @@ def probe_mode(model: nn.Module) -> Iterator[None]:
     tracking = [m for m, _ in saved if m.training and m.track_running_stats]
     for m in tracking:
         m.track_running_stats = False
-    dropouts = [m for m in _dropout_modules(model) if m.training]
-    for m in dropouts:
-        m.eval()
+    recurrent = [(m, m.dropout) for m in model.modules() if isinstance(m, nn.RNNBase) and m.dropout]
+    for m, _ in recurrent:
+        m.dropout = 0.0
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    no_dropout = _NoDropout()
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), no_dropout:
             yield
     finally:
         for m in tracking:
             m.track_running_stats = True
-        for m in dropouts:
-            m.train()
+        for m, p in recurrent:
+            m.dropout = p
+        if no_dropout.removed and model.training:
+            model.__dict__[_DROPOUT_SEEN] = True
         with torch.no_grad():
             for m, buffers in saved:
                 for b, old in zip(m.buffers(recurse=False), buffers):

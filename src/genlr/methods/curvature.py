@@ -1,43 +1,52 @@
 """Exact directional derivatives of the training loss along an update direction.
 
 With ``phi(s) = L(theta - s*d)`` the GeN step needs ``phi'(0) = -<g, d>`` and
-``phi''(0) = d^T H d``. On the training batch ``<g, d>`` is free (the gradient is already in
-``.grad``); on another batch it comes with the curvature. This module computes both
-exactly -- no finite differences -- in several ways, so that the benchmark
-(``benchmarks/bench_methods.py``) can measure them against each other:
+``phi''(0) = d^T H d``. This module computes both exactly -- no finite differences -- by
+one of three paths, tried in this order (``curvature="auto"``):
 
 ``taylor``
-    Second-order Taylor-mode forward propagation (a "jet") of ``theta + s*d`` through the
-    loss, from a traced graph of the loss (``genlr.methods.taylor``): each value carries its
-    first and second derivative in ``s``; no backward pass and no tape. Because the path is
-    linear in ``s``, a matrix product needs five products instead of the nine of nested
-    forward mode, and the primal and tangent streams go through one batched call. Falls back
-    to ``double_backward`` on an operation it has no rule for.
+    Second-order Taylor-mode forward propagation (a "jet") of ``theta + s*d`` through a
+    trace of the loss (``genlr.methods.taylor``): no backward pass and no tape. The fastest.
 ``double_backward``
     Reverse over reverse: ``g = grad(L)`` with a graph, then ``Hd = grad(<g, d>)``.
 ``forward_over_reverse``
     ``torch.func.jvp`` of ``torch.func.grad``.
-``forward_forward``
-    Nested ``torch.func.jvp`` (``phi''`` directly, no Hessian-vector product). Wrong for
-    models with BatchNorm in training mode in torch 2.x (its second-order forward-mode
-    formula disagrees with central differences; the other three agree): measured only.
 
-All of them evaluate the loss under ``probe_mode`` (BatchNorm normalises with the batch
-statistics and writes no buffer, dropout off, RNG untouched) and the training autocast.
+A path that fails for a model (an op without a rule or derivative, a trace that breaks,
+running out of memory) is not tried again for it; one warning says why, and the next path
+takes over. When none works the result is NaN, which the GeN methods turn into their
+fallback (the learning rate is kept). The Taylor pass is checked against the first
+reference path that works, on a few examples of the first batch it sees (and every
+``check_every``-th time after, if set), the way ``torch.autograd.gradcheck`` checks a
+gradient: on disagreement it is dropped for this model, with a warning giving both values.
+
+Every path evaluates the loss under ``probe_mode`` (BatchNorm normalises with the batch
+statistics and writes no buffer, every dropout off, RNG untouched), the training autocast,
+and on the model's eager code (a compiled model's original module: same weights).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
+from collections import Counter
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from genlr.methods.base import LossFn, dot, probe_mode
+from genlr.methods.taylor import eager_math_kernels
 
-CURVATURE_MODES = ("auto", "taylor", "double_backward", "forward_over_reverse", "forward_forward")
+PATHS = ("taylor", "double_backward", "forward_over_reverse")
+CURVATURE_MODES = ("auto", *PATHS)
+#: examples of the batch the Taylor pass is checked on
+CHECK_EXAMPLES = 8
+#: largest disagreement of the check, relative to max(|slope|, |curvature|) (``s`` is in
+#: units of the optimizer's step, so both are in units of the loss), by parameter dtype
+#: (5e-2 for half precisions)
+CHECK_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 
 
 def batch_fraction(batch: Any, fraction: float | None) -> Any:
@@ -48,23 +57,21 @@ def batch_fraction(batch: Any, fraction: float | None) -> Any:
         return batch
     if not 0.0 < fraction:
         raise ValueError(f"a batch fraction must be in (0, 1], got {fraction}")
-    sizes: list[int] = []
+    n = batch_size(batch)
+    return first_examples(batch, max(1, math.ceil(fraction * n))) if n else batch
 
-    def collect(b: Any) -> None:
-        if isinstance(b, torch.Tensor) and b.dim() > 0:
-            sizes.append(b.shape[0])
-        elif isinstance(b, (list, tuple)):
-            for x in b:
-                collect(x)
-        elif isinstance(b, dict):
-            for x in b.values():
-                collect(x)
 
-    collect(batch)
-    if not sizes:
-        return batch
-    n = max(sizes)
-    keep = max(1, math.ceil(fraction * n))
+def batch_size(batch: Any) -> int:
+    """The largest leading dimension of the tensors in ``batch`` (0 if none)."""
+    sizes = [x.shape[0] for x in torch.utils._pytree.tree_leaves(batch)
+             if isinstance(x, torch.Tensor) and x.dim() > 0]
+    return max(sizes, default=0)
+
+
+def first_examples(batch: Any, keep: int) -> Any:
+    """The first ``keep`` examples of every tensor in ``batch`` with the batch's size as
+    its leading dimension."""
+    n = batch_size(batch)
 
     def cut(b: Any) -> Any:
         if isinstance(b, torch.Tensor) and b.dim() > 0 and b.shape[0] == n:
@@ -80,6 +87,11 @@ def batch_fraction(batch: Any, fraction: float | None) -> Any:
     return cut(batch)
 
 
+def original_module(model: nn.Module) -> nn.Module:
+    """The module behind ``torch.compile(model)`` (the same parameters), else ``model``."""
+    return getattr(model, "_orig_mod", model)
+
+
 class _BoundLoss(nn.Module):
     """``loss_fn(model, batch)`` as a module, so that ``torch.func.functional_call`` can swap
     the model's parameters for the duration of a loss evaluation."""
@@ -93,64 +105,137 @@ class _BoundLoss(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
+class CurvatureMismatch(RuntimeError):
+    """The Taylor pass disagreed with a reference path on the check."""
+
+
 class DirectionalDerivatives:
     """``<grad L, d>`` and ``d^T H d`` of ``loss_fn(model, batch)`` at the current parameters.
 
     Args:
-        model, loss_fn: the training model and loss (``loss_fn(model, batch) -> scalar``).
+        model, loss_fn: the training model (compiled or not) and loss
+            (``loss_fn(model, batch) -> scalar``; it must use the model it is given).
         autocast: zero-argument factory of the training autocast context.
+        check_every: check the Taylor pass against a reference path on its first use and,
+            if > 0, every ``check_every``-th use after.
+
+    Attributes (what the last ``derivatives`` call did, for diagnostics):
+        path: the path that gave the result, or "none" when none could.
+        counts: results per path (``"none"`` included) over this object's life.
+        unavailable: path -> why it can't be used for this model.
+        check_error: the Taylor pass's disagreement at its last check (NaN: not checked).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn,
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
-        self.model = model
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 check_every: int = 0) -> None:
+        self.model = original_module(model)
         self.loss_fn = loss_fn
         self.autocast = autocast or contextlib.nullcontext
-        self._bound = _BoundLoss(model, loss_fn)
-        self._taylor_failed: str | None = None
-        self.last_mode: str = ""
+        self.check_every = check_every
+        self._bound = _BoundLoss(self.model, loss_fn)
+        self.path = ""
+        self.counts: Counter[str] = Counter()
+        self.unavailable: dict[str, str] = {}
+        self.check_error = math.nan
+        self._checks = 0
 
     # ----------------------------------------------------------------------- dispatch
     def derivatives(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
                     mode: str = "auto") -> tuple[float, float]:
         """``(<grad L, d>, d^T H d)`` at the current parameters on ``batch``: the first and
-        second derivative of ``L(theta + s*d)`` at 0 (floats; may be non-finite)."""
+        second derivative of ``L(theta + s*d)`` at 0 (floats; NaN when no path works).
+
+        ``mode`` "auto" takes the first path that works (and checks the Taylor pass); a
+        path's name takes that path alone and lets its errors through."""
         if mode not in CURVATURE_MODES:
             raise ValueError(f"curvature mode must be one of {CURVATURE_MODES}, got {mode!r}")
-        if mode in ("auto", "taylor"):
-            value = self._try_taylor(params, d, batch, strict=mode == "taylor")
-            if value is not None:
-                self.last_mode = "taylor"
-                return value
-            mode = "double_backward"
-        self.last_mode = mode
-        return getattr(self, mode)(params, d, batch)
+        if mode != "auto":
+            self.path = mode
+            return self.run(mode, params, d, batch)
+        for path in PATHS:
+            if path in self.unavailable:
+                continue
+            try:
+                value = self.run(path, params, d, batch)
+                if path == "taylor" and self._check_due():
+                    self._check(params, d, batch)
+            except Exception as err:  # this path can't, for this model: the next one takes over
+                self._give_up(path, err)
+                continue
+            self.path = path
+            self.counts[path] += 1
+            return value
+        self.path = "none"
+        self.counts["none"] += 1
+        return math.nan, math.nan
 
     def curvature(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
                   mode: str = "auto") -> float:
         """``d^T H d`` at the current parameters (float; may be non-finite or negative)."""
         return self.derivatives(params, d, batch, mode)[1]
 
-    def _try_taylor(self, params, d, batch, strict: bool) -> tuple[float, float] | None:
-        if self._taylor_failed is not None and not strict:
-            return None
-        from genlr.methods.taylor import TaylorUnsupported, directional_derivatives
+    def run(self, path: str, params, d, batch, autocast: bool = True) -> tuple[float, float]:
+        """One path, errors included (``autocast=False``: in the parameters' precision)."""
+        if path not in PATHS:
+            raise ValueError(f"curvature path must be one of {PATHS}, got {path!r}")
+        precision = self.autocast() if autocast else contextlib.nullcontext()
+        with torch.no_grad(), probe_mode(self.model), precision:
+            return getattr(self, f"_{path}")(params, d, batch)
 
-        try:
-            named = self._named(params)
-            with probe_mode(self.model), self.autocast():
-                return directional_derivatives(self._bound, named, d, batch)
-        except (TaylorUnsupported, ValueError) as err:
-            if strict:
-                raise
-            self._taylor_failed = str(err)
-            return None
+    def _give_up(self, path: str, err: Exception) -> None:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        self.unavailable[path] = reason
+        following = [p for p in PATHS if p not in self.unavailable]
+        then = f"using {following[0]} from now on" if following else \
+            "no exact path is left: the learning rate stays where it is (method/fallback=1)"
+        warnings.warn(f"curvature path {path} is not available for this model ({reason}); "
+                      f"{then}", RuntimeWarning, stacklevel=3)
 
-    # ------------------------------------------------------------------------ modes
-    def double_backward(self, params, d, batch) -> tuple[float, float]:
-        with torch.enable_grad():
-            with probe_mode(self.model), self.autocast():
-                loss = self.loss_fn(self.model, batch)
+    # ---------------------------------------------------------------------- the check
+    def _check_due(self) -> bool:
+        return self._checks == 0 or (self.check_every > 0
+                                     and self.counts["taylor"] % self.check_every == 0)
+
+    def _check(self, params, d, batch) -> None:
+        """Taylor against the first reference path that works, on a few examples, in the
+        parameters' precision (it checks the rules, not a low-precision autocast's rounding,
+        which on a few examples can swamp small derivatives)."""
+        self._checks += 1
+        sub = first_examples(batch, CHECK_EXAMPLES)
+        taylor = self.run("taylor", params, d, sub, autocast=False)
+        for path in PATHS[1:]:
+            if path in self.unavailable:
+                continue
+            try:
+                reference = self.run(path, params, d, sub, autocast=False)
+                break
+            except Exception as err:
+                self._give_up(path, err)
+        else:
+            self.check_error = math.nan
+            return
+        if not all(map(math.isfinite, reference)):  # nothing to compare with: check next time
+            self._checks -= 1
+            return
+        scale_ = max(abs(reference[0]), abs(reference[1]), 1e-30)
+        self.check_error = max(abs(t - r) for t, r in zip(taylor, reference)) / scale_
+        tolerance = CHECK_TOLERANCE.get(params[0].dtype if params else None, 5e-2)
+        if not self.check_error <= tolerance:  # NaN disagrees too
+            raise CurvatureMismatch(
+                f"the Taylor pass disagrees with {path} on {CHECK_EXAMPLES} examples: slope "
+                f"{taylor[0]:.6g} vs {reference[0]:.6g}, curvature {taylor[1]:.6g} vs "
+                f"{reference[1]:.6g}")
+
+    # ------------------------------------------------------------------------ paths
+    def _taylor(self, params, d, batch) -> tuple[float, float]:
+        from genlr.methods.taylor import directional_derivatives
+
+        return directional_derivatives(self._bound, self._names(params), d, batch)
+
+    def _double_backward(self, params, d, batch) -> tuple[float, float]:
+        with torch.enable_grad(), eager_math_kernels():
+            loss = self.loss_fn(self.model, batch)
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             pairs = [(g, v) for g, v in zip(grads, d) if g is not None]
             gd = sum((g * v.to(g.dtype)).sum() for g, v in pairs)
@@ -160,47 +245,42 @@ class DirectionalDerivatives:
         used = [(h, v) for h, v in zip(hd, d) if h is not None]
         return float(gd.detach()), dot([h for h, _ in used], [v for _, v in used])
 
-    def forward_over_reverse(self, params, d, batch) -> tuple[float, float]:
-        names, fixed = self._named(params)
+    def _forward_over_reverse(self, params, d, batch) -> tuple[float, float]:
+        names = self._names(params)
         primals = tuple(p.detach() for p in params)
 
         def loss_of(*ps):
-            return self._call(names, fixed, ps, batch)
+            return torch.func.functional_call(self._bound, dict(zip(names, ps)), (batch,),
+                                              strict=False)
 
         grad_fn = torch.func.grad(loss_of, argnums=tuple(range(len(params))))
-        with probe_mode(self.model):
+        with torch.enable_grad(), eager_math_kernels():
             g, hd = torch.func.jvp(grad_fn, primals, tuple(d))
         return dot(list(g), d), dot(list(hd), d)
 
     def forward_forward(self, params, d, batch) -> tuple[float, float]:
-        names, fixed = self._named(params)
+        """Nested ``torch.func.jvp`` (``phi''`` with no Hessian-vector product). Not a path:
+        torch's second-order forward-mode formula of batch norm in training mode is wrong
+        (it disagrees with central differences; the paths above agree), so only the
+        benchmark measures it."""
+        names = self._names(params)
         primals, tangents = tuple(p.detach() for p in params), tuple(d)
 
         def loss_of(*ps):
-            return self._call(names, fixed, ps, batch)
+            return torch.func.functional_call(self._bound, dict(zip(names, ps)), (batch,),
+                                              strict=False)
 
         def slope_of(*ps):
             return torch.func.jvp(loss_of, ps, tangents)[1]
 
-        with probe_mode(self.model):
+        with torch.no_grad(), probe_mode(self.model), self.autocast(), eager_math_kernels():
             slope, second = torch.func.jvp(slope_of, primals, tangents)
         return float(slope), float(second)
 
-    # ---------------------------------------------------------------------- helpers
-    def _named(self, params: list[torch.Tensor]) -> tuple[list[str], dict[str, torch.Tensor]]:
-        """Names (in ``_BoundLoss``) of ``params``, and every other parameter and buffer."""
+    def _names(self, params: list[torch.Tensor]) -> list[str]:
+        """Names of ``params`` in the bound loss module (``model.<name>``)."""
         by_id = {id(p): f"model.{n}" for n, p in self.model.named_parameters()}
         missing = [i for i, p in enumerate(params) if id(p) not in by_id]
         if missing:
-            raise ValueError("the optimizer holds parameters that are not the model's; "
-                             "use curvature='double_backward'")
-        names = [by_id[id(p)] for p in params]
-        chosen = set(names)
-        fixed = {f"model.{n}": t.detach() for n, t in self.model.named_parameters()
-                 if f"model.{n}" not in chosen}
-        return names, fixed
-
-    def _call(self, names, fixed, ps, batch) -> torch.Tensor:
-        with self.autocast():
-            return torch.func.functional_call(self._bound, {**fixed, **dict(zip(names, ps))},
-                                              (batch,), strict=False)
+            raise ValueError("the optimizer holds tensors that are not the model's parameters")
+        return [by_id[id(p)] for p in params]

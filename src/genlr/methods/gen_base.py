@@ -113,19 +113,24 @@ class GeNBase(LRMethod):
         self._apply_scale()
         before = self.lrs
         self._probe_batch = probe_batch
+        updates = self.updates
         try:
             self._probe_and_step(batch, loss)
         finally:
             self._previous_batch, self._probe_batch = batch, None
+            if self.updates != updates:  # the optimizer stepped (even if a probe raised after)
+                self._finish_step(before)
+        return self.last_lr
+
+    def _finish_step(self, lrs_before: list[float]) -> None:
         if self.scale == "constant":
             self.base_lrs = self.lrs
-        elif self.diagnostics["probed"]:
-            for i, (old, new) in enumerate(zip(before, self.lrs)):
+        elif self.diagnostics.get("probed"):
+            for i, (old, new) in enumerate(zip(lrs_before, self.lrs)):
                 if old > 0:
                     self.base_lrs[i] *= new / old
         self.diagnostics["scale"] = self.horizon_scale(self.step_count)
         self.step_count += 1
-        return self.last_lr
 
     def _probe_and_step(self, batch: Any, loss: torch.Tensor | None) -> None:
         self.unscale_grads()

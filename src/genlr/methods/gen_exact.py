@@ -13,11 +13,14 @@ computed exactly (``genlr.methods.curvature``).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from genlr.methods.base import finite
-from genlr.methods.curvature import CURVATURE_MODES, DirectionalDerivatives, batch_fraction
+from genlr.methods.curvature import CURVATURE_MODES, PATHS, DirectionalDerivatives, batch_fraction
 from genlr.methods.gen_base import GeNBase
+
+#: ``diagnostics["curvature_path"]``: the path that gave the curvature
+PATH_CODES = {**{path: i for i, path in enumerate(PATHS)}, "none": len(PATHS)}
 
 
 class ExactGeN(GeNBase):
@@ -56,30 +59,41 @@ class ExactGeN(GeNBase):
         every: probe every this many steps (lazy GeN); 1 = every step.
         smoothing: ``lr <- smoothing*lr + (1-smoothing)*alpha_star`` (0 = take ``alpha_star``).
         max_factor: clamp of the lr change per probe to ``[1/max_factor, max_factor]``
-            (``None``: no clamp).
+            (2, as the parabola's; ``None``: no clamp).
         fallback: "keep" the lr or "shrink" it by ``shrink`` when the curvature is unusable.
         probe: "next" (default): measure on a batch the optimizer has not stepped on, or
             "same": on the training batch (see ``ParabolaGeN``; on the Fashion-MNIST CNN
             with AdamW "same" drove the lr from 1e-3 to 0.8 and diverged on 2 of 3 seeds).
         scale: horizon-aware factor on the GeN lr: "constant", "linear" (``1 - t/T``) or
             "cosine" (``(1 + cos(pi t/T)) / 2``); needs ``total_steps``.
-        curvature: how ``d^T H d`` is computed: "auto" (Taylor mode, falling back to double
-            backward for models with unsupported operations), "taylor", "double_backward",
-            "forward_over_reverse" or "forward_forward" (see ``genlr.methods.curvature``).
+        curvature: how ``d^T H d`` is computed: "auto" (the Taylor pass, checked against
+            double backward on its first use; any path that can't work for the model hands
+            over to the next: double backward, forward-over-reverse, and last the fallback),
+            or one of "taylor", "double_backward", "forward_over_reverse" alone (errors
+            raise; see ``genlr.methods.curvature``).
         curvature_batch: fraction of the batch the curvature is computed on (``None``: all).
+        check_every: besides its first use, check the Taylor pass against double backward
+            on a few examples every this many probes (0: the first only).
 
-    Defaults (``every=4``, smoothing 0.9 as in the paper, Taylor-mode curvature on the full
-    batch) cost about 1.3x a plain AdamW step on the Fashion-MNIST CNN on 2 CPU cores; see
-    docs/methods.md for the measured table.
+    Which path ran is in ``diagnostics["curvature_path"]`` (0 taylor, 1 double backward,
+    2 forward-over-reverse, 3 none: the lr is kept) and, counted over the run, in
+    ``summary_fields()``; ``diagnostics["check_error"]`` is the Taylor pass's disagreement
+    with the reference at its last check.
+
+    Cost model: a probe step adds one Taylor pass (about five times the matrix products of
+    a forward pass, no backward) to a training step; ``every`` spreads it over that many
+    steps. The measured costs per model are in docs/methods.md.
     """
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  lr_min: float = 0.0, lr_max: Optional[float] = None, every: int = 4,
-                 smoothing: float = 0.9, max_factor: Optional[float] = None,
+                 smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
                  fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
                  probe: Literal["same", "next"] = "next",
                  scale: Literal["constant", "linear", "cosine"] = "constant",
-                 curvature: str = "auto", curvature_batch: Optional[float] = None,
+                 curvature: Literal["auto", "taylor", "double_backward",
+                                    "forward_over_reverse"] = "auto",
+                 curvature_batch: Optional[float] = None, check_every: int = 0,
                  **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
@@ -88,8 +102,10 @@ class ExactGeN(GeNBase):
             raise ValueError(f"curvature must be one of {CURVATURE_MODES}, got {curvature!r}")
         if curvature_batch is not None and not 0.0 < curvature_batch <= 1.0:
             raise ValueError(f"curvature_batch must be in (0, 1] or None, got {curvature_batch}")
+        if check_every < 0:
+            raise ValueError(f"check_every must be >= 0, got {check_every}")
         self.curvature_mode, self.curvature_batch = curvature, curvature_batch
-        self.derivatives = DirectionalDerivatives(model, loss_fn, self.autocast)
+        self.derivatives = DirectionalDerivatives(model, loss_fn, self.autocast, check_every)
 
     def estimate(self, params, d, batch, same, loss):
         self.shift(params, d, 0.0, current=1.0)  # back to theta: the derivatives are taken there
@@ -102,8 +118,14 @@ class ExactGeN(GeNBase):
         # On the training batch the exact full-batch slope is free; elsewhere the jet's is used.
         slope = self.grad_dot(d, params) if same else self.batch_mean(slope)
         curvature = self.batch_mean(curvature)
-        diag = {"slope": slope, "curvature": curvature}
+        diag = {"slope": slope, "curvature": curvature,
+                "curvature_path": float(PATH_CODES[self.derivatives.path]),
+                "check_error": self.derivatives.check_error}
         s_star = slope / curvature if finite(slope, curvature) and curvature > 0 else None
         return s_star, diag, lambda s: -slope * s + 0.5 * curvature * s * s
 
 
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"curvature_paths": dict(self.derivatives.counts),
+                "curvature_unavailable": dict(self.derivatives.unavailable)}

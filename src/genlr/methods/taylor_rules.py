@@ -1,0 +1,720 @@
+"""Second-order Taylor rules of ATen operations: how a jet ``(x, x', x'')`` passes an op.
+
+Along the path ``theta + s*d`` every intermediate value ``x(s)`` has a jet: its value, first
+and second derivative in ``s`` at ``s = 0``. ``RULES[op]`` maps the jets (or plain tensors,
+for values that do not move) of an op's inputs to the jet of its output:
+
+* a linear op ``f`` maps each component: ``(f x, f x', f x'')``;
+* a bilinear op ``B`` (matrix product, convolution, product): ``(B(x,y), B(x',y) + B(x,y'),
+  B(x'',y) + 2 B(x',y') + B(x,y''))``;
+* an elementwise ``f``: ``(f(x), f'(x) x', f''(x) x'^2 + f'(x) x'')``; piecewise functions
+  (relu, abs, clamp, max) take the derivative autograd takes at their kinks, so the two
+  paths agree there too;
+* normalisations (batch, layer and group norm) and softmax are composed of the rules above.
+
+An op without a rule here goes through ``generic_rule`` (nested forward-mode AD of that op
+alone, see ``genlr.methods.taylor``). The graph reaching these rules has been reduced to
+PyTorch's core ATen operations by its own decomposition tables, so the list is short.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils import _pytree as pytree
+
+aten = torch.ops.aten
+
+
+class TaylorUnsupported(RuntimeError):
+    """This op (or this use of it) has no Taylor rule; the caller takes another path."""
+
+
+@dataclass
+class Jet:
+    """``x(0)``, ``x'(0)`` and ``x''(0)`` of a value along the path; None means zero."""
+
+    v: torch.Tensor
+    t: torch.Tensor | None
+    a: torch.Tensor | None
+
+
+Rule = Callable[..., Any]  # rule(op, args, kwargs, donated) -> Jet | tuple | list
+RULES: dict[Any, Rule] = {}
+
+
+def rule(*ops: Any) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+    return register
+
+
+# ------------------------------------------------------------------------ jet algebra
+def is_jet(x: Any) -> bool:
+    return isinstance(x, Jet)
+
+
+def value(x: Any) -> Any:
+    return x.v if isinstance(x, Jet) else x
+
+
+def as_jet(x: Any) -> Jet:
+    return x if isinstance(x, Jet) else Jet(x, None, None)
+
+
+def plain(x: Any) -> Any:
+    if isinstance(x, Jet):
+        raise TaylorUnsupported("a moving value reached an argument that must be constant")
+    return x
+
+
+def add(x: torch.Tensor | None, y: torch.Tensor | None, alpha: float = 1.0) -> torch.Tensor | None:
+    if x is None:
+        return scale(y, alpha)
+    if y is None:
+        return x
+    return x + y if alpha == 1 else x + alpha * y
+
+
+def mul(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None or y is None else x * y
+
+
+def scale(x: torch.Tensor | None, alpha: float) -> torch.Tensor | None:
+    return None if x is None else (x if alpha == 1 else x * alpha)
+
+
+def map_jet(f: Callable[[torch.Tensor], torch.Tensor], j: Jet) -> Jet:
+    return Jet(f(j.v), None if j.t is None else f(j.t), None if j.a is None else f(j.a))
+
+
+def unary(j: Jet, out: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor | None) -> Jet:
+    """Chain rule for an elementwise ``f`` with ``f(v) = out``, ``f' = d1``, ``f'' = d2``."""
+    t = mul(d1, j.t)
+    a = add(mul(d1, j.a), mul(d2, None if j.t is None else j.t * j.t))
+    return Jet(out, t, a)
+
+
+def bilinear(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: Any, y: Any,
+             bias: Any = None, bias_shape: tuple[int, ...] | None = None) -> Jet:
+    """``B(x, y) + bias`` for jets or plain tensors (the bias viewed as ``bias_shape``).
+
+    Each product is its own call, accumulated in place into the first one (every call
+    returns a fresh tensor): on the CPU, stacking the components into one call (a ``cat``
+    along the batch) was slower -- it allocates and copies the stack.
+    """
+    xj, yj = as_jet(x), as_jet(y)
+    bj = None if bias is None else as_jet(bias)
+    v = call(xj.v, yj.v)
+
+    def view(b: torch.Tensor) -> torch.Tensor:
+        return b.view(bias_shape) if bias_shape is not None else b
+
+    def component(terms: list[tuple[Any, Any, float]], b: torch.Tensor | None) -> torch.Tensor | None:
+        out = None
+        for p, q, k in terms:
+            if p is None or q is None:
+                continue
+            if out is None:
+                out = call(p, q)
+                if k != 1.0:
+                    out.mul_(k)
+            else:
+                out.add_(call(p, q), alpha=k)
+        if b is not None:
+            out = view(b).expand_as(v).clone() if out is None else out.add_(view(b))
+        return out
+
+    t = component([(xj.t, yj.v, 1.0), (xj.v, yj.t, 1.0)], None if bj is None else bj.t)
+    a = component([(xj.a, yj.v, 1.0), (xj.t, yj.t, 2.0), (xj.v, yj.a, 1.0)],
+                  None if bj is None else bj.a)
+    if bj is not None:
+        v = v.add_(view(bj.v))
+    return Jet(v, t, a)
+
+
+def apply(op: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``op`` on jets (through its rule) or on plain values (directly)."""
+    if any(is_jet(x) for x in pytree.tree_leaves((args, kwargs))):
+        return RULES[op](op, args, kwargs, False)
+    return op(*args, **kwargs)
+
+
+# ------------------------------------------------------------------ linear operations
+LINEAR_IN_FIRST = (
+    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default,
+    aten.permute.default, aten.transpose.int, aten.t.default, aten.squeeze.dim,
+    aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default, aten.clone.default,
+    aten.contiguous.default, aten.slice.Tensor, aten.select.int, aten._to_copy.default,
+    aten.alias.default, aten.neg.default, aten.sum.default, aten.sum.dim_IntList,
+    aten.mean.default, aten.mean.dim, aten.avg_pool1d.default, aten.avg_pool2d.default,
+    aten.avg_pool3d.default, aten._adaptive_avg_pool2d.default,
+    aten._adaptive_avg_pool3d.default, aten.flatten.using_ints, aten.index_select.default,
+    aten.repeat.default, aten.unfold.default, aten.narrow.default, aten.lift_fresh_copy.default,
+    aten.embedding.default, aten.gather.default, aten.index.Tensor, aten._unsafe_index.Tensor,
+    aten.cumsum.default, aten.diagonal.default, aten.tril.default, aten.triu.default,
+    aten.roll.default, aten.flip.default, aten.as_strided.default, aten.expand_copy.default,
+    aten.view_copy.default, aten.permute_copy.default, aten.mul.Scalar, aten.div.Scalar,
+    aten.upsample_nearest1d.default, aten.upsample_nearest2d.default,
+    aten.upsample_nearest3d.default, aten.upsample_bilinear2d.default,
+    aten.upsample_linear1d.default, aten.im2col.default, aten.col2im.default,
+    aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.reflection_pad1d.default,
+    aten.reflection_pad2d.default, aten.replication_pad1d.default,
+    aten.replication_pad2d.default, aten.channel_shuffle.default,
+)
+# Linear ops with several outputs, all linear in the first argument.
+SPLITS = (aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
+          aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default)
+# Ops linear in several arguments together (the positions given): a constant there
+# contributes to the value only.
+JOINTLY_LINEAR = {
+    aten.cat.default: (0,), aten.stack.default: (0,), aten.where.self: (1, 2),
+    aten.slice_scatter.default: (0, 1), aten.select_scatter.default: (0, 1),
+    aten.diagonal_scatter.default: (0, 1), aten.as_strided_scatter.default: (0, 1),
+    aten.index_put.default: (0, 2), aten._unsafe_index_put.default: (0, 2),
+    aten.scatter.src: (0, 3), aten.scatter_add.default: (0, 3), aten.index_add.default: (0, 3),
+    aten.masked_scatter.default: (0, 2), aten.copy.default: (0, 1),
+}
+
+
+def _constant_args(args: tuple, skip: int = 1) -> tuple:
+    return tuple(plain(x) for x in args[skip:])
+
+
+@rule(*[op for op in LINEAR_IN_FIRST if op is not None])
+def _linear(op, args, kwargs, donated):
+    rest = _constant_args(args)
+    return map_jet(lambda c: op(c, *rest, **kwargs), as_jet(args[0]))
+
+
+@rule(*SPLITS)
+def _split(op, args, kwargs, donated):
+    rest = _constant_args(args)
+    x = as_jet(args[0])
+    parts = [None if c is None else op(c, *rest, **kwargs) for c in (x.v, x.t, x.a)]
+    return [Jet(v, None if parts[1] is None else parts[1][i], None if parts[2] is None else parts[2][i])
+            for i, v in enumerate(parts[0])]
+
+
+@rule(*JOINTLY_LINEAR)
+def _jointly_linear(op, args, kwargs, donated):
+    positions = JOINTLY_LINEAR[op]
+    for i, x in enumerate(args):
+        if i not in positions:
+            plain(x)
+
+    def component(field: str) -> torch.Tensor | None:
+        moving = False
+
+        def pick(x: Any) -> Any:
+            nonlocal moving
+            if isinstance(x, Jet):
+                c = getattr(x, field)
+                moving = moving or c is not None
+                return torch.zeros_like(x.v) if c is None else c
+            return torch.zeros_like(x) if isinstance(x, torch.Tensor) else x
+
+        parts = [pytree.tree_map(pick, x, is_leaf=is_jet) if i in positions else x
+                 for i, x in enumerate(args)]
+        return op(*parts, **kwargs) if moving else None
+
+    values = [pytree.tree_map(value, x, is_leaf=is_jet) for x in args]
+    return Jet(op(*values, **kwargs), component("t"), component("a"))
+
+
+@rule(aten.constant_pad_nd.default)
+def _constant_pad(op, args, kwargs, donated):
+    x, pad = as_jet(args[0]), plain(args[1])
+    fill = plain(args[2]) if len(args) > 2 else kwargs.get("value", 0)
+    zero = (lambda c: None if c is None else op(c, pad, 0))  # the padding does not move
+    return Jet(op(x.v, pad, fill), zero(x.t), zero(x.a))
+
+
+@rule(aten.masked_fill.Scalar)
+def _masked_fill(op, args, kwargs, donated):
+    x, mask, fill = as_jet(args[0]), plain(args[1]), plain(args[2])
+    zero = (lambda c: None if c is None else op(c, mask, 0))
+    return Jet(op(x.v, mask, fill), zero(x.t), zero(x.a))
+
+
+@rule(aten.masked_fill.Tensor)
+def _masked_fill_tensor(op, args, kwargs, donated):
+    x, mask, fill = args
+    return apply(aten.where.self, plain(mask), fill, x)
+
+
+@rule(aten.add.Tensor, aten.sub.Tensor)
+def _add_sub(op, args, kwargs, donated):
+    x, y = args
+    alpha = kwargs.get("alpha", 1) * (-1 if op is aten.sub.Tensor else 1)
+    xj, yj = as_jet(x), as_jet(y)
+    # A component's shape may be an operand's, smaller than the broadcast result: the
+    # interpreter expands every component to the value's shape (see ``taylor.normalise``).
+    return Jet(op(xj.v, yj.v, **kwargs), add(xj.t, yj.t, alpha), add(xj.a, yj.a, alpha))
+
+
+@rule(aten.add.Scalar, aten.sub.Scalar)
+def _shift(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    return Jet(op(x.v, *_constant_args(args), **kwargs), x.t, x.a)
+
+
+@rule(aten.rsub.Scalar)
+def _rsub(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    alpha = args[2] if len(args) > 2 else kwargs.get("alpha", 1)
+    return Jet(op(x.v, *_constant_args(args), **kwargs), scale(x.t, -alpha), scale(x.a, -alpha))
+
+
+# ---------------------------------------------------------------- bilinear operations
+@rule(aten.mul.Tensor)
+def _mul(op, args, kwargs, donated):
+    x, y = args
+    if not isinstance(y, (Jet, torch.Tensor)):
+        return map_jet(lambda c: c * y, x)
+    if not isinstance(x, (Jet, torch.Tensor)):
+        return map_jet(lambda c: c * x, y)
+    return bilinear(torch.mul, x, y)
+
+
+@rule(aten.div.Tensor)
+def _div(op, args, kwargs, donated):
+    x, y = args
+    if is_jet(y):
+        return apply(aten.mul.Tensor, x, reciprocal(y))
+    return map_jet(lambda c: c / y, as_jet(x))
+
+
+@rule(aten.mm.default, aten.bmm.default, aten.dot.default, aten.mv.default, aten.vdot.default)
+def _product(op, args, kwargs, donated):
+    return bilinear(op, args[0], args[1])
+
+
+@rule(aten.addmm.default, aten.baddbmm.default)
+def _addmm(op, args, kwargs, donated):
+    bias, x, w = args
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    if beta != 1:
+        bias = map_jet(lambda c: c * beta, bias) if is_jet(bias) else bias * beta
+    base = aten.mm.default if op is aten.addmm.default else aten.bmm.default
+    product = base if alpha == 1 else (lambda p, q: base(p, q).mul_(alpha))
+    return bilinear(product, x, w, bias)
+
+
+@rule(aten.convolution.default)
+def _convolution(op, args, kwargs, donated):
+    x, w, bias, *rest = args
+    rest = [plain(r) for r in rest]
+    shape = None if bias is None else (1, -1) + (1,) * (value(x).dim() - 2)
+    return bilinear(lambda p, q: op(p, q, None, *rest), x, w, bias, shape)
+
+
+# -------------------------------------------------------------- elementwise functions
+def reciprocal(j: Jet) -> Jet:
+    v = 1 / j.v
+    return unary(j, v, -v * v, 2 * v * v * v)
+
+
+@rule(aten.reciprocal.default)
+def _reciprocal(op, args, kwargs, donated):
+    return reciprocal(as_jet(args[0]))
+
+
+@rule(aten.relu.default)
+def _relu(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    mask = x.v > 0  # as autograd: relu'(0) = 0; relu'' = 0
+    if donated:  # in place: on the CPU a fresh activation-sized tensor costs page faults
+        keep = (lambda c: None if c is None else c.mul_(mask))
+        return Jet(torch.relu_(x.v), keep(x.t), keep(x.a))
+    keep = (lambda c: None if c is None else c * mask)
+    return Jet(torch.relu(x.v), keep(x.t), keep(x.a))
+
+
+def _piecewise_linear(x: Jet, out: torch.Tensor, slope: torch.Tensor) -> Jet:
+    return Jet(out, mul(slope, x.t), mul(slope, x.a))
+
+
+@rule(aten.leaky_relu.default)
+def _leaky_relu(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    negative = plain(args[1]) if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+    slope = torch.where(x.v > 0, 1.0, negative).to(x.v.dtype)
+    return _piecewise_linear(x, op(x.v, negative), slope)
+
+
+@rule(aten.abs.default)
+def _abs(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    return _piecewise_linear(x, x.v.abs(), x.v.sign())
+
+
+@rule(aten.clamp.default, aten.hardtanh.default)
+def _clamp(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    low, high = (plain(a) for a in (list(args[1:]) + [None, None])[:2])
+    if op is aten.hardtanh.default:
+        low = -1.0 if low is None else low
+        high = 1.0 if high is None else high
+    inside = torch.ones_like(x.v, dtype=torch.bool)
+    if low is not None:
+        inside &= x.v >= low if op is aten.clamp.default else x.v > low
+    if high is not None:
+        inside &= x.v <= high if op is aten.clamp.default else x.v < high
+    return _piecewise_linear(x, op(x.v, low, high), inside.to(x.v.dtype))
+
+
+@rule(aten.tanh.default)
+def _tanh(op, args, kwargs, donated):
+    v = torch.tanh(args[0].v)
+    d1 = 1 - v * v
+    return unary(args[0], v, d1, -2 * v * d1)
+
+
+@rule(aten.sigmoid.default)
+def _sigmoid(op, args, kwargs, donated):
+    v = torch.sigmoid(args[0].v)
+    d1 = v * (1 - v)
+    return unary(args[0], v, d1, d1 * (1 - 2 * v))
+
+
+@rule(aten.exp.default)
+def _exp(op, args, kwargs, donated):
+    v = torch.exp(args[0].v)
+    return unary(args[0], v, v, v)
+
+
+@rule(aten.expm1.default)
+def _expm1(op, args, kwargs, donated):
+    e = torch.exp(args[0].v)
+    return unary(args[0], torch.expm1(args[0].v), e, e)
+
+
+@rule(aten.log.default)
+def _log(op, args, kwargs, donated):
+    x = args[0].v
+    return unary(args[0], torch.log(x), 1 / x, -1 / (x * x))
+
+
+@rule(aten.log1p.default)
+def _log1p(op, args, kwargs, donated):
+    x = args[0].v
+    r = 1 / (1 + x)
+    return unary(args[0], torch.log1p(x), r, -r * r)
+
+
+@rule(aten.rsqrt.default)
+def _rsqrt(op, args, kwargs, donated):
+    x = args[0].v
+    v = torch.rsqrt(x)
+    return unary(args[0], v, -0.5 * v / x, 0.75 * v / (x * x))
+
+
+@rule(aten.sqrt.default)
+def _sqrt(op, args, kwargs, donated):
+    x = args[0].v
+    v = torch.sqrt(x)
+    return unary(args[0], v, 0.5 / v, -0.25 / (v * x))
+
+
+@rule(aten.sin.default)
+def _sin(op, args, kwargs, donated):
+    x = args[0].v
+    v = torch.sin(x)
+    return unary(args[0], v, torch.cos(x), -v)
+
+
+@rule(aten.cos.default)
+def _cos(op, args, kwargs, donated):
+    x = args[0].v
+    v = torch.cos(x)
+    return unary(args[0], v, -torch.sin(x), -v)
+
+
+@rule(aten.erf.default)
+def _erf(op, args, kwargs, donated):
+    x = args[0].v
+    d1 = torch.exp(-x * x) * (2 / math.sqrt(math.pi))
+    return unary(args[0], torch.erf(x), d1, -2 * x * d1)
+
+
+@rule(aten.pow.Tensor_Scalar)
+def _pow(op, args, kwargs, donated):
+    x, k = args[0], plain(args[1])
+    if k == 2:
+        return unary(x, x.v * x.v, 2 * x.v, torch.full_like(x.v, 2.0))
+    if k == 1:
+        return x
+    if k == 0:
+        return Jet(torch.ones_like(x.v), None, None)
+    return unary(x, x.v**k, k * x.v ** (k - 1), k * (k - 1) * x.v ** (k - 2))
+
+
+@rule(aten.pow.Tensor_Tensor, aten.pow.Scalar)
+def _pow_general(op, args, kwargs, donated):
+    base, exponent = args  # base**exponent = exp(exponent * log(base))
+    log_base = apply(aten.log.default, base) if isinstance(base, (Jet, torch.Tensor)) \
+        else math.log(base)
+    return apply(aten.exp.default, apply(aten.mul.Tensor, exponent, log_base))
+
+
+@rule(aten.gelu.default)
+def _gelu(op, args, kwargs, donated):
+    j = args[0]
+    approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
+    x = j.v
+    if approximate == "none":
+        cdf = 0.5 * (1 + torch.erf(x * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327
+        return unary(j, x * cdf, cdf + x * pdf, pdf * (2 - x * x))
+    # tanh form: 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
+    c, k = math.sqrt(2 / math.pi), 0.044715
+    u = c * (x + k * x ** 3)
+    th = torch.tanh(u)
+    sech2 = 1 - th * th
+    du, ddu = c * (1 + 3 * k * x * x), c * 6 * k * x
+    d1 = 0.5 * (1 + th) + 0.5 * x * sech2 * du
+    d2 = sech2 * du + 0.5 * x * sech2 * (ddu - 2 * th * du * du)
+    return unary(j, op(x, approximate=approximate), d1, d2)
+
+
+@rule(aten.silu.default)
+def _silu(op, args, kwargs, donated):
+    x = args[0].v
+    s = torch.sigmoid(x)
+    d1 = s * (1 + x * (1 - s))
+    d2 = s * (1 - s) * (2 + x * (1 - 2 * s))
+    return unary(args[0], x * s, d1, d2)
+
+
+@rule(aten.softplus.default)
+def _softplus(op, args, kwargs, donated):
+    x = args[0]
+    beta = plain(args[1]) if len(args) > 1 else 1
+    threshold = plain(args[2]) if len(args) > 2 else 20
+    s = torch.sigmoid(beta * x.v)
+    linear = beta * x.v > threshold
+    d1 = torch.where(linear, torch.ones_like(s), s)
+    d2 = torch.where(linear, torch.zeros_like(s), beta * s * (1 - s))
+    return unary(x, op(x.v, beta, threshold), d1, d2)
+
+
+@rule(aten.elu.default)
+def _elu(op, args, kwargs, donated):
+    x = args[0]
+    alpha, scale_, input_scale = ([plain(a) for a in args[1:]] + [1.0, 1.0, 1.0])[:3]
+    e = torch.exp(x.v * input_scale) * (scale_ * alpha * input_scale)
+    positive = x.v > 0
+    d1 = torch.where(positive, torch.full_like(e, scale_), e)
+    d2 = torch.where(positive, torch.zeros_like(e), e * input_scale)
+    return unary(x, op(x.v, alpha, scale_, input_scale), d1, d2)
+
+
+# ----------------------------------------------------------------- softmax and losses
+@rule(aten._log_softmax.default)
+def _log_softmax(op, args, kwargs, donated):
+    x, dim = as_jet(args[0]), args[1]
+    v = op(x.v, *args[1:])
+    p = v.exp()
+    mean_t = (p * x.t).sum(dim, keepdim=True) if x.t is not None else None
+    t = None if x.t is None else x.t - mean_t
+    a = None
+    if x.a is not None:
+        a = x.a - (p * x.a).sum(dim, keepdim=True)
+    if x.t is not None:
+        var = (p * x.t * x.t).sum(dim, keepdim=True) - mean_t * mean_t
+        a = add(a, -var.expand_as(v))
+    return Jet(v, t, a)
+
+
+@rule(aten._softmax.default)
+def _softmax(op, args, kwargs, donated):
+    logp = apply(aten._log_softmax.default, *args)
+    return apply(aten.exp.default, logp)
+
+
+@rule(aten.nll_loss_forward.default, aten.nll_loss2d_forward.default)
+def _nll_loss(op, args, kwargs, donated):
+    x, rest = as_jet(args[0]), _constant_args(args)
+    out = [None if c is None else op(c, *rest, **kwargs) for c in (x.v, x.t, x.a)]
+    return (Jet(out[0][0], out[1][0] if out[1] else None, out[2][0] if out[2] else None),
+            out[0][1])
+
+
+@rule(aten._embedding_bag_forward_only.default, aten._embedding_bag.default)
+def _embedding_bag(op, args, kwargs, donated):
+    weight, rest = as_jet(args[0]), _constant_args(args)
+    mode = rest[3] if len(rest) > 3 else kwargs.get("mode", 0)
+    if mode not in (0, 1):  # sum and mean are linear in the weight; max is not
+        return generic_rule(op, args, kwargs, donated)
+    out = [None if c is None else op(c, *rest, **kwargs) for c in (weight.v, weight.t, weight.a)]
+    jet = Jet(out[0][0], out[1][0] if out[1] else None, out[2][0] if out[2] else None)
+    return (jet, *out[0][1:])
+
+
+# -------------------------------------------------------------------- normalisations
+def _affine(xn: Jet, w: Any, b: Any, shape) -> Jet:
+    out = xn
+    if w is not None:
+        out = apply(aten.mul.Tensor, out, apply(aten.view.default, w, shape))
+    if b is not None:
+        out = apply(aten.add.Tensor, out, apply(aten.view.default, b, shape))
+    return out
+
+
+def _normalise(x: Any, dims: list[int], eps: float) -> tuple[Jet, Jet, Jet]:
+    """``(x - mean) * rsqrt(var + eps)`` over ``dims`` (biased variance), with mean and rstd."""
+    mean = apply(aten.mean.dim, x, dims, True)
+    centred = apply(aten.sub.Tensor, x, mean)
+    var = apply(aten.mean.dim, apply(aten.mul.Tensor, centred, centred), dims, True)
+    rstd = apply(aten.rsqrt.default, apply(aten.add.Scalar, var, eps))
+    return as_jet(apply(aten.mul.Tensor, centred, rstd)), as_jet(mean), as_jet(rstd)
+
+
+@rule(aten.native_layer_norm.default)
+def _layer_norm(op, args, kwargs, donated):
+    x, normalized_shape, w, b, eps = args
+    dims = list(range(value(x).dim() - len(normalized_shape), value(x).dim()))
+    xn, mean, rstd = _normalise(x, dims, eps)
+    return _affine(xn, w, b, tuple(normalized_shape)), mean.v, rstd.v
+
+
+@rule(aten.native_group_norm.default)
+def _group_norm(op, args, kwargs, donated):
+    x, w, b, n, c, hw, groups, eps = args
+    grouped = apply(aten.view.default, x, [n, groups, -1])
+    xn, mean, rstd = _normalise(grouped, [2], eps)
+    xn = apply(aten.view.default, xn, list(value(x).shape))
+    shape = (1, -1) + (1,) * (value(x).dim() - 2)
+    return _affine(xn, w, b, shape), mean.v.view(n, groups), rstd.v.view(n, groups)
+
+
+def _batch_norm_running_stats(x, w, b, rm, rv, eps):
+    shape = (1, -1) + (1,) * (value(x).dim() - 2)
+    invstd = torch.rsqrt(plain(rv) + eps).view(shape)
+    centred = apply(aten.sub.Tensor, x, plain(rm).view(shape))
+    xn = apply(aten.mul.Tensor, centred, invstd)
+    return _affine(as_jet(xn), w, b, shape), torch.empty(0), torch.empty(0)
+
+
+def _batch_norm_batch_stats(x, w, b, eps):
+    dims = [0] + list(range(2, value(x).dim()))
+    shape = (1, -1) + (1,) * (value(x).dim() - 2)
+    xn, mean, invstd = _normalise(x, dims, eps)
+    return _affine(xn, w, b, shape), mean.v.flatten(), invstd.v.flatten()
+
+
+@rule(aten._native_batch_norm_legit.no_stats)
+def _bn_no_stats(op, args, kwargs, donated):
+    x, w, b, training, momentum, eps = args
+    return _batch_norm_batch_stats(x, w, b, eps)
+
+
+@rule(aten._native_batch_norm_legit_functional.default)
+def _bn_functional(op, args, kwargs, donated):
+    x, w, b, rm, rv, training, momentum, eps = args
+    if not training:
+        return _batch_norm_running_stats(x, w, b, rm, rv, eps) + (plain(rm), plain(rv))
+    raise TaylorUnsupported("batch norm that updates its running statistics")
+
+
+@rule(aten._native_batch_norm_legit_no_training.default)
+def _bn_eval(op, args, kwargs, donated):
+    x, w, b, rm, rv, momentum, eps = args
+    return _batch_norm_running_stats(x, w, b, rm, rv, eps)
+
+
+@rule(aten.native_batch_norm.default)
+def _bn(op, args, kwargs, donated):
+    x, w, b, rm, rv, training, momentum, eps = args
+    if training:
+        if rm is not None or rv is not None:
+            raise TaylorUnsupported("batch norm that updates its running statistics")
+        return _batch_norm_batch_stats(x, w, b, eps)
+    return _batch_norm_running_stats(x, w, b, rm, rv, eps)
+
+
+# ------------------------------------------------------------------------- pooling
+@rule(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
+def _max_pool(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    v = x.v
+    if op is aten.max_pool2d_with_indices.default and v.device.type == "cpu" and v.dim() == 4:
+        # The CPU kernel is 2x faster on channels-last input (same values and indices).
+        v = v.contiguous(memory_format=torch.channels_last)
+    v, idx = op(v, *_constant_args(args), **kwargs)
+    v, idx = v.contiguous(), idx.contiguous()
+    spatial = 2 if op is aten.max_pool2d_with_indices.default else 3
+
+    def gather(c: torch.Tensor | None) -> torch.Tensor | None:
+        if c is None:
+            return None
+        flat = c.flatten(-spatial)
+        return flat.gather(-1, idx.flatten(-spatial)).view(idx.shape)
+    return Jet(v, gather(x.t), gather(x.a)), idx
+
+
+# ------------------------------------------------------------------ the generic rule
+def generic_rule(op, args, kwargs, donated):
+    """Any op with forward-mode derivatives: the jet of ``s -> op(inputs(s))``, with each
+    moving input ``x + s x' + s^2/2 x''``, by nested forward-mode AD of that op alone (four
+    evaluations of the op). Outputs that are not floating point pass through."""
+    leaves, spec = pytree.tree_flatten((args, kwargs), is_leaf=is_jet)
+    jets = [i for i, x in enumerate(leaves) if is_jet(x)]
+
+    def along(s: torch.Tensor) -> Any:
+        moved = list(leaves)
+        for i in jets:
+            j = leaves[i]
+            x = j.v
+            if j.t is not None:
+                x = x + s * j.t
+            if j.a is not None:
+                x = x + (0.5 * s * s) * j.a
+            moved[i] = x
+        a, k = pytree.tree_unflatten(moved, spec)
+        return op(*a, **k)
+
+    dtype = next(leaves[i].v.dtype for i in jets)
+    s0, one = torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype)
+    floating, outputs = _floating_outputs(along, s0)
+
+    def first(s: torch.Tensor) -> Any:
+        return torch.func.jvp(lambda u: floating(along(u)), (s,), (one,))[1]
+
+    try:
+        out_v, out_t = torch.func.jvp(lambda u: floating(along(u)), (s0,), (one,))
+        _, out_a = torch.func.jvp(first, (s0,), (one,))
+    except Exception as err:  # no forward-mode formula, or not differentiable
+        raise TaylorUnsupported(f"no Taylor rule for {op} and no forward-mode derivative "
+                                f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    return outputs(out_v, out_t, out_a)
+
+
+def _floating(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def _floating_outputs(along: Callable[[torch.Tensor], Any], s0: torch.Tensor):
+    """Split an op's outputs into the floating ones (differentiated) and the rest (passed
+    through): ``select(outputs) -> tuple of floating outputs`` and ``assemble(v, t, a)``."""
+    sample = along(s0)
+    leaves, spec = pytree.tree_flatten(sample)
+    keep = [i for i, x in enumerate(leaves) if _floating(x)]
+
+    def select(out: Any) -> tuple:
+        flat = pytree.tree_leaves(out)
+        return tuple(flat[i] for i in keep)
+
+    def assemble(v: tuple, t: tuple, a: tuple) -> Any:
+        flat = list(leaves)
+        for n, i in enumerate(keep):
+            flat[i] = Jet(v[n], t[n], a[n])
+        return pytree.tree_unflatten(flat, spec)
+
+    return select, assemble
