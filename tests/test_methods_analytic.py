@@ -225,8 +225,9 @@ def test_gen_line_search_on_another_batch(method_cls):
     batch_a, batch_b = _regression_batch(1), _regression_batch(2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     # defer=False: decide at this step (the next one trains on A, not on B)
-    options = {"max_factor": None, "defer": False} if method_cls is ParabolaGeN else {}
-    method = method_cls(opt, model, mse_loss, every=1, smoothing=0.0, probe="next", **options)
+    options = {"defer": False} if method_cls is ParabolaGeN else {}
+    method = method_cls(opt, model, mse_loss, every=1, smoothing=0.0, probe="next",
+                        max_factor=None, **options)
     for _ in range(3):
         params = list(model.parameters())
         g_b = torch.autograd.grad(mse_loss(model, batch_b), params)

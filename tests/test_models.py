@@ -136,24 +136,3 @@ def test_image_models_refuse_vector_tasks(model):
 def test_coords_refuses_data_tasks():
     with pytest.raises(ValueError, match="coordinate problem.*teacher"):
         build_model("coords", build_task("teacher"))
-
-
-@pytest.mark.parametrize("name,task,options", [
-    ("mlp", VECTOR, {}), ("cnn", COLOUR, {"batchnorm": True}), ("resnet18", COLOUR, {}),
-    ("vit", GREY, {"depth": 1, "dim": 32, "heads": 2}),
-])
-def test_registry_models_take_the_taylor_path(name, task, options):
-    """Every registry model (in-place ReLU, BatchNorm, LayerNorm, attention included) gets
-    the exact curvature from the Taylor pass, equal to double backward's."""
-    from genlr.methods.curvature import DirectionalDerivatives
-
-    torch.manual_seed(0)
-    model = build_model(name, task, **options).double()
-    batch = (torch.randn(4, *task.input_shape, dtype=torch.float64),
-             torch.randint(0, task.num_outputs, (4,)))
-    params = list(model.parameters())
-    d = [1e-2 * torch.randn_like(p) for p in params]
-    dd = DirectionalDerivatives(model, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
-    slope, curvature = dd.derivatives(params, d, batch, "taylor")  # raises if unsupported
-    reference = dd.derivatives(params, d, batch, "double_backward")
-    assert (slope, curvature) == pytest.approx(reference, rel=1e-9)

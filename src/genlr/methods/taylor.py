@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from genlr.methods.taylor_rules import RULES, Jet, TaylorUnsupported, generic_rule, is_jet, map_jet
+from genlr.methods.taylor_rules import (
+    RULES, Jet, TaylorUnsupported, generic_rule, is_jet, map_jet, value)
 
 __all__ = ["TaylorUnsupported", "directional_derivatives", "supported_ops"]
 
@@ -249,9 +250,14 @@ def _moving(node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
     first = node.args[0] if node.args else None
     donated = (isinstance(first, torch.fx.Node) and len(first.users) == 1
                and first.target in FRESH_RESULT)
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor) and not val.is_floating_point():
+        # A comparison, a mask, an index: piecewise constant along the path.
+        args, kwargs = pytree.tree_map(value, (args, kwargs), is_leaf=is_jet)
+        return op(*args, **kwargs)
     try:
         out = RULES.get(op, generic_rule)(op, args, kwargs, donated)
-        return normalise(out, node.meta.get("val"), op)
+        return normalise(out, val, op)
     except TaylorUnsupported:
         raise
     except Exception as err:

@@ -150,35 +150,25 @@ LINEAR_IN_FIRST = (
     aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default,
     aten.permute.default, aten.transpose.int, aten.t.default, aten.squeeze.dim,
     aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default, aten.clone.default,
-    aten.contiguous.default, aten.slice.Tensor, aten.select.int, aten._to_copy.default,
-    aten.alias.default, aten.neg.default, aten.sum.default, aten.sum.dim_IntList,
+    aten.slice.Tensor, aten.select.int, aten._to_copy.default, aten.alias.default,
+    aten.lift_fresh_copy.default, aten.neg.default, aten.sum.default, aten.sum.dim_IntList,
     aten.mean.default, aten.mean.dim, aten.avg_pool1d.default, aten.avg_pool2d.default,
-    aten.avg_pool3d.default, aten._adaptive_avg_pool2d.default,
-    aten._adaptive_avg_pool3d.default, aten.flatten.using_ints, aten.index_select.default,
-    aten.repeat.default, aten.unfold.default, aten.narrow.default, aten.lift_fresh_copy.default,
-    aten.embedding.default, aten.gather.default, aten.index.Tensor, aten._unsafe_index.Tensor,
-    aten.cumsum.default, aten.diagonal.default, aten.tril.default, aten.triu.default,
-    aten.roll.default, aten.flip.default, aten.as_strided.default, aten.expand_copy.default,
-    aten.view_copy.default, aten.permute_copy.default, aten.mul.Scalar, aten.div.Scalar,
-    aten.upsample_nearest1d.default, aten.upsample_nearest2d.default,
-    aten.upsample_nearest3d.default, aten.upsample_bilinear2d.default,
-    aten.upsample_linear1d.default, aten.im2col.default, aten.col2im.default,
-    aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.reflection_pad1d.default,
-    aten.reflection_pad2d.default, aten.replication_pad1d.default,
-    aten.replication_pad2d.default, aten.channel_shuffle.default,
+    aten.avg_pool3d.default, aten._adaptive_avg_pool2d.default, aten.flatten.using_ints,
+    aten.index_select.default, aten.repeat.default, aten.narrow.default, aten.embedding.default,
+    aten.gather.default, aten.index.Tensor, aten._unsafe_index.Tensor, aten.cumsum.default,
+    aten.diagonal.default, aten.tril.default, aten.triu.default, aten.roll.default,
+    aten.flip.default, aten.mul.Scalar, aten.div.Scalar, aten.upsample_nearest2d.default,
+    aten.upsample_bilinear2d.default,
 )
 # Linear ops with several outputs, all linear in the first argument.
-SPLITS = (aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
-          aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default)
+SPLITS = (aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
 # Ops linear in several arguments together (the positions given): a constant there
 # contributes to the value only.
 JOINTLY_LINEAR = {
     aten.cat.default: (0,), aten.stack.default: (0,), aten.where.self: (1, 2),
     aten.slice_scatter.default: (0, 1), aten.select_scatter.default: (0, 1),
-    aten.diagonal_scatter.default: (0, 1), aten.as_strided_scatter.default: (0, 1),
-    aten.index_put.default: (0, 2), aten._unsafe_index_put.default: (0, 2),
-    aten.scatter.src: (0, 3), aten.scatter_add.default: (0, 3), aten.index_add.default: (0, 3),
-    aten.masked_scatter.default: (0, 2), aten.copy.default: (0, 1),
+    aten.index_put.default: (0, 2), aten.scatter.src: (0, 3), aten.scatter_add.default: (0, 3),
+    aten.index_add.default: (0, 3), aten.copy.default: (0, 1),
 }
 
 
@@ -186,10 +176,19 @@ def _constant_args(args: tuple, skip: int = 1) -> tuple:
     return tuple(plain(x) for x in args[skip:])
 
 
-@rule(*[op for op in LINEAR_IN_FIRST if op is not None])
+# A component need not have its value's memory layout (a broadcast bias's tangent is an
+# expanded view): a view of it becomes a reshape, which copies only where it must.
+AS_RESHAPE = {aten.view.default: aten.reshape.default, aten._unsafe_view.default: aten.reshape.default}
+
+
+@rule(*LINEAR_IN_FIRST)
 def _linear(op, args, kwargs, donated):
     rest = _constant_args(args)
-    return map_jet(lambda c: op(c, *rest, **kwargs), as_jet(args[0]))
+    x = as_jet(args[0])
+    component = AS_RESHAPE.get(op, op)
+    return Jet(op(x.v, *rest, **kwargs),
+               None if x.t is None else component(x.t, *rest, **kwargs),
+               None if x.a is None else component(x.a, *rest, **kwargs))
 
 
 @rule(*SPLITS)
@@ -290,7 +289,7 @@ def _div(op, args, kwargs, donated):
     return map_jet(lambda c: c / y, as_jet(x))
 
 
-@rule(aten.mm.default, aten.bmm.default, aten.dot.default, aten.mv.default, aten.vdot.default)
+@rule(aten.mm.default, aten.bmm.default, aten.dot.default, aten.mv.default)
 def _product(op, args, kwargs, donated):
     return bilinear(op, args[0], args[1])
 

@@ -1,0 +1,210 @@
+"""ExactGeN's slope and curvature on a corpus of real architectures (``model_zoo``, written
+apart from the code it tests, and the registry's models): the Taylor pass against an
+independent exact reference, the path it takes, and the fallback chain when a path fails."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import genlr.methods.taylor_rules as taylor_rules
+from genlr import ExactGeN
+from genlr.methods.curvature import DirectionalDerivatives
+from genlr.models import build_model
+from genlr.tasks import build_task
+from model_zoo import NAMES, build
+
+# Where plain double backward can't be the reference, a central difference of gradients in
+# float64 is: embedding_bag's backward has no derivative; torch 2.14's double backward
+# through torch._weight_norm gives a wrong curvature (the Taylor pass and the difference of
+# gradients agree to 1e-10).
+NUMERICAL_REFERENCE = {"embedding_bag", "weight_norm_mlp"}
+TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def direction(params, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [1e-2 * torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+
+def disagreement(x, y):
+    return max(abs(a - b) for a, b in zip(x, y)) / max(abs(y[0]), abs(y[1]))
+
+
+def trainable(case):
+    return [p for group in case.param_groups for p in group["params"]]
+
+
+def reference(dd, name, params, d, batch):
+    if name in NUMERICAL_REFERENCE:
+        return dd._gradient_difference(params, d, batch)
+    return dd.derivatives(params, d, batch, "double_backward")
+
+
+# Tracing an unrolled recurrent network takes seconds: those run with the slow set.
+SLOW = {"lstm_lm", "gru_lm"}
+ZOO = [pytest.param(name, dtype, marks=[pytest.mark.slow] if name in SLOW
+                    or dtype == torch.float32 else [], id=f"{name}-{str(dtype)[6:]}")
+       for dtype in (torch.float64, torch.float32) for name in NAMES]
+
+
+@pytest.mark.parametrize("name,dtype", ZOO)
+def test_taylor_pass_matches_the_reference_on_the_zoo(name, dtype):
+    case = build(name, dtype)
+    params = trainable(case)
+    d = direction(params)
+    dd = DirectionalDerivatives(case.model, case.loss_fn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        taylor = dd.derivatives(params, d, case.probe_batch)  # "auto", checked on first use
+    assert dd.path == "taylor", (dd.path, dd.unavailable)
+    assert "taylor" not in dd.unavailable
+    assert not [w for w in caught if "path taylor" in str(w.message)]
+    ref64 = reference(dd, name, params, d, case.probe_batch)
+    assert disagreement(taylor, ref64) <= TOLERANCE[dtype]
+
+
+REGISTRY = [
+    ("fashion_mnist", "mlp", {}), ("fashion_mnist", "cnn", {}),
+    ("cifar10", "cnn", {"batchnorm": True}),
+    pytest.param("cifar10", "resnet18", {}, marks=pytest.mark.slow),  # the zoo has one
+    ("fashion_mnist", "vit", {"depth": 1, "dim": 32, "heads": 2}),
+    ("fashion_mnist", "vit", {"depth": 1, "dim": 32, "heads": 2, "fused_attention": True}),
+]
+
+
+@pytest.mark.parametrize("task_name,model_name,options", REGISTRY)
+def test_taylor_pass_on_the_registry_models(task_name, model_name, options):
+    torch.manual_seed(0)
+    task = build_task(task_name)
+    model = build_model(model_name, task, **options).double()
+    batch = (torch.randn(4, *task.input_shape, dtype=torch.float64),
+             torch.randint(0, task.num_outputs, (4,)))
+    params = list(model.parameters())
+    d = direction(params)
+    dd = DirectionalDerivatives(model, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
+    taylor = dd.derivatives(params, d, batch)
+    assert dd.path == "taylor"
+    assert disagreement(taylor, dd.derivatives(params, d, batch, "double_backward")) <= 1e-9
+
+
+class FrozenPlusBias(nn.Module):
+    """The repro of a silent error: a frozen layer's output plus a trainable bias, reduced
+    over the broadcast dimension."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Linear(8, 8).requires_grad_(False)
+        self.b, self.w = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+
+    def forward(self, x):
+        return ((self.frozen(x) + self.b).mean(0) * self.w).pow(2).sum()
+
+
+def test_frozen_output_plus_broadcast_bias_repro():
+    torch.manual_seed(0)
+    model = FrozenPlusBias().double()
+    x = torch.randn(16, 8, dtype=torch.float64)
+    params = [model.b, model.w]
+    d = direction(params)
+    dd = DirectionalDerivatives(model, lambda m, b: m(b))
+    got = dd.derivatives(params, d, x)
+    assert dd.path == "taylor"
+    assert got == pytest.approx(dd.derivatives(params, d, x, "double_backward"), rel=1e-12)
+
+
+# ------------------------------------------------------------ the fallback chain
+def zoo_mlp():
+    case = build("mse_regression", torch.float64)
+    params = trainable(case)
+    return case, params, direction(params)
+
+
+def test_a_rule_that_raises_hands_over_to_double_backward(monkeypatch):
+    case, params, d = zoo_mlp()
+
+    def broken(*args):
+        raise IndexError("boom")
+
+    monkeypatch.setitem(taylor_rules.RULES, torch.ops.aten.addmm.default, broken)
+    dd = DirectionalDerivatives(case.model, case.loss_fn)
+    with pytest.warns(RuntimeWarning, match="path taylor can't be used.*addmm.*IndexError"):
+        got = dd.derivatives(params, d, case.probe_batch)
+    assert dd.path == "double_backward" and "taylor" in dd.unavailable
+    assert got == pytest.approx(dd.derivatives(params, d, case.probe_batch, "double_backward"))
+    dd.derivatives(params, d, case.probe_batch)  # not tried again, no second warning
+    assert dd.counts == {"double_backward": 2}
+
+
+def test_a_rule_that_is_wrong_is_caught_by_the_check(monkeypatch):
+    case, params, d = zoo_mlp()
+    right = taylor_rules.RULES[torch.ops.aten.addmm.default]
+
+    def wrong(op, args, kwargs, donated):
+        jet = right(op, args, kwargs, donated)
+        return taylor_rules.Jet(jet.v, jet.t, None if jet.a is None else 1.1 * jet.a)
+
+    monkeypatch.setitem(taylor_rules.RULES, torch.ops.aten.addmm.default, wrong)
+    dd = DirectionalDerivatives(case.model, case.loss_fn)
+    with pytest.warns(RuntimeWarning, match="disagrees with double_backward"):
+        got = dd.derivatives(params, d, case.probe_batch)
+    assert dd.path == "double_backward"
+    assert got == pytest.approx(dd.derivatives(params, d, case.probe_batch, "double_backward"))
+
+
+def test_check_every_checks_again(monkeypatch):
+    case, params, d = zoo_mlp()
+    dd = DirectionalDerivatives(case.model, case.loss_fn, check_every=2)
+    calls = []
+    original = dd._check
+    monkeypatch.setattr(dd, "_check", lambda *a: (calls.append(1), original(*a)))
+    for _ in range(5):
+        dd.derivatives(params, d, case.probe_batch)
+    assert len(calls) == 3  # first use, then every second: uses 1, 2, 4 (counted before each)
+
+
+def test_no_path_left_keeps_the_lr_and_the_state_consistent(monkeypatch):
+    case = build("mse_regression", torch.float32)
+    opt = torch.optim.AdamW(case.param_groups, lr=1e-3)
+    method = ExactGeN(opt, case.model, case.loss_fn, every=1)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no way")
+
+    for path in ("_taylor", "_double_backward", "_forward_over_reverse"):
+        monkeypatch.setattr(method.derivatives, path, fail)
+    lrs = method.lrs
+    for step in range(3):
+        opt.zero_grad()
+        loss = case.loss_fn(case.model, case.batch)
+        loss.backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            method.step(case.batch, loss=loss, probe_batch=case.probe_batch)
+        assert method.step_count == step + 1 == method.updates
+        assert method.lrs == lrs
+        assert method.diagnostics["fallback"] == 1.0 and method.diagnostics["curvature_path"] == 3
+    assert method.summary_fields()["curvature_paths"] == {"none": 3}
+    state = next(iter(opt.state.values()))
+    assert int(state["step"]) == 3
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[] if name in ("gpt", "frozen_backbone_head", "compiled_mlp")
+                 else [pytest.mark.slow]) for name in NAMES])
+def test_exact_gen_steps_on_every_zoo_model_and_reports_its_path(name):
+    case = build(name, torch.float32)
+    opt = torch.optim.AdamW(case.param_groups, lr=1e-3)
+    method = ExactGeN(opt, case.model, case.loss_fn, every=1)
+    for batch, probe in ((case.batch, case.probe_batch), (case.probe_batch, case.batch)):
+        opt.zero_grad()
+        loss = case.loss_fn(case.model, batch)
+        loss.backward()
+        method.step(batch, loss=loss, probe_batch=probe)
+    assert method.diagnostics["curvature_path"] == 0, (name, method.derivatives.unavailable)
+    assert math.isfinite(method.last_lr) and method.last_lr > 0
+    assert method.summary_fields()["curvature_paths"] == {"taylor": 2}

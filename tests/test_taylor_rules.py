@@ -1,0 +1,233 @@
+"""Every Taylor rule against an independent reference: central differences of the op along
+the path ``x + s x' + s^2/2 x''`` in float64. No rule goes untested: the sample table must
+cover ``RULES``, and the generic rule (ops without a rule) is checked the same way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils import _pytree as pytree
+
+from genlr.methods.taylor_rules import RULES, Jet, generic_rule, is_jet
+
+aten = torch.ops.aten
+G = torch.Generator().manual_seed(0)
+
+
+def t(*shape, low=None):
+    """A constant float64 tensor (entries of magnitude >= ``low`` if given: off the kinks)."""
+    x = torch.randn(*shape, generator=G, dtype=torch.float64)
+    if low is not None:
+        x = x.sign() * (x.abs() + low)
+    return x
+
+
+def j(*shape, low=None, positive=False):
+    """A moving value: random value, first and second derivative."""
+    v = t(*shape, low=low)
+    if positive:
+        v = v.abs() + 0.5
+    return Jet(v, t(*shape), t(*shape))
+
+
+def idx(high, *shape):
+    return torch.randint(0, high, shape, generator=G)
+
+
+def mask(*shape):
+    return torch.rand(*shape, generator=G) > 0.5
+
+
+# op -> a function making its arguments (and keyword arguments).
+SAMPLES = {
+    aten.view.default: lambda: ((j(2, 6), [3, 4]), {}),
+    aten._unsafe_view.default: lambda: ((j(2, 6), [12]), {}),
+    aten.reshape.default: lambda: ((j(2, 6), [4, 3]), {}),
+    aten.expand.default: lambda: ((j(1, 3), [4, 3]), {}),
+    aten.permute.default: lambda: ((j(2, 3, 4), [2, 0, 1]), {}),
+    aten.transpose.int: lambda: ((j(2, 3, 4), 0, 2), {}),
+    aten.t.default: lambda: ((j(2, 3),), {}),
+    aten.squeeze.dim: lambda: ((j(2, 1, 3), 1), {}),
+    aten.squeeze.dims: lambda: ((j(2, 1, 3, 1), [1, 3]), {}),
+    aten.squeeze.default: lambda: ((j(2, 1, 3),), {}),
+    aten.unsqueeze.default: lambda: ((j(2, 3), 1), {}),
+    aten.clone.default: lambda: ((j(2, 3),), {}),
+    aten.slice.Tensor: lambda: ((j(5, 3), 0, 1, 4), {}),
+    aten.select.int: lambda: ((j(5, 3), 1, 2), {}),
+    aten._to_copy.default: lambda: ((j(2, 3),), {"dtype": torch.float64}),
+    aten.alias.default: lambda: ((j(2, 3),), {}),
+    aten.lift_fresh_copy.default: lambda: ((j(2, 3),), {}),
+    aten.neg.default: lambda: ((j(2, 3),), {}),
+    aten.sum.default: lambda: ((j(2, 3),), {}),
+    aten.sum.dim_IntList: lambda: ((j(2, 3, 4), [0, 2], True), {}),
+    aten.mean.default: lambda: ((j(2, 3),), {}),
+    aten.mean.dim: lambda: ((j(2, 3, 4), [1]), {}),
+    aten.avg_pool1d.default: lambda: ((j(2, 3, 8), [2]), {}),
+    aten.avg_pool2d.default: lambda: ((j(2, 3, 6, 6), [2, 2]), {}),
+    aten.avg_pool3d.default: lambda: ((j(1, 2, 4, 4, 4), [2, 2, 2]), {}),
+    aten._adaptive_avg_pool2d.default: lambda: ((j(2, 3, 6, 5), [2, 2]), {}),
+    aten.flatten.using_ints: lambda: ((j(2, 3, 4), 1), {}),
+    aten.index_select.default: lambda: ((j(5, 3), 0, idx(5, 7)), {}),
+    aten.repeat.default: lambda: ((j(2, 3), [2, 1]), {}),
+    aten.narrow.default: lambda: ((j(5, 3), 0, 1, 2), {}),
+    aten.embedding.default: lambda: ((j(10, 4), idx(10, 3, 5)), {}),
+    aten.gather.default: lambda: ((j(4, 6), 1, idx(6, 4, 3)), {}),
+    aten.index.Tensor: lambda: ((j(5, 3), [idx(5, 4)]), {}),
+    aten._unsafe_index.Tensor: lambda: ((j(5, 3), [None, idx(3, 4)]), {}),
+    aten.cumsum.default: lambda: ((j(3, 5), 1), {}),
+    aten.diagonal.default: lambda: ((j(4, 4),), {}),
+    aten.tril.default: lambda: ((j(4, 4),), {}),
+    aten.triu.default: lambda: ((j(4, 4), 1), {}),
+    aten.roll.default: lambda: ((j(4, 5), [2], [1]), {}),
+    aten.flip.default: lambda: ((j(4, 5), [0]), {}),
+    aten.mul.Scalar: lambda: ((j(2, 3), 2.5), {}),
+    aten.div.Scalar: lambda: ((j(2, 3), 2.5), {}),
+    aten.upsample_nearest2d.default: lambda: ((j(1, 2, 3, 3), [6, 6]), {}),
+    aten.upsample_bilinear2d.default: lambda: ((j(1, 2, 3, 3), [5, 7], False), {}),
+    aten.unbind.int: lambda: ((j(3, 4), 0), {}),
+    aten.split.Tensor: lambda: ((j(5, 4), 2), {}),
+    aten.split_with_sizes.default: lambda: ((j(5, 4), [2, 3]), {}),
+    aten.chunk.default: lambda: ((j(6, 4), 3, 1), {}),
+    aten.cat.default: lambda: (([j(2, 3), t(1, 3), j(2, 3)], 0), {}),
+    aten.stack.default: lambda: (([j(2, 3), t(2, 3)], 1), {}),
+    aten.where.self: lambda: ((mask(3, 4), j(3, 4), t(1, 4)), {}),
+    aten.slice_scatter.default: lambda: ((j(5, 3), j(2, 3), 0, 1, 3), {}),
+    aten.select_scatter.default: lambda: ((t(5, 3), j(3), 0, 2), {}),
+    aten.index_put.default: lambda: ((j(5, 3), [torch.tensor([0, 3])], j(2, 3)), {}),
+    aten.scatter.src: lambda: ((j(3, 5), 1, torch.tensor([[0, 1], [2, 3], [4, 0]]), j(3, 2)), {}),
+    aten.scatter_add.default: lambda: ((j(3, 5), 1, idx(5, 3, 4), j(3, 4)), {}),
+    aten.index_add.default: lambda: ((j(5, 3), 0, idx(5, 4), j(4, 3)), {}),
+    aten.copy.default: lambda: ((t(4, 3), j(1, 3)), {}),
+    aten.constant_pad_nd.default: lambda: ((j(2, 3), [1, 2], 0.5), {}),
+    aten.masked_fill.Scalar: lambda: ((j(3, 4), mask(3, 4), -3.0), {}),
+    aten.masked_fill.Tensor: lambda: ((j(3, 4), mask(3, 4), torch.tensor(-2.0, dtype=torch.float64)), {}),
+    aten.add.Tensor: lambda: ((t(4, 3), j(3)), {"alpha": 2}),
+    aten.sub.Tensor: lambda: ((j(3), j(4, 3)), {}),
+    aten.add.Scalar: lambda: ((j(2, 3), 1.5), {}),
+    aten.sub.Scalar: lambda: ((j(2, 3), 1.5), {}),
+    aten.rsub.Scalar: lambda: ((j(2, 3), 1.5), {}),
+    aten.mul.Tensor: lambda: ((j(4, 3), j(3)), {}),
+    aten.div.Tensor: lambda: ((j(4, 3), j(3, positive=True)), {}),
+    aten.mm.default: lambda: ((j(4, 3), j(3, 5)), {}),
+    aten.bmm.default: lambda: ((j(2, 4, 3), j(2, 3, 5)), {}),
+    aten.dot.default: lambda: ((j(4), j(4)), {}),
+    aten.mv.default: lambda: ((j(4, 3), t(3)), {}),
+    aten.addmm.default: lambda: ((j(5), j(4, 3), j(3, 5)), {"beta": 0.5, "alpha": 2.0}),
+    aten.baddbmm.default: lambda: ((j(2, 4, 5), t(2, 4, 3), j(2, 3, 5)), {}),
+    aten.convolution.default: lambda: ((j(2, 2, 5, 5), j(4, 1, 3, 3), j(4), [1, 1], [1, 1],
+                                        [1, 1], False, [0, 0], 2), {}),
+    aten.reciprocal.default: lambda: ((j(5, positive=True),), {}),
+    aten.relu.default: lambda: ((j(5, low=0.1),), {}),
+    aten.leaky_relu.default: lambda: ((j(5, low=0.1), 0.2), {}),
+    aten.abs.default: lambda: ((j(5, low=0.1),), {}),
+    aten.clamp.default: lambda: ((j(8, low=0.1), -0.5, 0.7), {}),
+    aten.hardtanh.default: lambda: ((j(8, low=0.1), -0.5, 0.7), {}),
+    aten.tanh.default: lambda: ((j(5),), {}),
+    aten.sigmoid.default: lambda: ((j(5),), {}),
+    aten.exp.default: lambda: ((j(5),), {}),
+    aten.expm1.default: lambda: ((j(5),), {}),
+    aten.log.default: lambda: ((j(5, positive=True),), {}),
+    aten.log1p.default: lambda: ((j(5, positive=True),), {}),
+    aten.rsqrt.default: lambda: ((j(5, positive=True),), {}),
+    aten.sqrt.default: lambda: ((j(5, positive=True),), {}),
+    aten.sin.default: lambda: ((j(5),), {}),
+    aten.cos.default: lambda: ((j(5),), {}),
+    aten.erf.default: lambda: ((j(5),), {}),
+    aten.pow.Tensor_Scalar: lambda: ((j(5, positive=True), 1.5), {}),
+    aten.pow.Tensor_Tensor: lambda: ((j(5, positive=True), j(5)), {}),
+    aten.pow.Scalar: lambda: ((1.7, j(5)), {}),
+    aten.gelu.default: lambda: ((j(6),), {"approximate": "tanh"}),
+    aten.silu.default: lambda: ((j(6),), {}),
+    aten.softplus.default: lambda: ((j(6), 2.0, 1.0), {}),
+    aten.elu.default: lambda: ((j(6, low=0.1), 1.3, 1.1, 0.9), {}),
+    aten._log_softmax.default: lambda: ((j(3, 5), 1, False), {}),
+    aten._softmax.default: lambda: ((j(3, 5), 1, False), {}),
+    aten.nll_loss_forward.default: lambda: ((j(4, 5), idx(5, 4), t(5).abs(), 1, -100), {}),
+    aten.nll_loss2d_forward.default: lambda: ((j(2, 5, 3, 3), idx(5, 2, 3, 3), None, 1, 2), {}),
+    aten._embedding_bag_forward_only.default: lambda: (
+        (j(10, 4), idx(10, 9), torch.tensor([0, 2, 5]), False, 1), {}),
+    aten._embedding_bag.default: lambda: ((j(10, 4), idx(10, 9), torch.tensor([0, 2, 5])), {}),
+    aten.native_layer_norm.default: lambda: ((j(3, 4, 6), [6], j(6), j(6), 1e-5), {}),
+    aten.native_group_norm.default: lambda: ((j(2, 6, 3, 3), j(6), j(6), 2, 6, 9, 3, 1e-5), {}),
+    aten._native_batch_norm_legit.no_stats: lambda: ((j(5, 3, 2, 2), j(3), j(3), True, 0.1, 1e-5), {}),
+    aten._native_batch_norm_legit_functional.default: lambda: (
+        (j(5, 3), j(3), j(3), t(3), t(3).abs() + 0.5, False, 0.1, 1e-5), {}),
+    aten._native_batch_norm_legit_no_training.default: lambda: (
+        (j(5, 3), j(3), j(3), t(3), t(3).abs() + 0.5, 0.1, 1e-5), {}),
+    aten.native_batch_norm.default: lambda: ((j(5, 3), j(3), j(3), None, None, True, 0.1, 1e-5), {}),
+    aten.max_pool2d_with_indices.default: lambda: ((j(2, 2, 4, 4), [2, 2]), {}),
+    aten.max_pool3d_with_indices.default: lambda: ((j(1, 2, 4, 4, 4), [2, 2, 2]), {}),
+}
+# Ops without a rule, through the generic rule (nested forward-mode AD of the op).
+GENERIC = {
+    aten.amax.default: lambda: ((j(3, 5), [1]), {}),
+    aten.maximum.default: lambda: ((j(3, 5), j(3, 5)), {}),
+    aten.max.dim: lambda: ((j(3, 5), 1), {}),
+    aten.logsumexp.default: lambda: ((j(3, 5), [1]), {}),
+    aten.var.correction: lambda: ((j(3, 5), [1]), {"correction": 1}),
+    aten.linalg_vector_norm.default: lambda: ((j(3, 5), 2, [1]), {}),
+    aten.atan.default: lambda: ((j(5),), {}),
+}
+
+
+def along(op, args, kwargs, s: float):
+    """``op`` at ``x + s x' + s^2/2 x''`` for every moving input."""
+    def place(x):
+        if not is_jet(x):
+            return x
+        out = x.v
+        if x.t is not None:
+            out = out + s * x.t
+        if x.a is not None:
+            out = out + 0.5 * s * s * x.a
+        return out
+    return pytree.tree_map(place, (args, kwargs), is_leaf=is_jet)
+
+
+def central_differences(op, args, kwargs, h=1e-4):
+    """Value, first and second derivative along the path, of the first floating output."""
+    def at(s):
+        a, k = along(op, args, kwargs, s)
+        out = op(*a, **k)
+        leaves = [x for x in pytree.tree_leaves(out) if x.is_floating_point()]
+        return leaves[0].double()
+    f0, fp, fm = at(0.0), at(h), at(-h)
+    return f0, (fp - fm) / (2 * h), (fp - 2 * f0 + fm) / (h * h)
+
+
+def first_jet(out):
+    return next(x for x in pytree.tree_leaves(out, is_leaf=is_jet) if is_jet(x))
+
+
+def assert_jet_matches(op, got: Jet, args, kwargs):
+    v, t_, a = central_differences(op, args, kwargs)
+    for name, mine, ref in (("value", got.v, v), ("first", got.t, t_), ("second", got.a, a)):
+        mine = torch.zeros_like(ref) if mine is None else mine.double().expand_as(ref)
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5, msg=f"{op} {name}")
+
+
+def test_every_rule_has_a_sample():
+    assert set(RULES) == set(SAMPLES), (set(RULES) ^ set(SAMPLES))
+
+
+@pytest.mark.parametrize("op", list(SAMPLES), ids=str)
+def test_rule_matches_central_differences(op):
+    args, kwargs = SAMPLES[op]()
+    got = first_jet(RULES[op](op, args, kwargs, False))
+    assert_jet_matches(op, got, args, kwargs)
+
+
+@pytest.mark.parametrize("op", list(GENERIC), ids=str)
+def test_generic_rule_matches_central_differences(op):
+    args, kwargs = GENERIC[op]()
+    got = first_jet(generic_rule(op, args, kwargs, False))
+    assert_jet_matches(op, got, args, kwargs)
+
+
+def test_relu_in_place_gives_the_same_jet():
+    x = j(6, low=0.1)
+    fresh = RULES[aten.relu.default](aten.relu.default, (x,), {}, False)
+    donated = RULES[aten.relu.default](
+        aten.relu.default, (Jet(x.v.clone(), x.t.clone(), x.a.clone()),), {}, True)
+    for field in "vta":
+        torch.testing.assert_close(getattr(donated, field), getattr(fresh, field))
