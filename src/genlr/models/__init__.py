@@ -14,6 +14,7 @@ from torch import nn
 
 from genlr.models.cnn import cnn
 from genlr.models.compat import IncompatibleModelError
+from genlr.models.gpt import gpt
 from genlr.models.mlp import linear, mlp
 from genlr.models.resnet import resnet18
 from genlr.models.vit import vit
@@ -36,6 +37,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": cnn,
     "resnet18": resnet18,
     "vit": vit,
+    "gpt": gpt,
     "coords": coords,
 }
 
@@ -47,4 +49,4 @@ def build_model(name: str, task: Task, **options) -> nn.Module:
     return MODELS[name](task, **options)
 
 
-__all__ = ["MODELS", "build_model", "IncompatibleModelError", "mlp", "linear", "cnn", "resnet18", "vit", "coords"]
+__all__ = ["MODELS", "build_model", "IncompatibleModelError", "mlp", "linear", "cnn", "resnet18", "vit", "gpt", "coords"]

@@ -13,6 +13,10 @@ class IncompatibleModelError(ValueError):
 
 def flat_features(task: Task, model: str) -> int:
     """Input size of a model that flattens each example; tasks without inputs are refused."""
+    if task.tokens:
+        raise IncompatibleModelError(
+            f"model {model!r} needs numeric inputs; task {task.name!r} has character ids "
+            f"(use model={task.default_model})")
     if not task.input_shape:
         raise IncompatibleModelError(
             f"model {model!r} needs a task with inputs; task {task.name!r} optimises coordinates "
@@ -28,3 +32,12 @@ def image_shape(task: Task, model: str) -> tuple[int, int, int]:
             f"model {model!r} needs images (channels, height, width); task {task.name!r} has "
             f"{shape} (use model={task.default_model})")
     return tuple(task.input_shape)  # type: ignore[return-value]
+
+
+def token_task(task: Task, model: str) -> tuple[int, int]:
+    """``(alphabet size, context length)`` of a language task; other tasks are refused."""
+    if not task.tokens:
+        raise IncompatibleModelError(
+            f"model {model!r} needs a language task (task=charlm); task {task.name!r} has "
+            f"numeric inputs (use model={task.default_model})")
+    return task.num_outputs, task.input_shape[0]

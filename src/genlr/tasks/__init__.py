@@ -11,11 +11,13 @@ from genlr.tasks.coordinates import Beale, Coordinates, CoordinateTask, Quadrati
 from genlr.tasks.images import CIFAR10, MNIST, FashionMNIST, default_data_root, read_idx
 from genlr.tasks.in_memory import InMemoryTask
 from genlr.tasks.synthetic import LogisticRegression, TeacherStudent
+from genlr.tasks.text import CharLM
 
 TASKS: dict[str, type[Task]] = {
     "fashion_mnist": FashionMNIST,
     "mnist": MNIST,
     "cifar10": CIFAR10,
+    "charlm": CharLM,
     "quadratic": Quadratic,
     "rosenbrock": Rosenbrock,
     "beale": Beale,
@@ -34,5 +36,5 @@ def build_task(name: str, **options) -> Task:
 __all__ = [
     "TASKS", "build_task", "Task", "DatasetNotFoundError", "epoch_generator", "InMemoryTask",
     "CoordinateTask", "Coordinates", "Quadratic", "Rosenbrock", "Beale", "FashionMNIST", "MNIST",
-    "CIFAR10", "LogisticRegression", "TeacherStudent", "default_data_root", "read_idx",
+    "CIFAR10", "CharLM", "LogisticRegression", "TeacherStudent", "default_data_root", "read_idx",
 ]

@@ -46,6 +46,8 @@ class Task(ABC):
         classification: whether ``evaluate`` reports accuracy.
         default_model: the model used when the config does not say (``coords`` for the
             coordinate problems).
+        tokens: whether the inputs are integer ids (language modelling), whose alphabet
+            size is ``num_outputs``.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Task(ABC):
     num_outputs: int = 1
     classification: bool = False
     default_model: str = "mlp"
+    tokens: bool = False
 
     def setup(self, device: torch.device) -> None:
         """Load or generate the data and move what fits onto ``device``. Called once."""
