@@ -1,12 +1,17 @@
 """Per-step cost of the GeN and Newt methods relative to plain AdamW, in one process.
 
-Fashion-MNIST CNN (``model=cnn``: 2 conv + 2 fc with dropout, the network of the cost
-figures in docs/methods.md; ``--model small`` for a lighter one without dropout), batch 128, CPU.
-Real Fashion-MNIST images are used when /usr/share/datasets/fashion-mnist is there (timing
-does not depend on the values; random tensors of the same shape otherwise).
+Workloads (``--model``), on the CPU:
+
+* ``cnn`` (default): the registry's Fashion-MNIST CNN (2 conv + 2 fc, with dropout), batch
+  128; real Fashion-MNIST images where /usr/share/datasets/fashion-mnist is (timing does not
+  depend on the values; random tensors of the same shape otherwise). ``small``: a lighter
+  CNN without dropout.
+* ``gpt``: the registry's GPT (``task=charlm model=gpt`` at their defaults, dropout 0: SDPA,
+  tied embeddings), batch 32 of 64 characters of the standard-library sources.
+* ``resnet18``: the registry's ResNet-18 (BatchNorm) on random 3x32x32 images, batch 32.
 
     python benchmarks/bench_methods.py              # time ratios (and memory with --memory)
-    python benchmarks/bench_methods.py --only gen_exact --rounds 15
+    python benchmarks/bench_methods.py --model gpt --only "gen_exact|gen_parabola (defaults)"
 
 Time: a step is zero_grad, forward, backward and method.step. After warm-up, each
 configuration runs ``--rounds`` blocks of ``--block`` steps, each right after a block of
@@ -28,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,18 +46,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from genlr import ExactGeN, Newt, ParabolaGeN  # noqa: E402
 from genlr.models import build_model  # noqa: E402
+from genlr.tasks import build_task  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
+MODELS = ("cnn", "small", "gpt", "resnet18")
 
 
-def make_model(kind: str = "cnn") -> nn.Module:
+def classification_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def workload(kind: str, count: int = 16) -> tuple[Callable[[], nn.Module], Callable, list]:
+    """``(make_model, loss_fn, batches)`` of a ``--model`` choice; every ``make_model()``
+    call gives the same initial weights."""
+    if kind == "gpt":
+        task = build_task("charlm")
+        task.setup("cpu")
+        batches = [b for _, b in zip(range(count), task.train_batches(32, epoch=0, seed=0))]
+        return seeded(lambda: build_model("gpt", task)), task.loss, batches
+    if kind == "resnet18":
+        task = SimpleNamespace(name="cifar10", input_shape=(3, 32, 32), num_outputs=10,
+                               tokens=False)
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g))
+                   for _ in range(count)]
+        return seeded(lambda: build_model("resnet18", task)), classification_loss, batches
+    return seeded(lambda: image_model(kind)), classification_loss, fashion_batches(count)
+
+
+def seeded(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def made() -> nn.Module:
+        torch.manual_seed(0)
+        return make()
+    return made
+
+
+def image_model(kind: str) -> nn.Module:
     """``cnn``: the registry's CNN (``model=cnn``, the PyTorch MNIST example: two 3x3 convs,
-    max pooling, dropout, two fc), on which docs/methods.md's costs were measured; ``small``: a
-    lighter conv-pool-conv-pool CNN without dropout (the tables of earlier sessions)."""
-    torch.manual_seed(0)
+    max pooling, dropout, two fc); ``small``: a lighter conv-pool-conv-pool CNN without
+    dropout (the tables of earlier sessions)."""
     if kind == "cnn":
-        task = SimpleNamespace(name="fashion_mnist", input_shape=(1, 28, 28), num_outputs=10)
+        task = SimpleNamespace(name="fashion_mnist", input_shape=(1, 28, 28), num_outputs=10,
+                               tokens=False)
         return build_model("cnn", task)
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -60,12 +98,7 @@ def make_model(kind: str = "cnn") -> nn.Module:
     )
 
 
-def loss_fn(model: nn.Module, batch) -> torch.Tensor:
-    x, y = batch
-    return F.cross_entropy(model(x), y)
-
-
-def load_batches(count: int, batch_size: int = 128) -> list:
+def fashion_batches(count: int, batch_size: int = 128) -> list:
     n = count * batch_size
     if DATA.exists() and LABELS.exists():
         with gzip.open(DATA) as f:
@@ -80,40 +113,50 @@ def load_batches(count: int, batch_size: int = 128) -> list:
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
 
 
-CONFIGS = {
+class NestedForwardGeN(ExactGeN):
+    """ExactGeN with ``d^T H d`` by nested forward mode: measured here only (wrong through
+    BatchNorm in training mode, see ``DirectionalDerivatives.forward_forward``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, curvature="taylor", **kwargs)
+        self.derivatives._taylor = self.derivatives.forward_forward
+
+
+CONFIGS: dict[str, Callable[[Any, nn.Module, Callable], Any] | None] = {
     "adamw": None,
     # A second plain AdamW: its ratio is the measurement's own floor and spread.
-    "adamw again (control)": lambda o, m: None,
-    "gen_exact every=1 taylor": lambda o, m: ExactGeN(o, m, loss_fn, every=1, curvature="taylor"),
-    "gen_exact every=1 double_backward": lambda o, m: ExactGeN(o, m, loss_fn, every=1,
-                                                               curvature="double_backward"),
-    "gen_exact every=1 forward_over_reverse": lambda o, m: ExactGeN(
-        o, m, loss_fn, every=1, curvature="forward_over_reverse"),
-    "gen_exact every=1 forward_forward": lambda o, m: ExactGeN(o, m, loss_fn, every=1,
-                                                               curvature="forward_forward"),
-    "gen_exact every=1 taylor sub-batch 1/4": lambda o, m: ExactGeN(
-        o, m, loss_fn, every=1, curvature="taylor", curvature_batch=0.25),
-    "gen_exact (defaults)": lambda o, m: ExactGeN(o, m, loss_fn),
-    "gen_parabola every=1": lambda o, m: ParabolaGeN(o, m, loss_fn, every=1),
-    "gen_parabola every=4": lambda o, m: ParabolaGeN(o, m, loss_fn, every=4),
-    "gen_parabola every=8": lambda o, m: ParabolaGeN(o, m, loss_fn, every=8),
-    "gen_parabola (defaults)": lambda o, m: ParabolaGeN(o, m, loss_fn),
-    "newt full-batch lookahead": lambda o, m: Newt(o, m, loss_fn, lookahead_batch=None),
-    "newt (defaults)": lambda o, m: Newt(o, m, loss_fn),
-    "newt next_step (zero-pass)": lambda o, m: Newt(o, m, loss_fn, lookahead="next_step"),
-    "newt window (zero-pass)": lambda o, m: Newt(o, m, loss_fn, lookahead="window"),
+    "adamw again (control)": lambda o, m, f: None,
+    "gen_exact every=1 taylor": lambda o, m, f: ExactGeN(o, m, f, every=1, curvature="taylor"),
+    "gen_exact every=1 double_backward": lambda o, m, f: ExactGeN(o, m, f, every=1,
+                                                                  curvature="double_backward"),
+    "gen_exact every=1 forward_over_reverse": lambda o, m, f: ExactGeN(
+        o, m, f, every=1, curvature="forward_over_reverse"),
+    "gen_exact every=1 forward_forward": lambda o, m, f: NestedForwardGeN(o, m, f, every=1),
+    "gen_exact every=1 taylor sub-batch 1/4": lambda o, m, f: ExactGeN(
+        o, m, f, every=1, curvature="taylor", curvature_batch=0.25),
+    "gen_exact (defaults)": lambda o, m, f: ExactGeN(o, m, f),
+    "gen_parabola every=1": lambda o, m, f: ParabolaGeN(o, m, f, every=1),
+    "gen_parabola every=4": lambda o, m, f: ParabolaGeN(o, m, f, every=4),
+    "gen_parabola every=8": lambda o, m, f: ParabolaGeN(o, m, f, every=8),
+    "gen_parabola (defaults)": lambda o, m, f: ParabolaGeN(o, m, f),
+    "newt full-batch lookahead": lambda o, m, f: Newt(o, m, f, lookahead_batch=None),
+    "newt (defaults)": lambda o, m, f: Newt(o, m, f),
+    "newt next_step (zero-pass)": lambda o, m, f: Newt(o, m, f, lookahead="next_step"),
+    "newt window (zero-pass)": lambda o, m, f: Newt(o, m, f, lookahead="window"),
 }
 
 
-def build(name: str, kind: str):
-    model = make_model(kind)
+def build(name: str, work):
+    make_model, loss_fn, _ = work
+    model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     factory = CONFIGS[name]
-    method = factory(opt, model) if factory is not None else None
-    return model, opt, method
+    method = factory(opt, model, loss_fn) if factory is not None else None
+    return model, opt, method, loss_fn
 
 
-def run_steps(model, opt, method, batches, steps: int, start: int = 0) -> list[float]:
+def run_steps(built, batches, steps: int, start: int = 0) -> list[float]:
+    model, opt, method, loss_fn = built
     times = []
     for i in range(steps):
         batch = batches[(start + i) % len(batches)]
@@ -129,24 +172,24 @@ def run_steps(model, opt, method, batches, steps: int, start: int = 0) -> list[f
     return times
 
 
-def time_configs(names: list[str], block: int, rounds: int, batches, kind: str) -> dict:
+def time_configs(names: list[str], block: int, rounds: int, work) -> dict:
     """Per configuration, the median over ``rounds`` of (mean step time of a block of
     ``block`` steps) / (the same for a block of plain AdamW run just before it), and the
     quartiles of those ratios. A block holds whole probe periods (``block`` a multiple of
     ``every``), so each one carries its share of probe steps; pairing adjacent blocks
     cancels slow drift of the machine's speed, and the median drops the blocks a
     background burst hit (on a shared 2-core machine single ratios swing by +-30%)."""
-    built = {name: build(name, kind) for name in ["adamw", *names]}
-    for name, (model, opt, method) in built.items():  # warm-up (and first-call tracing)
-        run_steps(model, opt, method, batches, 2 * block)
+    batches = work[2]
+    built = {name: build(name, work) for name in ["adamw", *names]}
+    for one in built.values():  # warm-up (and first-call tracing)
+        run_steps(one, batches, 2 * block)
     ratios: dict[str, list[float]] = {name: [] for name in names}
     base_ms = []
     for r in range(rounds):
         for name in names:
             pair = []
             for which in ("adamw", name):
-                model, opt, method = built[which]
-                pair.append(statistics.fmean(run_steps(model, opt, method, batches, block,
+                pair.append(statistics.fmean(run_steps(built[which], batches, block,
                                                        start=r * block)))
             base_ms.append(pair[0] * 1e3)
             ratios[name].append(pair[1] / pair[0])
@@ -188,14 +231,15 @@ class PeakTensorMemory(TorchDispatchMode):
         return out
 
 
-def peak_memory(name: str, steps: int, batches, kind: str) -> int:
+def peak_memory(name: str, steps: int, work) -> int:
     """Peak live tensor bytes over ``steps`` training steps after a warm-up (which creates
     the optimizer state and traces the Taylor pass outside the measurement)."""
-    model, opt, method = build(name, kind)
-    run_steps(model, opt, method, batches, 2)
+    built = build(name, work)
+    model, opt = built[:2]
+    run_steps(built, work[2], 2)
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     with PeakTensorMemory([*model.parameters(), *state]) as meter:
-        run_steps(model, opt, method, batches, steps, start=2)
+        run_steps(built, work[2], steps, start=2)
     return meter.peak
 
 
@@ -208,15 +252,14 @@ def main() -> None:
                         help="keep configurations whose name contains one of these "
                              "'|'-separated substrings")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory ratios")
-    parser.add_argument("--model", choices=["cnn", "small"], default="cnn",
-                        help="the registry's CNN (default) or the lighter one without dropout")
+    parser.add_argument("--model", choices=MODELS, default="cnn", help="the workload (see above)")
     args = parser.parse_args()
     names = [n for n in CONFIGS if n != "adamw" and any(s in n for s in args.only.split("|"))]
-    batches = load_batches(16)
-    result = time_configs(names, args.block, args.rounds, batches, args.model)
+    work = workload(args.model)
+    result = time_configs(names, args.block, args.rounds, work)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
-          f"AdamW step {result['adamw_ms']:.1f} ms (batch 128)")
-    base_memory = peak_memory("adamw", 4, batches, args.model) if args.memory else 0
+          f"AdamW step {result['adamw_ms']:.1f} ms (batch {len(work[2][0][1])})")
+    base_memory = peak_memory("adamw", 4, work) if args.memory else 0
     if args.memory:
         print(f"AdamW peak live tensor memory {base_memory / 2**20:.1f} MiB")
     print(f"{'configuration':42s} {'time / AdamW':>12s} {'quartiles':>11s}"
@@ -225,7 +268,7 @@ def main() -> None:
         q1, median, q3 = result[name]
         line = f"{name:42s} {median:12.2f} {q1:5.2f}-{q3:<5.2f}"
         if args.memory:
-            line += f" {peak_memory(name, 4, batches, args.model) / base_memory:15.2f}"
+            line += f" {peak_memory(name, 4, work) / base_memory:15.2f}"
         print(line, flush=True)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 import genlr.methods.taylor_rules as taylor_rules
 from genlr import ExactGeN
+from genlr.methods.base import has_active_dropout
 from genlr.methods.curvature import DirectionalDerivatives
 from genlr.models import build_model
 from genlr.tasks import build_task
@@ -208,3 +209,41 @@ def test_exact_gen_steps_on_every_zoo_model_and_reports_its_path(name):
     assert method.diagnostics["curvature_path"] == 0, (name, method.derivatives.unavailable)
     assert math.isfinite(method.last_lr) and method.last_lr > 0
     assert method.summary_fields()["curvature_paths"] == {"taylor": 2}
+
+
+# ------------------------------------------------------------------------ the probes
+class DropoutLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 8, num_layers=2, dropout=0.5, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(x)[0].pow(2).mean()
+
+
+@pytest.mark.parametrize("name", ["gpt_dropout", "transformer_encoder_dropout", "vit",
+                                  "explicit_dropout", "batchnorm_mlp_dropout", "lstm"])
+def test_probes_switch_off_every_dropout_and_touch_nothing(name):
+    """Dropout off whatever switched it on (modules, SDPA's dropout_p, attention layers,
+    recurrent layers, F.dropout(training=True) in the model's code); BatchNorm normalises
+    with the batch statistics and writes no buffer; the RNG is untouched."""
+    if name == "lstm":
+        torch.manual_seed(0)
+        model, loss_fn, batch = DropoutLSTM().double(), (lambda m, b: m(b)), \
+            torch.randn(3, 5, 4, dtype=torch.float64)
+    else:
+        case = build(name, torch.float64)
+        model, loss_fn, batch = case.model, case.loss_fn, case.batch
+    method = ExactGeN(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn)
+    buffers = [b.clone() for b in model.buffers()]
+    rng = torch.get_rng_state()
+    first, second = method.probe_loss(batch), method.probe_loss(batch)
+    assert first == second
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+    assert model.training
+    if name in ("gpt_dropout", "transformer_encoder_dropout", "lstm"):  # no BatchNorm: eval()
+        model.eval()  # switches their dropout off, and nothing else
+        with torch.no_grad():
+            assert first == pytest.approx(float(loss_fn(model, batch)), rel=1e-12)
+    assert has_active_dropout(model.train()) == (name != "vit")

@@ -355,8 +355,10 @@ def test_loss_finite_and_differentiable_with_every_compatible_model(image_tasks)
                 "cifar10": {"mlp", "linear", "cnn", "resnet18", "vit"},
                 "fashion_mnist": {"mlp", "linear", "cnn", "resnet18", "vit"},
                 "quadratic": {"coords"}, "rosenbrock": {"coords"}, "beale": {"coords"},
-                "logreg": {"mlp", "linear"}, "teacher": {"mlp", "linear"}}
+                "logreg": {"mlp", "linear"}, "teacher": {"mlp", "linear"}, "charlm": {"gpt"}}
     tasks = image_tasks + [synthetic(name) for name in SYNTHETIC]
+    tasks.append(build_task("charlm", max_chars=20_000, block_size=16))
+    tasks[-1].setup("cpu")
     assert {t.name for t in tasks} == set(TASKS)
     for task in tasks:
         names = compatible_models(task)
@@ -366,7 +368,8 @@ def test_loss_finite_and_differentiable_with_every_compatible_model(image_tasks)
             if name == "resnet18":
                 continue  # seconds per step on 2 CPU cores; test_models trains it once
             torch.manual_seed(0)
-            model = build_model(name, task, **({"depth": 1, "dim": 32} if name == "vit" else {}))
+            small = {"vit": {"depth": 1, "dim": 32}, "gpt": {"depth": 1, "width": 32}}
+            model = build_model(name, task, **small.get(name, {}))
             batch = next(task.train_batches(2, epoch=0, seed=0))
             loss = task.loss(model, batch)
             assert loss.ndim == 0 and torch.isfinite(loss), (task.name, name)

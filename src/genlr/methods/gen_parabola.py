@@ -120,26 +120,37 @@ class ParabolaGeN(GeNBase):
         self._deferred: dict[str, Any] | None = None
 
     def estimate(self, params, d, batch, same, loss):
-        reuse = (same and loss is not None and self.model is not None
-                 and not has_active_dropout(self.model))
+        # Two points may come free: phi(0) is the training loss with probe="same", and
+        # phi(1) the next step's training loss when it trains on the probe batch at s = 1
+        # (where the optimizer's step leaves us; ``defer``). Both only if the training
+        # forward applies no dropout, which the other probes have found out by then.
+        free = {0.0: same and loss is not None,
+                1.0: self.defer and not same and batch is self._probe_batch
+                and not self.profile_due()}
         losses: dict[float, float] = {}
-        if reuse:
-            losses[0.0] = self.batch_mean(as_float(loss))
-        # The next step trains on the probe batch at s = 1 (where the optimizer's step
-        # leaves us): its training loss is phi(1), so that probe can wait for it.
-        defer = (self.defer and not same and batch is self._probe_batch and 1.0 in self.points
-                 and not has_active_dropout(self.model) and not self.profile_due())
-        if defer:
-            losses[1.0] = math.nan
         at = 1.0
-        for s in sorted(self.points, key=lambda p: abs(p - 1.0)):  # start where we are
-            if s in losses:
-                continue
+
+        def probe(s: float) -> None:
+            nonlocal at
             self.shift(params, d, s, current=at)
             at = s
             losses[s] = self.probe_loss(batch)
+
+        for s in sorted(self.points, key=lambda p: abs(p - 1.0)):  # start where we are
+            if not free.get(s):
+                probe(s)
+        dropout = has_active_dropout(self.model)
+        if free[0.0] and 0.0 in self.points:
+            if dropout:
+                probe(0.0)
+            else:
+                losses[0.0] = self.batch_mean(as_float(loss))
+        defer = free[1.0] and 1.0 in self.points and not dropout
+        if free[1.0] and 1.0 in self.points and not defer:
+            probe(1.0)
         self.shift(params, d, 1.0, current=at)
         if defer:
+            losses[1.0] = math.nan
             self._deferred = {"losses": losses, "batch": batch}
             return None
         return self.fit(losses)
