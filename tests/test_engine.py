@@ -215,3 +215,18 @@ def test_line_profiles_reach_tensorboard_with_the_chosen_step_marked(monkeypatch
         assert math.isfinite(profile.chosen) and profile.chosen > 0
         assert chosen_marker_column(pixels) == pytest.approx(chosen_marker_expected(profile),
                                                              abs=1.0)
+
+
+@pytest.mark.parametrize("compile_model", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_exact_gen_reports_its_curvature_path_also_when_compiled(tmp_path, compile_model):
+    """The run's summary counts the curvature paths; a compiled model's curvature is taken
+    on its original module (same weights) by the Taylor pass."""
+    run = RunSpec(task={"name": "charlm", "max_chars": 20_000, "block_size": 16},
+                  model={"name": "gpt", "width": 16, "depth": 1, "heads": 2},
+                  lr={"name": "gen_exact", "every": 2},
+                  trainer=TrainerConfig(batch_size=8, max_steps=4, progress=False, plots=False,
+                                        compile=compile_model))
+    summary = train(run, tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["curvature_paths"] == {"taylor": 2}
+    assert summary["curvature_unavailable"] == {}

@@ -449,14 +449,8 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             epochs=step / steps_per_epoch, wall_time_s=time.perf_counter() - started,
             peak_memory_mb=peak_memory_mb(device), method_passes=method.passes,
             device=str(device), amp=cfg.amp, torch_version=torch.__version__,
-<<<<<<< HEAD
-            world_size=distributed.world_size(), trainer=asdict(cfg))
-=======
-            world_size=distributed.world_size(),
-            python_version=platform.python_version(), message=message,
-            trainer=asdict(cfg), **stats.summary_fields(), **method.summary_fields(),
-        )
->>>>>>> 41bf041 (WIP: Taylor rules registry, decomposition to core ATen, curvature fallback chain with self-check, dropout-free probes)
+            world_size=distributed.world_size(), trainer=asdict(cfg),
+            method_fields=method.summary_fields())
         writer.end_session(status)
         writer.close()
         if main_rank:

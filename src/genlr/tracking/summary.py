@@ -57,12 +57,14 @@ def build_summary(stats: RunStats, *, components: Mapping[str, str], seed: int, 
                   message: str, steps: int, epochs: float, wall_time_s: float,
                   peak_memory_mb: float, method_passes: Mapping[str, int], device: str,
                   amp: str, torch_version: str, world_size: int,
-                  trainer: Mapping[str, Any]) -> dict[str, Any]:
+                  trainer: Mapping[str, Any],
+                  method_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a run: the contract keys in ``REQUIRED_KEYS`` order, then the others.
 
     ``components`` names the task, model, optimizer and lr method (``lr_method``);
     ``method_passes`` are the lr method's extra passes, to which the training step's own
-    forward and backward are added here (``passes`` counts every pass the run made).
+    forward and backward are added here (``passes`` counts every pass the run made);
+    ``method_fields`` is what the lr method reports over the run (``summary_fields()``).
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -76,7 +78,7 @@ def build_summary(stats: RunStats, *, components: Mapping[str, str], seed: int, 
         "final": stats.final(), "best": stats.best(), "lr": stats.lr_summary(),
         "device": device, "amp": amp, "torch_version": torch_version,
         "world_size": world_size, "python_version": platform.python_version(),
-        "message": message, "trainer": dict(trainer),
+        "message": message, "trainer": dict(trainer), **(method_fields or {}),
     }
 
 
