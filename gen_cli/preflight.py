@@ -15,10 +15,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (InterpolationKeyError, OmegaConfBaseException,
                               UnsupportedInterpolationType)
 
+from gen_cli.objective import objective_of
 from gen_cli.schema import register_schemas
 from genlr.engine import RunSpec, TrainerConfig, build_run
 
-GROUPS = ("task", "model", "optimizer", "lr", "trainer", "experiment")
+GROUPS = ("task", "model", "optimizer", "lr", "trainer", "workload", "experiment")
 # Hydra's own flags: with these the command line is Hydra's business (help, info, shell).
 HYDRA_FLAGS_WITH_VALUE = {"-cd", "--config-dir", "-p", "--package"}
 HYDRA_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info",
@@ -95,10 +96,28 @@ def _check_groups(overrides: list[str]) -> None:
         if group in GROUPS and group != "trainer" and not override.is_delete():
             value = override.value()
             allowed = loader.get_group_options(group)
-            if value is None and group == "experiment":
+            if value is None and group in ("workload", "experiment"):
                 continue
             if value not in allowed:
                 raise UsageError(f"unknown {group} {value!r}; choose one of: {', '.join(allowed)}")
+    _check_size(loader, overrides)
+
+
+def _check_size(loader, overrides: list[str]) -> None:
+    """``size=`` picks a workload's size (conf/workload/sizes/<workload>_<size>.yaml)."""
+    chosen = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)
+              if o.key_or_group in ("workload", "size") and not o.is_delete()}
+    if "size" not in chosen:
+        return
+    workload = chosen.get("workload")
+    if workload is None:
+        raise UsageError(f"size={chosen['size']} sizes a workload: add workload=<name> (one of: "
+                         f"{', '.join(loader.get_group_options('workload'))})")
+    sizes = [name.removeprefix(f"{workload}_")
+             for name in loader.get_group_options("workload/sizes") if name.startswith(f"{workload}_")]
+    if chosen["size"] not in sizes:
+        raise UsageError(f"workload {workload} has no size {chosen['size']!r}; choose one of: "
+                         f"{', '.join(sizes)}")
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -131,6 +150,7 @@ def check_command_line(argv: list[str]) -> None:
                     raise UsageError(_first_line(err)) from None
                 try:
                     build_run(spec_from_config(cfg), torch.device("cpu"), load_data=False)
+                    objective_of(cfg.objective, cfg.task.name)
                 except (ValueError, TypeError, ImportError, OmegaConfBaseException) as err:
                     raise UsageError(_first_line(err)) from None
     finally:

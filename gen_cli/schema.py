@@ -8,9 +8,11 @@ Each option of a group (``conf/<group>/<name>.yaml``) starts its defaults list w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from gen_cli.objective import register_resolver
 
 from genlr.engine import TrainerConfig
 from genlr.methods import METHODS
@@ -37,6 +39,13 @@ class TrainSchema:
     lr: Any = None
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     seed: int = 0
+    # what gen-train returns to a sweeper (gen_cli/objective.py); None: the task's own metric
+    objective: Optional[str] = None
+    # the log-uniform range of optimizer.lr that experiment=tune_lr searches
+    lr_range: List[float] = dataclasses.field(default_factory=lambda: [1e-5, 1e-1])
+    # set by workload=<name> and its size (conf/workload/): recorded for the leaderboard
+    workload: Optional[str] = None
+    size: Optional[str] = None
 
 
 def schema_of(group: str, name: str, builder: Any) -> type:
@@ -52,6 +61,8 @@ def schema_of(group: str, name: str, builder: Any) -> type:
 
 
 def register_schemas() -> None:
+    """The schemas, and the resolver the configs use (``objective_direction``)."""
+    register_resolver()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     store.store(group="schema/trainer", name="default", node=TrainerConfig)

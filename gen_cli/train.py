@@ -13,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from gen_cli.objective import objective_value
 from gen_cli.preflight import UsageError, check_command_line, spec_from_config
 from gen_cli.schema import register_schemas
 from genlr.engine import train
@@ -23,6 +24,7 @@ FAILED_RUNS: list[str] = []  # jobs of this process that did not complete (sweep
 
 @hydra.main(version_base="1.3", config_path="pkg://gen_cli.conf", config_name="train")
 def run(cfg: DictConfig) -> float | None:
+    """Train one job; return its objective for a sweeper (gen_cli/objective.py)."""
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = train(spec_from_config(cfg), run_dir,
@@ -41,7 +43,7 @@ def run(cfg: DictConfig) -> float | None:
         line += f" ({summary.get('message', '')})"
         FAILED_RUNS.append(run_dir)
     print(line, file=sys.stderr if summary["status"] != "completed" else sys.stdout)
-    return final.get("eval_acc")
+    return objective_value(cfg.objective, cfg.task.name, summary)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up from a fresh clone, idempotent and quick the second time: Fashion-MNIST from
 # Debian (where apt is available and we are root), and a virtual environment in .venv with
-# genlr installed in editable mode plus the peers, launchers and test tools.
+# genlr installed in editable mode plus the peers, launchers, the Optuna sweeper and test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 stamp=.venv/.genlr-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,peers,launchers]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,peers,launchers,tune]"
   touch "$stamp"
 fi

@@ -11,11 +11,12 @@ from typing import Any
 
 from .runs import INCOMPLETE, RunRecord
 
-# Keys that never change a result: the seed (what a group averages over) and how a run
-# reports or saves itself.
+# Keys that never change a result: the seed (what a group averages over), how a run
+# reports or saves itself, and what a sweeper would tune it for.
 IGNORED_KEYS = frozenset({
     "seed", "trainer.progress", "trainer.plots", "trainer.log_every",
     "trainer.checkpoint_every", "trainer.profile_every", "trainer.eval_batch_size",
+    "objective", "lr_range",
 })
 # Order of keys in a group's name; the rest follow alphabetically.
 NAME_ORDER = ("task.name", "model.name", "optimizer.name", "lr.name", "optimizer.lr")
