@@ -310,3 +310,23 @@ def test_newt_scales_back_only_past_the_minimum_of_a_descent_direction():
     assert short.diagnostics["scaled_back"] == 0.0
     uphill = run(0.1 * line_search, uphill_momentum=True)  # the loss goes up, smaller lr no cure
     assert uphill.diagnostics["scaled_back"] == 0.0 and uphill.diagnostics["slope"] < 0
+
+
+@pytest.mark.parametrize("lr", [1e-7, 1e-2, 10.0])
+@pytest.mark.parametrize("method_cls", [ExactGeN, ParabolaGeN])
+def test_settle_takes_the_exact_line_search_at_the_first_probe_from_any_lr(method_cls, lr):
+    """With ``settle`` the first probe sets the lr to the exact line search outright, from an
+    lr far below or above it (smoothing and the per-probe clamp apply afterwards only)."""
+    model = Quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    method = method_cls(opt, model, quadratic_loss, every=1, settle=True)
+    expected = exact_line_search(model)
+    loss = train_step(model, quadratic_loss, None, opt)
+    assert method.step(None, loss=loss) == pytest.approx(expected, rel=1e-6)
+    assert method.settled
+    if method_cls is ParabolaGeN:
+        assert 3 <= method.diagnostics["search_points"] <= 3 + ParabolaGeN.SEARCH_STEPS
+    before = method.last_lr  # from now on: smoothed and clamped as usual
+    loss = train_step(model, quadratic_loss, None, opt)
+    method.step(None, loss=loss)
+    assert 0.5 <= method.last_lr / before <= 2.0

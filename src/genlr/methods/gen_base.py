@@ -35,7 +35,7 @@ class GeNBase(LRMethod):
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, lr_min: float, lr_max: Optional[float],
                  every: int, smoothing: float, max_factor: Optional[float], fallback: str,
-                 shrink: float, probe: str, scale: str, **common) -> None:
+                 shrink: float, probe: str, scale: str, settle: bool, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, type(self).__name__)
         if every < 1:
@@ -59,6 +59,8 @@ class GeNBase(LRMethod):
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
+        self.settle = settle
+        self.settled = False  # whether a probe's s* has been adopted yet
         # The unscaled (GeN) learning rates; the optimizer holds them times the horizon scale.
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         self._probe_batch: Any = None
@@ -181,24 +183,33 @@ class GeNBase(LRMethod):
         # The previous batch is what probe="next" falls back on without a probe_batch.
         previous = self._previous_batch if self.probe == "next" else None
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
-                "previous_batch": previous}
+                "previous_batch": previous, "settled": self.settled}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.base_lrs = list(state["base_lrs"])
         self._previous_batch = state.get("previous_batch")
+        self.settled = state.get("settled", True)
+
+    def settling(self) -> bool:
+        """Whether this probe sets the lr outright: ``settle`` and no s* adopted yet."""
+        return self.settle and not self.settled
 
     def choose(self, s_star: float | None) -> tuple[float, bool]:
         """The factor on the current learning rate: smoothed towards ``s*`` (scaled by the
         horizon), clamped per update by ``max_factor`` and to ``[lr_min, lr_max]`` (on the
-        unscaled lr); ``fallback`` when ``s*`` is missing, non-finite or not positive."""
+        unscaled lr); ``fallback`` when ``s*`` is missing, non-finite or not positive. The
+        first accepted ``s*`` of a ``settle`` method is taken outright (within the bounds)."""
         accepted = s_star is not None and finite(s_star) and s_star > 0
-        if accepted:
+        if accepted and self.settling():
+            factor = s_star * self.horizon_scale()
+            self.settled = True
+        elif accepted:
             factor = self.smoothing + (1.0 - self.smoothing) * s_star * self.horizon_scale()
+            if self.max_factor is not None:
+                factor = min(max(factor, 1.0 / self.max_factor), self.max_factor)
         else:
             factor = 1.0 if self.fallback == "keep" else self.shrink
-        if self.max_factor is not None:
-            factor = min(max(factor, 1.0 / self.max_factor), self.max_factor)
         base = self.base_lr()
         if base > 0:
             low = self.lr_min / base

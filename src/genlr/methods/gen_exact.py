@@ -74,6 +74,9 @@ class ExactGeN(GeNBase):
         curvature_batch: fraction of the batch the curvature is computed on (``None``: all).
         check_every: besides its first use, check the Taylor pass against double backward
             on a few examples every this many probes (0: the first only).
+        settle: the first probe sets the lr to its ``alpha_star`` outright (no smoothing,
+            no ``max_factor``), so that the initial lr matters little: ``alpha_star`` does
+            not depend on it (``d`` scales with the lr, ``s*`` inversely).
 
     Which path ran is in ``diagnostics["curvature_path"]`` (0 taylor, 1 double backward,
     2 forward-over-reverse, 3 none: the lr is kept) and, counted over the run, in
@@ -94,10 +97,10 @@ class ExactGeN(GeNBase):
                  curvature: Literal["auto", "taylor", "double_backward",
                                     "forward_over_reverse"] = "auto",
                  curvature_batch: Optional[float] = None, check_every: int = 0,
-                 **common) -> None:
+                 settle: bool = False, **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
-                         shrink=shrink, probe=probe, scale=scale, **common)
+                         shrink=shrink, probe=probe, scale=scale, settle=settle, **common)
         if curvature not in CURVATURE_MODES:
             raise ValueError(f"curvature must be one of {CURVATURE_MODES}, got {curvature!r}")
         if curvature_batch is not None and not 0.0 < curvature_batch <= 1.0:

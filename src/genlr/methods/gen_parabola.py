@@ -100,6 +100,11 @@ class ParabolaGeN(GeNBase):
         defer: take ``L(+1)`` from the next step's training loss when that step trains on
             the probe batch (needs ``+1`` in ``points``, no active dropout; not on steps
             that record the profile). The lr found applies from that next step on.
+        settle: the first probe searches along ``d`` for the minimum (steps of x4 up or
+            down from the current lr until the loss turns), fits the parabola through the
+            three points around it and sets the lr to its vertex outright (no smoothing, no
+            ``max_factor``): one search of a few forwards, after which the initial lr
+            matters little.
         lr_min, lr_max, fallback, shrink: as in ``ExactGeN``.
     """
 
@@ -109,10 +114,11 @@ class ParabolaGeN(GeNBase):
                  scale: Literal["constant", "linear", "cosine"] = "constant",
                  probe: Literal["same", "next"] = "next", lr_min: float = 0.0,
                  lr_max: Optional[float] = None, fallback: Literal["keep", "shrink"] = "keep",
-                 shrink: float = 0.5, defer: bool = True, **common) -> None:
+                 shrink: float = 0.5, defer: bool = True, settle: bool = False,
+                 **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
-                         shrink=shrink, probe=probe, scale=scale, **common)
+                         shrink=shrink, probe=probe, scale=scale, settle=settle, **common)
         points = [float(p) for p in points]
         if len(set(points)) < 3 or len(set(points)) != len(points):
             raise ValueError(f"points must be at least three distinct values, got {points}")
@@ -120,6 +126,8 @@ class ParabolaGeN(GeNBase):
         self._deferred: dict[str, Any] | None = None
 
     def estimate(self, params, d, batch, same, loss):
+        if self.settling():
+            return self.search(params, d, batch)
         # Two points may come free: phi(0) is the training loss with probe="same", and
         # phi(1) the next step's training loss when it trains on the probe batch at s = 1
         # (where the optimizer's step leaves us; ``defer``). Both only if the training
@@ -154,6 +162,49 @@ class ParabolaGeN(GeNBase):
             self._deferred = {"losses": losses, "batch": batch}
             return None
         return self.fit(losses)
+
+    #: how far the settling search goes: 4**12 = 1.7e7 times the lr up or down
+    SEARCH_STEPS = 12
+
+    def search(self, params, d, batch) -> tuple[float | None, dict[str, float], Any]:
+        """Bracket the minimum of ``phi`` along ``d`` by steps of x4 from ``s = 1`` and fit
+        the parabola through the bracket (``settle``'s first probe); ends at ``s = 1``."""
+        at = 1.0
+
+        def phi(s: float) -> float:
+            nonlocal at
+            self.shift(params, d, s, current=at)
+            at = s
+            return self.probe_loss(batch)
+
+        f0, f1 = phi(0.0), phi(1.0)
+        if not finite(f0):
+            self.shift(params, d, 1.0, current=at)
+            return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
+        points = [(0.0, f0), (1.0, f1)]
+        if finite(f1) and f1 < f0:  # still going down at s = 1: go further
+            for _ in range(self.SEARCH_STEPS):
+                s = 4.0 * points[-1][0]
+                points.append((s, phi(s)))
+                if not (finite(points[-1][1]) and points[-1][1] < points[-2][1]):
+                    break
+            bracket = points[-3:]
+        else:  # already past the minimum: come back towards 0
+            for _ in range(self.SEARCH_STEPS):
+                s = points[1][0] / 4.0
+                points.insert(1, (s, phi(s)))
+                if finite(points[1][1]) and points[1][1] < f0:
+                    break
+            bracket = points[:3]
+        self.shift(params, d, 1.0, current=at)
+        (s0, y0), (s1, y1), (s2, y2) = bracket
+        if not finite(y2):  # the far point blew up: the middle one is the best we know
+            return s1, {"r2": math.nan, "nonfinite_probe": 1.0, "search_points": len(points)}, None
+        a, b, c, _ = fit_parabola([s0, s1, s2], [y0, y1, y2])
+        good = c > 0 and finite(a, b, c) and y1 <= min(y0, y2)
+        diag = {"slope": -b, "curvature": 2.0 * c, "r2": math.nan, "nonfinite_probe": 0.0,
+                "search_points": float(len(points))}
+        return (-b / (2.0 * c) if good else None), diag, None
 
     def complete_deferred(self, batch, loss) -> bool:
         if self._deferred is None:
