@@ -247,7 +247,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", type=int, default=16,
                         help="steps per timed block (a multiple of the lazy methods' every)")
-    parser.add_argument("--rounds", type=int, default=9, help="timed blocks per configuration")
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="timed blocks per configuration (0: no timing, memory alone)")
     parser.add_argument("--only", default="",
                         help="keep configurations whose name contains one of these "
                              "'|'-separated substrings")
@@ -256,21 +257,24 @@ def main() -> None:
     args = parser.parse_args()
     names = [n for n in CONFIGS if n != "adamw" and any(s in n for s in args.only.split("|"))]
     work = workload(args.model)
-    result = time_configs(names, args.block, args.rounds, work)
+    timed = args.rounds > 0
+    result = time_configs(names, args.block, args.rounds, work) if timed else {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
-          f"AdamW step {result['adamw_ms']:.1f} ms (batch {len(work[2][0][1])})")
+          f"batch {len(work[2][0][1])}"
+          + (f", AdamW step {result['adamw_ms']:.1f} ms" if timed else ""))
     base_memory = peak_memory("adamw", 4, work) if args.memory else 0
     if args.memory:
         print(f"AdamW peak live tensor memory {base_memory / 2**20:.1f} MiB")
-    print(f"{'configuration':42s} {'time / AdamW':>12s} {'quartiles':>11s}"
+    print(f"{'configuration':42s}" + (f" {'time / AdamW':>12s} {'quartiles':>11s}" if timed else "")
           + (f" {'memory / AdamW':>15s}" if args.memory else ""))
     for name in names:
-        q1, median, q3 = result[name]
-        line = f"{name:42s} {median:12.2f} {q1:5.2f}-{q3:<5.2f}"
+        line = f"{name:42s}"
+        if timed:
+            q1, median, q3 = result[name]
+            line += f" {median:12.2f} {q1:5.2f}-{q3:<5.2f}"
         if args.memory:
             line += f" {peak_memory(name, 4, work) / base_memory:15.2f}"
         print(line, flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ import torch
 import genlr.engine as engine
 from genlr.engine import RunSpec, TrainerConfig, train
 from genlr.methods import METHODS
+from genlr.tasks import build_task
 
 SMALL = dict(task={"name": "logreg"}, model={"name": "mlp", "hidden": [16], "dropout": 0.2})
 
@@ -230,3 +231,20 @@ def test_exact_gen_reports_its_curvature_path_also_when_compiled(tmp_path, compi
     assert summary["status"] == "completed"
     assert summary["curvature_paths"] == {"taylor": 2}
     assert summary["curvature_unavailable"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lr", ["gen_exact", "gen_parabola", "newt", "cosine"])
+def test_a_character_transformer_trains_with_every_method(tmp_path, lr):
+    """``task=charlm model=gpt`` (smaller): completes, the loss falls well below the
+    uniform guess, and ExactGeN's curvature takes the Taylor path at every probe."""
+    run = RunSpec(task={"name": "charlm", "max_chars": 200_000},
+                  model={"name": "gpt", "width": 64, "depth": 2, "heads": 2},
+                  lr={"name": lr}, trainer=TrainerConfig(batch_size=32, max_steps=60,
+                                                         progress=False, plots=False))
+    summary = train(run, tmp_path)
+    assert summary["status"] == "completed" and summary["steps"] == 60
+    uniform = math.log(len(build_task("charlm", max_chars=200_000).chars))
+    assert summary["final"]["train_loss"] < uniform - 1.0
+    if lr == "gen_exact":
+        assert summary["curvature_paths"] == {"taylor": 15}

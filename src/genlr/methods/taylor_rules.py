@@ -139,10 +139,16 @@ def bilinear(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: Any,
 
 
 def apply(op: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run ``op`` on jets (through its rule) or on plain values (directly)."""
-    if any(is_jet(x) for x in pytree.tree_leaves((args, kwargs))):
-        return RULES[op](op, args, kwargs, False)
-    return op(*args, **kwargs)
+    """Run ``op`` on jets (through its rule) or on plain values (directly), inside a rule
+    composed of others. A component carrying only a moving operand's shape (broadcast
+    against a constant) is expanded to the value's, so that a reduction after it sums it
+    over the broadcast dimensions too."""
+    if not any(is_jet(x) for x in pytree.tree_leaves((args, kwargs), is_leaf=is_jet)):
+        return op(*args, **kwargs)
+    out = RULES[op](op, args, kwargs, False)
+    if isinstance(out, Jet):
+        return map_jet(lambda c: c if c.shape == out.v.shape else c.expand(out.v.shape), out)
+    return out
 
 
 # ------------------------------------------------------------------ linear operations
