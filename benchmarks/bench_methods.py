@@ -155,12 +155,13 @@ def build(name: str, work):
     return model, opt, method, loss_fn
 
 
-def run_steps(built, batches, steps: int, start: int = 0) -> list[float]:
+def run_steps(built, batches, steps: int, start: int = 0,
+              clock: Callable[[], float] = time.perf_counter) -> list[float]:
     model, opt, method, loss_fn = built
     times = []
     for i in range(steps):
         batch = batches[(start + i) % len(batches)]
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model, batch)
         loss.backward()
@@ -168,11 +169,12 @@ def run_steps(built, batches, steps: int, start: int = 0) -> list[float]:
             opt.step()
         else:  # as gen-train: the batch the next step trains on
             method.step(batch, loss=loss, probe_batch=batches[(start + i + 1) % len(batches)])
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
-def time_configs(names: list[str], block: int, rounds: int, work) -> dict:
+def time_configs(names: list[str], block: int, rounds: int, work,
+                 clock: Callable[[], float] = time.perf_counter) -> dict:
     """Per configuration, the median over ``rounds`` of (mean step time of a block of
     ``block`` steps) / (the same for a block of plain AdamW run just before it), and the
     quartiles of those ratios. A block holds whole probe periods (``block`` a multiple of
@@ -190,7 +192,7 @@ def time_configs(names: list[str], block: int, rounds: int, work) -> dict:
             pair = []
             for which in ("adamw", name):
                 pair.append(statistics.fmean(run_steps(built[which], batches, block,
-                                                       start=r * block)))
+                                                       start=r * block, clock=clock)))
             base_ms.append(pair[0] * 1e3)
             ratios[name].append(pair[1] / pair[0])
     result = {"adamw_ms": statistics.median(base_ms)}
@@ -254,14 +256,18 @@ def main() -> None:
                              "'|'-separated substrings")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory ratios")
     parser.add_argument("--model", choices=MODELS, default="cnn", help="the workload (see above)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or the process's CPU time (steadier when other "
+                             "processes share the cores; run with one thread then)")
     args = parser.parse_args()
     names = [n for n in CONFIGS if n != "adamw" and any(s in n for s in args.only.split("|"))]
     work = workload(args.model)
     timed = args.rounds > 0
-    result = time_configs(names, args.block, args.rounds, work) if timed else {}
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    result = time_configs(names, args.block, args.rounds, work, clock) if timed else {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
           f"batch {len(work[2][0][1])}"
-          + (f", AdamW step {result['adamw_ms']:.1f} ms" if timed else ""))
+          + (f", AdamW step {result['adamw_ms']:.1f} ms ({args.clock} clock)" if timed else ""))
     base_memory = peak_memory("adamw", 4, work) if args.memory else 0
     if args.memory:
         print(f"AdamW peak live tensor memory {base_memory / 2**20:.1f} MiB")

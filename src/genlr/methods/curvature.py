@@ -222,47 +222,43 @@ class DirectionalDerivatives:
             sub = batch
             taylor = full if not self._autocasts() else \
                 self.run("taylor", params, d, sub, autocast=False)
-        references = self._references(params, d, sub)
-        reference_path, reference = next(references, (None, None))
-        tolerance = CHECK_TOLERANCE.get(params[0].dtype if params else None, 5e-2)
-        if reference is None:  # no exact path: a numerical one
-            reference_path, reference = "a difference of gradients", \
-                self._gradient_difference(params, d, sub)
-            tolerance *= 10
+        opinions = self._opinions(params, d, sub)
+        name, reference, tolerance = next(opinions)
         if not all(map(math.isfinite, reference)):  # nothing to learn here: check next time
             self._checks -= 1
             return
         self.check_error = _disagreement(taylor, reference)
         if self.check_error <= tolerance:
             return
-        referee_path, referee = next(references, (None, None))
-        if referee is None and reference_path in PATHS:
-            referee_path, referee = "a difference of gradients", \
-                self._gradient_difference(params, d, sub)
+        referee_name, referee, _ = next(opinions, (None, None, None))
         if referee is not None and _disagreement(taylor, referee) < _disagreement(reference, referee):
             self.check_error = _disagreement(taylor, referee)
-            self._give_up(reference_path, CurvatureMismatch(
-                f"it disagrees with the Taylor pass and {referee_path}: curvature "
+            self._give_up(name, CurvatureMismatch(
+                f"it disagrees with the Taylor pass and {referee_name}: curvature "
                 f"{reference[1]:.6g} vs {taylor[1]:.6g} and {referee[1]:.6g}"))
             return
         raise CurvatureMismatch(
-            f"the Taylor pass disagrees with {reference_path} on {CHECK_EXAMPLES} examples: "
-            f"slope {taylor[0]:.6g} vs {reference[0]:.6g}, curvature {taylor[1]:.6g} vs "
-            f"{reference[1]:.6g}" + ("" if referee is None else f" ({referee_path}: {referee[1]:.6g})"))
+            f"the Taylor pass disagrees with {name} on {CHECK_EXAMPLES} examples: slope "
+            f"{taylor[0]:.6g} vs {reference[0]:.6g}, curvature {taylor[1]:.6g} vs "
+            f"{reference[1]:.6g}" + ("" if referee is None else f" ({referee_name}: {referee[1]:.6g})"))
 
     def _autocasts(self) -> bool:
         with self.autocast():
             return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
-    def _references(self, params, d, batch) -> Iterator[tuple[str, tuple[float, float]]]:
-        """The reference paths that work, with their results, in order."""
+    def _opinions(self, params, d, batch) -> Iterator[tuple[str, tuple[float, float], float]]:
+        """``(name, (slope, curvature), tolerance)`` of the reference paths that work, in
+        order, then of a central difference of gradients (numerical: ten times the
+        tolerance)."""
+        tolerance = CHECK_TOLERANCE.get(params[0].dtype if params else None, 5e-2)
         for path in PATHS[1:]:
             if path in self.unavailable:
                 continue
             try:
-                yield path, self.run(path, params, d, batch, autocast=False)
+                yield path, self.run(path, params, d, batch, autocast=False), tolerance
             except Exception as err:
                 self._give_up(path, err)
+        yield "a difference of gradients", self._gradient_difference(params, d, batch), 10 * tolerance
 
     def _gradient_difference(self, params, d, batch) -> tuple[float, float]:
         """``<g, d>`` and the central difference of ``<g(theta + s d), d>`` at ``s = 0``,
