@@ -126,7 +126,6 @@ def test_quadratic_optimum_and_conditioning():
     optimum = task.optimum()
     assert torch.allclose(task.A @ optimum, task.b, atol=1e-4)
     model = task.init_model()
-    assert torch.equal(model.theta.detach(), torch.zeros(10))
     with torch.no_grad():
         model.theta.copy_(optimum)
     task.loss(model, 0).backward()
@@ -177,6 +176,29 @@ def test_two_dimensional_problems(name, start, optimum):
     assert loss.item() == 0.0 and model.theta.grad.abs().max() == 0
     custom = synthetic(name, x0=0.5, y0=-0.5).init_model()
     assert custom.theta.tolist() == [0.5, -0.5]
+
+
+@pytest.mark.parametrize("name", ["quadratic", "rosenbrock", "beale"])
+def test_the_run_seed_draws_the_start(name):
+    """The global RNG (seeded with the run's seed) moves the start by start_noise * N(0, I)."""
+    def start(seed, **options):
+        torch.manual_seed(seed)
+        task = synthetic(name, **options)
+        return task.init_model().theta.detach(), task
+
+    noisy = {"start_noise": 0.5}
+    (a, task), (b, _), (c, _) = start(0, **noisy), start(0, **noisy), start(1, **noisy)
+    assert torch.equal(a, b) and not torch.equal(a, c) and task.depends_on_seed
+    (fixed, task), (also, _) = start(0, start_noise=0.0), start(1, start_noise=0.0)
+    assert torch.equal(fixed, task.start()) and torch.equal(fixed, also)
+    assert not task.depends_on_seed
+    with pytest.raises(ValueError, match="start_noise must be >= 0"):
+        build_task(name, start_noise=-1.0)
+
+
+def test_quadratic_start_is_random_by_default_and_2d_starts_are_classic():
+    assert build_task("quadratic").depends_on_seed
+    assert not build_task("rosenbrock").depends_on_seed and not build_task("beale").depends_on_seed
 
 
 def test_coordinate_batches_are_step_indices():
@@ -282,12 +304,35 @@ def test_fashion_mnist_data_root_comes_first(fake_fashion_root, fake_debian_fash
     assert y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()  # not the Debian copy's
 
 
-def test_fashion_mnist_falls_back_to_debian_when_root_is_empty(fake_debian_fashion, tmp_path):
-    folder, arrays = fake_debian_fashion
-    task = build_task("fashion_mnist", data_root=str(tmp_path / "empty"), download=False)
-    task.setup("cpu")
-    _, y = next(task.eval_batches(FAKE_TEST))
-    assert y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+@pytest.mark.parametrize("kind", ["missing", "empty", "file"])
+def test_a_data_root_given_is_the_only_place_looked(kind, fake_debian_fashion, tmp_path):
+    """A data_root the user names is never silently replaced by the Debian copy."""
+    root = tmp_path / "root"
+    if kind == "empty":
+        root.mkdir()
+    elif kind == "file":
+        root.write_text("")
+    task = build_task("fashion_mnist", data_root=str(root), download=False)
+    with pytest.raises(DatasetNotFoundError) as error:
+        task.prepare_data()
+    message = str(error.value)
+    assert str(root) in message and str(fake_debian_fashion[0]) not in message, message
+    assert ("is a file" in message) == (kind == "file")
+    with pytest.raises(DatasetNotFoundError):
+        task.setup("cpu")
+
+
+def test_prepare_data_finds_without_reading(fake_mnist, monkeypatch):
+    root, _ = fake_mnist
+    task = build_task("mnist", data_root=str(root), download=False)
+    monkeypatch.setattr(type(task), "_from_torchvision", lambda *a, **k: pytest.fail("read"))
+    task.prepare_data()
+
+
+@pytest.mark.parametrize("size", [0, -10])
+def test_train_size_must_be_positive(size):
+    with pytest.raises(ValueError, match=f"train_size must be a positive .*got {size}"):
+        build_task("mnist", train_size=size)
 
 
 @pytest.mark.skipif(not (DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").is_file(),
@@ -312,9 +357,11 @@ def test_missing_data_says_where_and_how(name, no_default_data, tmp_path):
     assert isinstance(error.value, FileNotFoundError)
     if name == "fashion_mnist":
         assert "apt-get install dataset-fashion-mnist" in message
-        assert str(no_default_data / "debian") in message
-    with pytest.raises(DatasetNotFoundError, match="cache"):  # the default root is named too
+    with pytest.raises(DatasetNotFoundError) as error:  # without data_root: the default root
         build_task(name, download=False).setup("cpu")
+    assert "cache" in str(error.value)
+    if name == "fashion_mnist":
+        assert str(no_default_data / "debian") in str(error.value)
 
 
 def test_failed_download_is_a_dataset_error(no_default_data, tmp_path, monkeypatch):
@@ -322,8 +369,19 @@ def test_failed_download_is_a_dataset_error(no_default_data, tmp_path, monkeypat
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
-    with pytest.raises(DatasetNotFoundError, match="download into .*failed.*Error downloading"):
+    with pytest.raises(DatasetNotFoundError, match="download into .*failed.*Error downloading") as error:
         build_task("mnist", data_root=str(tmp_path / "root"), download=True).setup("cpu")
+    assert "download=true" not in str(error.value)  # it was on: suggest what is left
+
+
+def test_a_failed_download_gives_its_reason():
+    from genlr.tasks.images import _reason
+
+    error = RuntimeError("Error downloading x.gz:\nTried https://a/, got:\n<urlopen error [Errno -2] "
+                         "Name or service not known>\n")
+    assert _reason(error) == ("RuntimeError: Error downloading x.gz: <urlopen error [Errno -2] "
+                              "Name or service not known>")
+    assert _reason(OSError()) == "OSError"
 
 
 # ---------------------------------------------------------- every task, every model

@@ -13,20 +13,32 @@ import torch
 Params = Iterable[torch.Tensor] | Iterable[dict]
 
 
+def _check(betas: tuple[float, ...] = (), **nonnegative: float) -> None:
+    """One-line errors that name the option (torch's own checks say "learning rate")."""
+    for name, value in nonnegative.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if any(not 0.0 <= beta < 1.0 for beta in betas):
+        raise ValueError(f"betas must be in [0, 1), got {list(betas)}")
+
+
 def sgd(params: Params, *, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
         weight_decay: float = 0.0, dampening: float = 0.0) -> torch.optim.SGD:
+    _check(lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
                            weight_decay=weight_decay, dampening=dampening)
 
 
 def adam(params: Params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
          eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False) -> torch.optim.Adam:
+    _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps,
                             weight_decay=weight_decay, amsgrad=amsgrad)
 
 
 def adamw(params: Params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False) -> torch.optim.AdamW:
+    _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps,
                              weight_decay=weight_decay, amsgrad=amsgrad)
 
@@ -34,6 +46,7 @@ def adamw(params: Params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9
 def rmsprop(params: Params, *, lr: float = 1e-3, alpha: float = 0.99, eps: float = 1e-8,
             momentum: float = 0.0, centered: bool = False,
             weight_decay: float = 0.0) -> torch.optim.RMSprop:
+    _check(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum,
                                centered=centered, weight_decay=weight_decay)
 
@@ -41,6 +54,8 @@ def rmsprop(params: Params, *, lr: float = 1e-3, alpha: float = 0.99, eps: float
 def adagrad(params: Params, *, lr: float = 1e-2, lr_decay: float = 0.0, eps: float = 1e-10,
             weight_decay: float = 0.0,
             initial_accumulator_value: float = 0.0) -> torch.optim.Adagrad:
+    _check(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+           initial_accumulator_value=initial_accumulator_value)
     return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, eps=eps,
                                weight_decay=weight_decay,
                                initial_accumulator_value=initial_accumulator_value)

@@ -3,8 +3,9 @@ dotted keys.
 
 Every registry entry (task, model, optimizer, lr method) declares its options as
 keyword-only parameters with a default and a simple annotation (bool, int, float, str,
-an Optional of those, or a list of them). That signature is the single source of truth:
-the command line's config schema is generated from it and its defaults fill the YAML.
+an Optional of those, a ``Literal`` of choices, or a list or fixed-length tuple of them).
+That signature is the single source of truth: the command line's config schema is
+generated from it and its defaults fill the YAML.
 A composed config (``{"lr": {"name": "newt", "gamma": 0.5}, ...}``) flattens to dotted keys
 (``lr.gamma``) for TensorBoard's HParams and for gen-report's grouping of runs.
 """
@@ -24,6 +25,8 @@ class Option:
     name: str
     type: Any  # a type OmegaConf understands: bool, int, float, str, Optional[...], list[...]
     default: Any
+    choices: tuple | None = None  # the values a ``Literal[...]`` annotation allows
+    length: int | None = None  # the number of items a ``tuple[X, X]`` annotation requires
 
 
 def _simplify(annotation: Any) -> Any:
@@ -41,6 +44,19 @@ def _simplify(annotation: Any) -> Any:
     return annotation
 
 
+def _constraints(annotation: Any) -> tuple[tuple | None, int | None]:
+    """The choices of a ``Literal`` and the length of a fixed ``tuple``, through Optional."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _constraints(inner[0]) if len(inner) == 1 else (None, None)
+    if origin is typing.Literal:
+        return args, None
+    if origin is tuple and args and Ellipsis not in args:
+        return None, len(args)
+    return None, None
+
+
 def options_of(builder: Callable) -> list[Option]:
     """The keyword-only parameters of ``builder`` (a class: its ``__init__``)."""
     target = builder.__init__ if inspect.isclass(builder) else builder
@@ -52,7 +68,9 @@ def options_of(builder: Callable) -> list[Option]:
         if param.default is inspect.Parameter.empty:
             raise TypeError(f"option {param.name!r} of {builder.__qualname__} needs a default")
         default = list(param.default) if isinstance(param.default, tuple) else param.default
-        options.append(Option(param.name, _simplify(hints.get(param.name, Any)), default))
+        annotation = hints.get(param.name, Any)
+        choices, length = _constraints(annotation)
+        options.append(Option(param.name, _simplify(annotation), default, choices, length))
     return options
 
 

@@ -119,6 +119,8 @@ class ParabolaGeN(GeNBase):
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
                          shrink=shrink, probe=probe, scale=scale, settle=settle, **common)
+        if not 0.0 <= r2_min <= 1.0:
+            raise ValueError(f"r2_min must be in [0, 1] (a fit's R^2), got {r2_min}")
         points = [float(p) for p in points]
         if len(set(points)) < 3 or len(set(points)) != len(points):
             raise ValueError(f"points must be at least three distinct values, got {points}")

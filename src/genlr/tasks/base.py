@@ -57,6 +57,17 @@ class Task(ABC):
     default_model: str = "mlp"
     tokens: bool = False
 
+    def prepare_data(self) -> None:
+        """Make sure the data is on disk (downloading it if the task may), without reading
+        it; raise :class:`DatasetNotFoundError` (one line) if it cannot be had. gen-train
+        calls it before a run starts; ``setup`` calls it too."""
+
+    @property
+    def depends_on_seed(self) -> bool:
+        """Whether the run's seed changes anything (model initialisation, batch order, a
+        random start); gen-train refuses a seed given for a task that ignores it."""
+        return True
+
     def setup(self, device: torch.device) -> None:
         """Load or generate the data and move what fits onto ``device``. Called once."""
 

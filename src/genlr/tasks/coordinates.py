@@ -8,7 +8,9 @@ descent with generalized Newton's method", ICLR 2025), with minimisers (1, 1) an
 
 There is no data: a "batch" is the step's index within the epoch (an ``int``), which the
 loss ignores, and an epoch is ``steps_per_epoch`` option steps long, so that the engine's
-epoch-based schedule, evaluation and checkpoint cadence work unchanged.
+epoch-based schedule, evaluation and checkpoint cadence work unchanged. The run's seed
+enters through the start point alone: ``start + start_noise * N(0, I)``, drawn from the
+global RNG as a model's initialisation is (``start_noise=0``: every seed gives the same run).
 ``evaluate`` reports ``loss_sum`` and ``count`` (1), plus ``distance_sum`` (Euclidean
 distance to the minimiser) and ``gap_sum`` (``f - f*``), which average like the loss.
 """
@@ -43,11 +45,18 @@ class CoordinateTask(Task):
     classification = False
     default_model = "coords"
 
-    def __init__(self, *, steps_per_epoch: int = 100) -> None:
+    def __init__(self, *, steps_per_epoch: int = 100, start_noise: float = 0.0) -> None:
         if steps_per_epoch < 1:
-            raise ValueError("steps_per_epoch must be at least 1")
+            raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+        if start_noise < 0:
+            raise ValueError(f"start_noise must be >= 0, got {start_noise}")
         self._steps = steps_per_epoch
+        self.start_noise = start_noise
         self.device = torch.device("cpu")
+
+    @property
+    def depends_on_seed(self) -> bool:
+        return self.start_noise > 0
 
     # ---------------------------------------------------------------- per problem
     def objective(self, theta: torch.Tensor) -> torch.Tensor:
@@ -64,7 +73,10 @@ class CoordinateTask(Task):
         self.device = torch.device(device)
 
     def init_model(self) -> nn.Module:
-        return Coordinates(self.start()).to(self.device)
+        start = self.start()
+        if self.start_noise:
+            start = start + self.start_noise * torch.randn(start.shape)
+        return Coordinates(start).to(self.device)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         # The model is called without the batch: a changing int argument would make a
@@ -97,43 +109,49 @@ class Quadratic(CoordinateTask):
     """``f(theta) = 1/2 theta^T A theta - b^T theta`` with A symmetric positive definite.
 
     A's eigenvalues are log-spaced from 1 to ``condition`` in a random orthonormal basis, so
-    the problem is as ill-conditioned as asked; b is standard normal; the start is 0 and
-    the minimiser is ``A^{-1} b``. ``A`` and ``b`` are attributes, so exact quantities such
-    as the steepest-descent line-search step ``g^T g / g^T A g`` can be checked.
+    the problem is as ill-conditioned as asked; b is standard normal; the start is
+    ``start_noise * N(0, I)`` (drawn from the run's seed) and the minimiser is ``A^{-1} b``.
+    ``A`` and ``b`` are attributes (after ``setup``), so exact quantities such as the
+    steepest-descent line-search step ``g^T g / g^T A g`` can be checked.
 
     Options:
         dim: number of coordinates.
         condition: ratio of A's largest to smallest eigenvalue.
         seed: the problem instance (A and b); independent of the run's seed, so a sweep
-            over run seeds optimises the same function.
+            over run seeds optimises the same function from different starts.
         steps_per_epoch: iterations counted as one epoch.
+        start_noise: standard deviation of the random start around 0.
     """
 
     name = "quadratic"
 
     def __init__(self, *, dim: int = 20, condition: float = 100.0, seed: int = 0,
-                 steps_per_epoch: int = 100) -> None:
-        super().__init__(steps_per_epoch=steps_per_epoch)
+                 steps_per_epoch: int = 100, start_noise: float = 1.0) -> None:
+        super().__init__(steps_per_epoch=steps_per_epoch, start_noise=start_noise)
         if dim < 1 or condition < 1:
-            raise ValueError("quadratic needs dim >= 1 and condition >= 1")
-        generator = torch.Generator().manual_seed(seed)
-        basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-        eigenvalues = torch.logspace(0, math.log10(condition), dim, dtype=torch.float64)
-        a = basis @ torch.diag(eigenvalues) @ basis.T
-        b = torch.randn(dim, generator=generator, dtype=torch.float64)
-        self.A = ((a + a.T) / 2).float()
-        self.b = b.float()
-        self._optimum = torch.linalg.solve((a + a.T) / 2, b).float()
+            raise ValueError(f"quadratic needs dim >= 1 and condition >= 1, got dim={dim}, "
+                             f"condition={condition}")
+        self.dim, self.condition, self.seed = dim, condition, seed
+        self.A: torch.Tensor | None = None
 
     def setup(self, device: torch.device | str = "cpu") -> None:
         super().setup(device)
+        if self.A is None:  # here, not in __init__: checking a config builds the task too
+            generator = torch.Generator().manual_seed(self.seed)
+            basis, _ = torch.linalg.qr(torch.randn(self.dim, self.dim, generator=generator,
+                                                   dtype=torch.float64))
+            eigenvalues = torch.logspace(0, math.log10(self.condition), self.dim, dtype=torch.float64)
+            a = basis @ torch.diag(eigenvalues) @ basis.T
+            a = (a + a.T) / 2
+            b = torch.randn(self.dim, generator=generator, dtype=torch.float64)
+            self.A, self.b, self._optimum = a.float(), b.float(), torch.linalg.solve(a, b).float()
         self.A, self.b = self.A.to(self.device), self.b.to(self.device)
 
     def objective(self, theta: torch.Tensor) -> torch.Tensor:
         return 0.5 * theta @ (self.A.to(theta.dtype) @ theta) - self.b.to(theta.dtype) @ theta
 
     def start(self) -> torch.Tensor:
-        return torch.zeros_like(self.b)
+        return torch.zeros(self.dim)
 
     def optimum(self) -> torch.Tensor:
         return self._optimum.to(self.device)
@@ -144,12 +162,14 @@ class Rosenbrock(CoordinateTask):
 
     The default start (-1.2, 1) is Rosenbrock's own (1960) and the one of the standard test
     set of Moré, Garbow & Hillstrom (1981); one of the 2-D problems of Bu & Xu (ICLR 2025).
+    With ``start_noise > 0`` the run's seed moves the start around (x0, y0).
     """
 
     name = "rosenbrock"
 
-    def __init__(self, *, x0: float = -1.2, y0: float = 1.0, steps_per_epoch: int = 100) -> None:
-        super().__init__(steps_per_epoch=steps_per_epoch)
+    def __init__(self, *, x0: float = -1.2, y0: float = 1.0, steps_per_epoch: int = 100,
+                 start_noise: float = 0.0) -> None:
+        super().__init__(steps_per_epoch=steps_per_epoch, start_noise=start_noise)
         self.x0, self.y0 = x0, y0
 
     def objective(self, theta: torch.Tensor) -> torch.Tensor:
@@ -168,13 +188,15 @@ class Beale(CoordinateTask):
     minimiser (3, 0.5), f* = 0.
 
     The default start (1, 1) is the one of Moré, Garbow & Hillstrom (1981); one of the 2-D
-    problems of Bu & Xu (ICLR 2025).
+    problems of Bu & Xu (ICLR 2025). With ``start_noise > 0`` the run's seed moves the start
+    around (x0, y0).
     """
 
     name = "beale"
 
-    def __init__(self, *, x0: float = 1.0, y0: float = 1.0, steps_per_epoch: int = 100) -> None:
-        super().__init__(steps_per_epoch=steps_per_epoch)
+    def __init__(self, *, x0: float = 1.0, y0: float = 1.0, steps_per_epoch: int = 100,
+                 start_noise: float = 0.0) -> None:
+        super().__init__(steps_per_epoch=steps_per_epoch, start_noise=start_noise)
         self.x0, self.y0 = x0, y0
 
     def objective(self, theta: torch.Tensor) -> torch.Tensor:

@@ -5,27 +5,30 @@ torchvision writes when it downloads), then held on the device as uint8 (see
 ``in_memory.py``). Fashion-MNIST is also read from the Debian package
 ``dataset-fashion-mnist`` (flat gzipped IDX files), which works offline.
 
-Where the data is looked for, in order:
+Where the data is looked for:
 
-1. ``data_root`` when given (torchvision layout, e.g. ``<root>/MNIST/raw/``);
-2. for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist/``;
-3. the default root, ``$GENLR_DATA`` or ``~/.cache/genlr``, when ``data_root`` is not given;
-4. a torchvision download into ``data_root`` (or the default root), when ``download=true``.
+- ``data_root`` when it is given (torchvision's layout, e.g. ``<root>/MNIST/raw/``), and
+  nowhere else: a folder the user names is never silently replaced by another copy;
+- otherwise, for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist/``, then the default
+  root, ``$GENLR_DATA`` or ``~/.cache/genlr``.
 
-If all fail, :class:`DatasetNotFoundError` says where it looked and how to get the data.
+When none has it and ``download=true``, torchvision downloads it into ``data_root`` (or the
+default root). ``prepare_data()`` does the looking and downloading without reading the data
+(gen-train calls it before a run starts); if it fails, :class:`DatasetNotFoundError` says
+in one line where it looked and how to get the data.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import struct
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torchvision
 
 from genlr.tasks.base import DatasetNotFoundError
 from genlr.tasks.in_memory import InMemoryTask
@@ -34,6 +37,12 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # The IDX element types (LeCun's format: magic = 0, 0, type, ndim), big-endian.
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+log = logging.getLogger(__name__)
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+Splits = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def default_data_root() -> Path:
@@ -58,8 +67,8 @@ class ImageClassification(InMemoryTask):
     """Shared behaviour: uint8 NCHW images, per-channel normalisation, optional augmentation.
 
     Options common to every image task:
-        data_root: where the torchvision-layout data is (default: ``$GENLR_DATA`` or
-            ``~/.cache/genlr``).
+        data_root: the folder holding the data in torchvision's layout (default:
+            ``$GENLR_DATA`` or ``~/.cache/genlr``); when given, the only place looked in.
         download: let torchvision download the data when it is not found.
         train_size: use only the first N training examples (quick experiments); None: all.
     """
@@ -69,77 +78,88 @@ class ImageClassification(InMemoryTask):
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     augment = False
-    #: the torchvision class and the folder it reads (for messages)
-    dataset_class: type = torchvision.datasets.MNIST
+    #: the torchvision.datasets class that reads (and downloads) the data, its folder under
+    #: the root and the files it holds there (torchvision's own names)
+    torchvision_class: str = "MNIST"
+    folder: str = "MNIST/raw"
+    files: tuple[str, ...] = MNIST_FILES
     hint: str = ""
 
     def __init__(self, *, data_root: Optional[str] = None, download: bool = True,
                  train_size: Optional[int] = None) -> None:
         super().__init__()
+        if train_size is not None and train_size < 1:
+            raise ValueError(f"train_size must be a positive number of examples (or null for "
+                             f"all of them), got {train_size}")
         self.data_root = data_root
         self.download = download
         self.train_limit = train_size
 
     # --------------------------------------------------------------------- loading
-    def load(self):
-        train, test = self.find()
+    def sources(self) -> list[tuple[str, Callable[[], bool], Callable[[], Splits]]]:
+        """``(where, is_there, read)`` for each place the data may be, in the order tried."""
+        root = self.root()
+        return [(str(root / self.folder), lambda: self._has_files(root / self.folder),
+                 lambda: self._from_torchvision(root, download=False))]
+
+    def root(self) -> Path:
+        """The torchvision root: data_root, else the default root (also where downloads go)."""
+        return Path(self.data_root) if self.data_root else default_data_root()
+
+    def prepare_data(self) -> None:
+        """Make sure the data is on disk (downloading it if allowed), without reading it."""
+        if self.data_root and Path(self.data_root).exists() and not Path(self.data_root).is_dir():
+            raise DatasetNotFoundError(f"{self.name}: task.data_root={self.data_root} is a file; "
+                                       "give the folder that holds the data")
+        sources = self.sources()
+        if any(is_there() for _, is_there, _ in sources):
+            return
+        looked = ", ".join(where for where, _, _ in sources)
+        if not self.download:
+            raise DatasetNotFoundError(f"{self.name}: not found in {looked}; {self._how_to_get()}")
+        log.info("%s: not found in %s; downloading it into %s", self.name, looked, self.root())
+        try:
+            self._from_torchvision(self.root(), download=True)
+        except Exception as error:  # the download's many failure types: network, md5, disk
+            raise DatasetNotFoundError(
+                f"{self.name}: not found in {looked} and the download into {self.root()} failed "
+                f"({_reason(error)}); {self._how_to_get(downloaded=True)}") from error
+
+    def load(self) -> Splits:
+        self.prepare_data()
+        where, _, read = next(source for source in self.sources() if source[1]())
+        log.info("%s: reading %s", self.name, where)
+        train, test = read()
         if self.train_limit is not None:
             train = (train[0][:self.train_limit], train[1][:self.train_limit])
         return train, test
 
-    def find(self):
-        """Both splits as ``(images uint8 NCHW, labels int64)``, from the first place that has them."""
-        looked: list[str] = []
-        for root in self._roots():
-            found = self._from_torchvision(root, download=False)
-            looked.append(self._layout(root))
-            if found is not None:
-                return found
-        extra = self._extra_sources(looked)
-        if extra is not None:
-            return extra
-        root = Path(self.data_root) if self.data_root else default_data_root()
-        if self.download:
-            try:
-                return self._from_torchvision(root, download=True)
-            except Exception as error:  # the download's many failure types: network, md5, disk
-                raise DatasetNotFoundError(
-                    f"{self.name}: not found in {', '.join(looked)} and the download into {root} "
-                    f"failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                    f"{self._how_to_get()}") from error
-        raise DatasetNotFoundError(f"{self.name}: not found in {', '.join(looked)}; {self._how_to_get()}")
+    def _has_files(self, folder: Path) -> bool:
+        return all((folder / name).is_file() for name in self.files)
 
-    def _roots(self) -> list[Path]:
-        return [Path(self.data_root)] if self.data_root else [default_data_root()]
+    def _how_to_get(self, downloaded: bool = False) -> str:
+        where = ("put it in torchvision's layout into task.data_root=DIR" if downloaded else
+                 "set task.data_root=DIR to a folder holding it in torchvision's layout, or "
+                 "task.download=true to download it")
+        return f"{self.hint}{where}"
 
-    def _extra_sources(self, looked: list[str]):
-        return None
+    def _from_torchvision(self, root: Path, download: bool) -> Splits:
+        import torchvision  # only here: importing it takes seconds
 
-    def _layout(self, root: Path) -> str:
-        return str(root / self.dataset_class.__name__ / "raw")
-
-    def _how_to_get(self) -> str:
-        return (f"{self.hint}set task.data_root=DIR to a folder holding it in torchvision's "
-                f"layout, or task.download=true to download it")
-
-    def _from_torchvision(self, root: Path, download: bool):
+        dataset_class = getattr(torchvision.datasets, self.torchvision_class)
         try:
-            train = self.dataset_class(str(root), train=True, download=download)
-            test = self.dataset_class(str(root), train=False, download=download)
+            train = dataset_class(str(root), train=True, download=download)
+            test = dataset_class(str(root), train=False, download=download)
         except RuntimeError as error:
             if download:
                 raise
-            layout = Path(self._layout(root))
-            if layout.is_dir() and any(layout.iterdir()):
-                raise self._corrupt(layout, error) from error
-            return None  # torchvision's "Dataset not found or corrupted"
+            raise self._corrupt(root / self.folder, error) from error
         return self._tensors(train), self._tensors(test)
 
     def _corrupt(self, where: Path, error: BaseException) -> DatasetNotFoundError:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return DatasetNotFoundError(
-            f"{self.name}: the files in {where} are truncated or corrupt ({reason}); delete them "
-            f"and {self._how_to_get()}")
+            f"{self.name}: the files in {where} are truncated or corrupt ({_reason(error)}); "
+            f"delete them and {self._how_to_get()}")
 
     def _tensors(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.as_tensor(dataset.data)
@@ -153,6 +173,16 @@ class ImageClassification(InMemoryTask):
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float().div_(255) - mean) / std
+
+
+def _reason(error: BaseException) -> str:
+    """An exception in a few words: its first line and, when that only introduces more
+    (torchvision's "Error downloading X:"), its last."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+    return f"{type(error).__name__}: {text}"
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -174,8 +204,8 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
 class FashionMNIST(ImageClassification):
     """Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017): 60k/10k 28x28 grey images, 10 classes.
 
-    Besides torchvision's layout, reads the Debian package ``dataset-fashion-mnist``
-    (``/usr/share/datasets/fashion-mnist/*-ubyte.gz``), so it works without network.
+    Without ``data_root``, also reads the Debian package ``dataset-fashion-mnist``
+    (``/usr/share/datasets/fashion-mnist/*-ubyte.gz``), first, so it works without network.
     """
 
     name = "fashion_mnist"
@@ -183,33 +213,29 @@ class FashionMNIST(ImageClassification):
     num_outputs = 10
     mean = (0.2860,)
     std = (0.3530,)
-    dataset_class = torchvision.datasets.FashionMNIST
-    hint = "install it with `apt-get install dataset-fashion-mnist`, or "
+    torchvision_class = "FashionMNIST"
+    folder = "FashionMNIST/raw"
+    hint = ("install Debian's copy (`apt-get install dataset-fashion-mnist`) and leave "
+            "task.data_root unset, or ")
 
     def __init__(self, *, data_root: Optional[str] = None, download: bool = True,
                  train_size: Optional[int] = None) -> None:
         super().__init__(data_root=data_root, download=download, train_size=train_size)
 
-    def _roots(self) -> list[Path]:
-        # An explicit data_root comes first, then the Debian package, then the cache.
-        return [Path(self.data_root)] if self.data_root else []
-
-    def _extra_sources(self, looked: list[str]):
+    def sources(self):
+        if self.data_root:
+            return super().sources()
         debian = Path(DEBIAN_FASHION_MNIST)
-        looked.append(str(debian))
-        files = [debian / f"{prefix}-{kind}-idx{dim}-ubyte.gz"
-                 for prefix in ("train", "t10k") for kind, dim in (("images", 3), ("labels", 1))]
-        if all(f.is_file() for f in files):
-            try:
-                images, labels, test_images, test_labels = (read_idx(f) for f in files)
-            except (OSError, EOFError, ValueError, struct.error) as error:
-                raise self._corrupt(debian, error) from error
-            return ((images.unsqueeze(1), labels.long()), (test_images.unsqueeze(1), test_labels.long()))
-        if not self.data_root:
-            root = default_data_root()
-            looked.append(self._layout(root))
-            return self._from_torchvision(root, download=False)
-        return None
+        files = [debian / f"{name}.gz" for name in self.files]
+        return [(str(debian), lambda: all(f.is_file() for f in files),
+                 lambda: self._from_debian(debian, files)), *super().sources()]
+
+    def _from_debian(self, debian: Path, files: list[Path]) -> Splits:
+        try:
+            images, labels, test_images, test_labels = (read_idx(f) for f in files)
+        except (OSError, EOFError, ValueError, struct.error) as error:
+            raise self._corrupt(debian, error) from error
+        return (images.unsqueeze(1), labels.long()), (test_images.unsqueeze(1), test_labels.long())
 
 
 class MNIST(ImageClassification):
@@ -220,7 +246,6 @@ class MNIST(ImageClassification):
     num_outputs = 10
     mean = (0.1307,)
     std = (0.3081,)
-    dataset_class = torchvision.datasets.MNIST
 
     def __init__(self, *, data_root: Optional[str] = None, download: bool = True,
                  train_size: Optional[int] = None) -> None:
@@ -240,12 +265,11 @@ class CIFAR10(ImageClassification):
     num_outputs = 10
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
-    dataset_class = torchvision.datasets.CIFAR10
+    torchvision_class = "CIFAR10"
+    folder = "cifar-10-batches-py"
+    files = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
     def __init__(self, *, data_root: Optional[str] = None, download: bool = True,
                  train_size: Optional[int] = None, augment: bool = False) -> None:
         super().__init__(data_root=data_root, download=download, train_size=train_size)
         self.augment = augment
-
-    def _layout(self, root: Path) -> str:
-        return str(root / self.dataset_class.base_folder)
