@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -321,7 +322,10 @@ def check_values(cfg: DictConfig, table: Table) -> None:
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     except OmegaConfBaseException as err:
         raise UsageError(f"{err.full_key or 'trainer'}: {_first_line(err)}") from None
+    settings = [f.name for f in dataclasses.fields(TrainerConfig)]
     for key, value in trainer.items():
+        if key not in settings:
+            raise UsageError(f"trainer.{key}: no such setting; choose one of: {', '.join(settings)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"trainer.{key}={value}: not a finite number")
     try:
