@@ -9,6 +9,8 @@ import dataclasses
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from genlr.spec import TrainerConfig
+
 FIRST = ("task", "model", "optimizer", "lr", "trainer", "experiment")
 INTERNAL = ("hydra", "schema")
 
@@ -35,8 +37,6 @@ def groups() -> str:
 
 def trainer_settings() -> str:
     """``  key (default): what it does`` for every field of TrainerConfig."""
-    from genlr.engine import TrainerConfig
-
     lines = []
     for field in dataclasses.fields(TrainerConfig):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()

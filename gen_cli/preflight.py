@@ -34,6 +34,7 @@ from omegaconf.errors import (InterpolationKeyError, OmegaConfBaseException,
 from gen_cli.objective import objective_of
 from gen_cli.schema import GROUPS, Table, TrainSchema, register_schemas, schema_of
 from genlr.options import Option
+from genlr.spec import RunSpec, TrainerConfig
 
 # Where @hydra.main sits (Hydra resolves --config-path relative to it) and its primary config.
 APP_MODULE = "gen_cli.train"
@@ -287,8 +288,6 @@ def _check_references(node: DictConfig | ListConfig, prefix: str) -> None:
 def check_values(cfg: DictConfig, table: Table) -> None:
     """What the config's own structure and the signatures can judge, without torch:
     every key known, every value of its type, within its choices, of its length, finite."""
-    from genlr.engine import TrainerConfig
-
     unknown = [key for key in cfg.keys() if key not in TOP_LEVEL]
     if unknown:
         raise UsageError(f"{unknown[0]}: not a gen-train setting; choose one of: {', '.join(TOP_LEVEL)}")
@@ -374,10 +373,8 @@ def check_writable(out_dir: Path, key: str) -> None:
 
 
 # ------------------------------------------------------------------ stage 2: torch
-def spec_from_config(cfg):
+def spec_from_config(cfg) -> RunSpec:
     """The engine's RunSpec from a composed config (TrainerConfig validates its values)."""
-    from genlr.engine import RunSpec, TrainerConfig
-
     c = OmegaConf.to_container(cfg, resolve=True)
     for group in (*GROUPS, "trainer"):
         if not isinstance(c.get(group), dict) or (group != "trainer" and "name" not in c[group]):
@@ -425,15 +422,26 @@ def check_buildable(configs: list[DictConfig], run_dir: Path | None,
                 raise UsageError(_first_line(err)) from None
 
 
-def check_resume(spec, run, run_dir: Path | None) -> None:
-    """The checkpoint to resume from exists."""
-    from genlr.engine import resume_path
+def check_resume(spec: RunSpec, run, run_dir: Path | None) -> None:
+    """The checkpoint to resume from exists, is readable, was trained with this config
+    (or trainer.resume_with_changes says to go on) and fits the run's components; the run
+    folder is not in use by another run."""
+    from genlr.engine import RunDirInUse, WallClock, load_checkpoint, resume_path, run_dir_lock
+    from genlr.tracking import RunStats
 
+    if run_dir is not None and run_dir.is_dir():
+        try:
+            with run_dir_lock(run_dir):
+                pass
+        except RunDirInUse as err:
+            raise UsageError(f"hydra.run.dir={err}") from None
     resume = spec.trainer.resume
     if resume is None or (run_dir is None and str(resume).lower() in ("true", "yes", "1")):
         return  # nothing to resume, or each sweep job's own folder (known once it runs)
     try:
-        resume_path(resume, run_dir or Path("."))
+        path = resume_path(resume, run_dir or Path("."))
+        if path is not None:
+            load_checkpoint(path, run, RunStats(), WallClock())
     except (OSError, ValueError) as err:
         raise UsageError(_first_line(err)) from None
 

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
             fail("--steps must be a positive integer")
         if os.path.exists(args.dir) and not os.path.isdir(args.dir):
             fail(f"{args.dir} is a file; --synthetic needs an output folder")
+        try:
+            os.makedirs(args.dir, exist_ok=True)
+        except OSError as err:
+            fail(f"cannot create the output folder {args.dir} ({err.strerror or type(err).__name__})")
         for task, (figure, paths) in synthetic_figures(args.dir, steps=steps).items():
             print(f"gen-report: wrote {figure}")
             for path in paths:

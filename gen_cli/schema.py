@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 
 from gen_cli.objective import register_resolver
 from genlr.options import Option, options_of
-from genlr.engine import TrainerConfig
+from genlr.spec import TrainerConfig
 
 GROUPS = ("task", "model", "optimizer", "lr")
 # group -> option name (conf/<group>/<name>.yaml, the builder's registry name) -> its options

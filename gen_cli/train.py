@@ -5,7 +5,7 @@
 
 The command line is checked before Hydra starts (``gen_cli.preflight``); a job logs
 through Hydra's job logging (``conf/hydra/job_logging/gen_train.yaml``): progress and the
-final line to stdout, errors to stderr, all of it into ``<run dir>/train.log``.
+last line to stdout, warnings and errors to stderr, all of it into ``<run dir>/train.log``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -37,24 +35,6 @@ class BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
-def duration(seconds: float) -> str:
-    """``12.3s``, ``2m05s``, ``1h02m``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def final_line(summary: dict[str, Any], run_dir: str) -> str:
-    """``completed 469 steps in 2m20s: train loss 0.3, eval loss 0.3412, eval acc 0.8765 -> DIR``."""
-    metrics = ", ".join(f"{key.replace('_', ' ')} {value:.4g}"
-                        for key, value in summary["final"].items() if value is not None)
-    line = f"{summary['status']} {summary['steps']} steps in {duration(summary['wall_time_s'])}"
-    if summary["status"] != "completed" and summary.get("message"):
-        line += f" ({summary['message']})"
-    return f"{line}{': ' + metrics if metrics else ''} -> {run_dir}"
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def run(cfg: DictConfig) -> float | None:
     """Train one job; return its objective for a sweeper (gen_cli/objective.py)."""
@@ -70,10 +50,7 @@ def run(cfg: DictConfig) -> float | None:
         log.error("%s", str(err).splitlines()[0] if str(err) else type(err).__name__)
         FAILED_RUNS.append(run_dir)
         return None
-    if summary["status"] == "completed":
-        log.info("%s", final_line(summary, run_dir))
-    else:
-        log.error("%s", final_line(summary, run_dir))
+    if summary["status"] != "completed":  # the engine logged its last line
         FAILED_RUNS.append(run_dir)
     return objective_value(cfg.objective, cfg.task.name, summary)
 

@@ -18,8 +18,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-STRATEGIES = ("single", "ddp")
-
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

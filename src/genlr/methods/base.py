@@ -158,12 +158,15 @@ class LRMethod:
         return [float(g["lr"]) for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the optimizer (saved separately). Subclasses extend this."""
-        return {"step_count": self.step_count, "passes": dict(self.passes)}
+        """Everything but the optimizer (saved separately). Subclasses extend this. The
+        diagnostics come along, so a resumed run logs them before its next probe."""
+        return {"step_count": self.step_count, "passes": dict(self.passes),
+                "diagnostics": dict(self.diagnostics)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = state["step_count"]
         self.passes = Counter(state["passes"])
+        self.diagnostics = dict(state["diagnostics"])
 
     # -------------------------------------------------------------- shared machinery
     def params(self) -> list[torch.Tensor]:

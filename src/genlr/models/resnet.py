@@ -7,7 +7,6 @@ stride-1 conv and no pooling, keeping the stem at full resolution.
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from genlr.models.compat import image_shape
@@ -19,6 +18,8 @@ def resnet18(task: Task, *, zero_init_residual: bool = False) -> nn.Module:
         zero_init_residual: start each residual branch's last BatchNorm at zero (Goyal et
             al., 2017), so every block begins as the identity.
     """
+    import torchvision  # here, not at the top: importing it takes seconds
+
     channels, _, _ = image_shape(task, "resnet18")
     model = torchvision.models.resnet18(num_classes=task.num_outputs, zero_init_residual=zero_init_residual)
     model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

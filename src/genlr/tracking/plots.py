@@ -89,8 +89,9 @@ def lr_series(history: History) -> dict[str, Sequence[Sequence[float]]]:
 
 
 def write_plots(run_dir: str | os.PathLike, history: History) -> list[Path]:
-    """Write ``loss.png``, ``accuracy.png`` (only if ``eval/acc`` was recorded) and
-    ``lr.png`` into ``<run_dir>/plots/``; return the paths written.
+    """Write ``loss.png`` (a log axis when every loss is positive), ``accuracy.png``
+    (only if ``eval/acc`` was recorded) and ``lr.png`` into ``<run_dir>/plots/``; return
+    the paths written.
 
     Empty, single-point and non-finite histories still give valid PNGs (a "no data"
     note, a marker, a dotted line where values stopped being finite).
@@ -101,8 +102,14 @@ def write_plots(run_dir: str | os.PathLike, history: History) -> list[Path]:
 
     figure, ax = _new_axes("loss", "loss")
     drew = False
+    losses: list[float] = []
     for tag, label in (("train/loss", "train"), ("eval/loss", "eval")):
         drew |= _plot_series(ax, history.get(tag, ()), label)
+        losses += _split(history.get(tag, ()))[1]
+    # Losses fall over decades (and a diverging one climbs over many): a log axis shows
+    # them all; a loss that can be negative (a quadratic's) keeps a linear one.
+    if losses and min(losses) > 0:
+        ax.set_yscale("log")
     written.append(_save(figure, ax, drew, plots_dir / "loss.png"))
 
     if history.get("eval/acc"):

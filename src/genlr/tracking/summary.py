@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import statistics
-import tempfile
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,14 +57,16 @@ def build_summary(stats: RunStats, *, components: Mapping[str, str], seed: int, 
                   message: str, steps: int, epochs: float, wall_time_s: float,
                   peak_memory_mb: float, method_passes: Mapping[str, int], device: str,
                   amp: str, torch_version: str, world_size: int,
-                  trainer: Mapping[str, Any],
+                  trainer: Mapping[str, Any], checkpoint_step: int | None = None,
                   method_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a run: the contract keys in ``REQUIRED_KEYS`` order, then the others.
 
     ``components`` names the task, model, optimizer and lr method (``lr_method``);
     ``method_passes`` are the lr method's extra passes, to which the training step's own
     forward and backward are added here (``passes`` counts every pass the run made);
-    ``method_fields`` is what the lr method reports over the run (``summary_fields()``).
+    ``checkpoint_step`` is the step ``checkpoints/last.pt`` holds (a diverged run's is
+    before its last step); ``method_fields`` is what the lr method reports over the run
+    (``summary_fields()``).
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -78,7 +80,8 @@ def build_summary(stats: RunStats, *, components: Mapping[str, str], seed: int, 
         "final": stats.final(), "best": stats.best(), "lr": stats.lr_summary(),
         "device": device, "amp": amp, "torch_version": torch_version,
         "world_size": world_size, "python_version": platform.python_version(),
-        "message": message, "trainer": dict(trainer), **(method_fields or {}),
+        "message": message, "checkpoint_step": checkpoint_step, "trainer": dict(trainer),
+        **(method_fields or {}),
     }
 
 
@@ -125,7 +128,9 @@ def write_summary(run_dir: str | os.PathLike, summary: Mapping[str, Any]) -> Pat
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / SUMMARY_FILENAME
     text = json.dumps(to_json_safe(summary), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".json.tmp", dir=run_dir)
+    # Not mkstemp: its files are 0600; this one is created under the umask, like any file.
+    tmp = run_dir / f".summary-{os.getpid()}-{secrets.token_hex(4)}.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -1,0 +1,80 @@
+"""What one run is: ``RunSpec`` (the components and their options) and ``TrainerConfig``
+(how to train). Plain data without torch, so that gen-train checks a command line and
+prints ``--help`` before torch is imported; ``genlr.engine`` builds and trains from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("single", "ddp")
+AMP_MODES = ("off", "bf16", "fp16")
+EVALS_PER_RUN = 10  # evaluations spread over a run when trainer.eval_every is 0
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainerConfig:
+    """How to train (the ``trainer.*`` overrides; these names are the public interface).
+    Each field's ``help`` is what ``gen-train --help`` says about it."""
+
+    device: str = _setting("auto", "auto | cpu | cuda (auto: cuda when there is one)")
+    strategy: str = _setting("single", "single | ddp (under torchrun; batch_size is the global batch)")
+    amp: str = _setting("off", "off | bf16 | fp16 (fp16: CUDA only, with a GradScaler)")
+    compile: bool = _setting(False, "torch.compile the model")
+    epochs: int = _setting(1, "passes over the training data")
+    max_steps: Optional[int] = _setting(None, "stop after this many steps, if earlier than epochs")
+    batch_size: int = _setting(128, "training batch size")
+    eval_batch_size: int = _setting(1000, "evaluation batch size (the metrics do not depend on it)")
+    eval_every: int = _setting(0, f"steps between evaluations; 0: {EVALS_PER_RUN} spread over the run")
+    log_every: int = _setting(10, "steps between TensorBoard points")
+    checkpoint_every: int = _setting(0, "steps between checkpoints (checkpoints/last.pt); 0: at "
+                                        "every evaluation. Also at the start, the end and on "
+                                        "SIGTERM/SIGINT; a diverged run keeps its last good one")
+    resume: Optional[str] = _setting(None, "continue a run: true (this run folder's checkpoint), or "
+                                           "the path of a run folder or a checkpoint")
+    resume_with_changes: bool = _setting(False, "resume although the config differs from the "
+                                                "checkpoint's (the differences are logged; the "
+                                                "saved states are restored as they are)")
+    profile_every: int = _setting(0, "steps between phi(s) line-profile images; 0: never")
+    progress: bool = _setting(True, "a progress bar when the terminal shows one (progress lines "
+                                    "go to the log either way)")
+    plots: bool = _setting(True, "PNG plots of loss, accuracy and lr into plots/ at the end")
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"trainer.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"trainer.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, "log_every": self.log_every}
+        if self.max_steps is not None:
+            positive["max_steps"] = self.max_steps
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"trainer.{name} must be a positive integer, got {value}")
+        for name in ("eval_every", "checkpoint_every", "profile_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+
+    def eval_interval(self, total_steps: int) -> int:
+        """Steps between evaluations (there is always one after the last step too)."""
+        return self.eval_every or max(1, -(-total_steps // EVALS_PER_RUN))
+
+
+@dataclass
+class RunSpec:
+    """One run: each component is ``{"name": ..., **options}`` as in the config groups."""
+
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "fashion_mnist"})
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "cnn"})
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adamw"})
+    lr: dict[str, Any] = field(default_factory=lambda: {"name": "constant"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
