@@ -190,3 +190,93 @@ def test_wheel_ships_the_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml in (REPO / "conf").rglob("*.yaml"):
         assert f"gen_cli/conf/{yaml.relative_to(REPO / 'conf')}" in names, yaml
+
+
+# -------------------------------------------------------------- Hydra's conventions
+def test_config_dir_with_the_users_own_options(tmp_path):
+    """--config-dir DIR: the user's lr/mylr.yaml and task/tiny.yaml pass the pre-start
+    check, compose (--cfg job) and train; a bad option in them is refused by name."""
+    conf = tmp_path / "myconf"
+    (conf / "lr").mkdir(parents=True)
+    (conf / "task").mkdir()
+    (conf / "lr" / "mylr.yaml").write_text("defaults:\n  - cosine\n  - _self_\nfinal_factor: 0.25\n")
+    (conf / "task" / "tiny.yaml").write_text("name: logreg\ndim: 5\ntrain_samples: 256\n")
+    args = ["--config-dir", str(conf), "lr=mylr", "task=tiny", "model=mlp", "trainer.max_steps=3"]
+    check_command_line(args)
+    shown = gen_train(*args, "--cfg", "job", cwd=tmp_path, timeout=120)
+    assert shown.returncode == 0 and "final_factor: 0.25" in shown.stdout and "dim: 5" in shown.stdout
+    run_dir = tmp_path / "run"
+    proc = gen_train(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["lr_method"] == "cosine" and summary["task"] == "logreg"
+    assert "mylr" in gen_train("--config-dir", str(conf), "--help", cwd=tmp_path).stdout
+    (conf / "task" / "bad.yaml").write_text("name: logreg\ndimension: 5\n")
+    with pytest.raises(UsageError, match="task.dimension: task=logreg has no option 'dimension'"):
+        check_command_line(["--config-dir", str(conf), "task=bad", "model=mlp"])
+
+
+def test_a_run_logs_into_train_log_and_reports_progress_when_not_a_terminal(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = gen_train("task=logreg", "model=mlp", "trainer.max_steps=20", f"hydra.run.dir={run_dir}",
+                     cwd=tmp_path)  # stdout and stderr are pipes here
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[1].strip() for line in lines[:10]] == [
+        f"step {s}/20" for s in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)]  # ten evaluations
+    assert lines[-1].startswith("gen-train: completed 20 steps in ") and "eval acc" in lines[-1]
+    log = (run_dir / "train.log").read_text().splitlines()
+    assert len(log) == len(lines) and all(" INFO genlr.engine: " in line for line in log)
+    assert log[-1].endswith(lines[-1].removeprefix("gen-train: "))
+
+
+def test_help_lists_what_a_user_chooses_and_explains_the_trainer(tmp_path):
+    proc = gen_train("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "schema/" not in proc.stdout
+    for group in ("task:", "model:", "optimizer:", "lr:", "experiment:"):
+        assert f"\n  {group} " in proc.stdout, group
+    assert "  eval_every (0): steps between evaluations; 0: 10 spread over the run" in proc.stdout
+    assert "  resume_with_changes (False): resume although" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["lr=nonexistent"], ["trainer.max_steps=abc"], ["--help"]])
+def test_rejections_and_help_load_no_torch(args, tmp_path):
+    """What start-up time is made of: torch, TensorBoard and matplotlib take seconds to
+    import, and a command line is judged (and --help shown) without them."""
+    code = ("import sys\nfrom gen_cli.train import main\nsys.argv = ['gen-train', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', "
+            "'tensorboard', 'matplotlib'}))")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def test_the_option_table_cache_is_the_signatures(tmp_path, monkeypatch):
+    """The cached option table (what the schemas are made from without torch) equals the
+    one read from the signatures, and a cache for another source version is not used."""
+    from gen_cli import schema
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    live = schema.live_table()
+    assert schema.option_table() == live  # computed and written
+    assert schema.cache_path().is_file()
+    assert schema.option_table() == live  # read back
+    stale = schema.cache_path().with_name("options-0000.json")
+    schema.cache_path().rename(stale)
+    monkeypatch.setattr(schema, "live_table", lambda: {"task": {}})
+    assert schema.option_table() == {"task": {}}  # the stale file was not read
+    assert not stale.exists()  # and was cleaned up
+
+
+def test_seeds_change_synthetic_runs(tmp_path):
+    def final(seed: int, **task) -> float:
+        cfg = composed([*QUICK, "task=quadratic", f"seed={seed}", "lr=constant",
+                        *(f"task.{k}={v}" for k, v in task.items())])
+        return train(spec_from_config(cfg), tmp_path / f"{seed}-{task}")["final"]["train_loss"]
+
+    assert len({final(0), final(1), final(2)}) == 3
+    assert final(0, start_noise=0.0) == final(1, start_noise=0.0)
+    with pytest.raises(UsageError, match="seed=1: task=quadratic does not depend on the seed"):
+        check_command_line(["task=quadratic", "task.start_noise=0", "seed=1"])

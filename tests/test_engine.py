@@ -248,3 +248,136 @@ def test_a_character_transformer_trains_with_every_method(tmp_path, lr):
     assert summary["final"]["train_loss"] < uniform - 1.0
     if lr == "gen_exact":
         assert summary["curvature_paths"] == {"taylor": 15}
+
+
+# ------------------------------------------------------------- results kept, honestly
+def test_divergence_before_the_first_eval_keeps_the_start_and_logs_the_bad_step(tmp_path):
+    """checkpoint_every=0 and log_every larger than the run: the start is the last good
+    checkpoint, and TensorBoard still gets the diverging step's loss."""
+    from genlr.tracking import read_scalars
+
+    run = RunSpec(task={"name": "quadratic"}, model={"name": "coords"},
+                  optimizer={"name": "sgd", "lr": 50.0, "momentum": 0.0}, lr={"name": "constant"},
+                  trainer=TrainerConfig(epochs=10, log_every=1000, progress=False))
+    summary = train(run, tmp_path)
+    assert summary["status"] == "diverged" and summary["steps"] < 100  # before the first eval
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["step"] == summary["checkpoint_step"] == 0
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    (step, _, value), = read_scalars(tmp_path)["train/loss"]
+    assert step == summary["steps"] + 1 and not math.isfinite(value)
+
+
+def test_a_stopped_run_evaluates_where_it_stopped_and_resumes_its_time(tmp_path, monkeypatch):
+    from genlr.tracking import read_scalars
+
+    with monkeypatch.context() as patch:
+        _stop_at(patch, stop_step=37)
+        stopped = train(spec("constant", log_every=1), tmp_path)
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 37
+    (step, _, value) = read_scalars(tmp_path)["eval/loss"][-1]
+    assert step == 37 and stopped["final"]["eval_loss"] == pytest.approx(value)
+    resumed = train(spec("constant", log_every=1, max_steps=38, resume="true"), tmp_path)
+    assert resumed["steps"] == 38
+    assert resumed["wall_time_s"] > stopped["wall_time_s"]  # both attempts count
+
+
+def test_a_resumed_run_logs_the_method_diagnostics_at_once(tmp_path, monkeypatch):
+    """ParabolaGeN probes every 16 steps; the first step after a resume (38) still logs
+    what it saw at its last probe."""
+    from genlr.tracking import read_scalars
+
+    with monkeypatch.context() as patch:
+        _stop_at(patch, stop_step=37)
+        train(spec("gen_parabola", "sgd", log_every=1), tmp_path)
+    train(spec("gen_parabola", "sgd", log_every=1, max_steps=40, resume="true"), tmp_path)
+    scalars = read_scalars(tmp_path)
+    method_tags = [tag for tag in scalars if tag.startswith("method/")]
+    assert method_tags and all(38 in [s for s, *_ in scalars[tag]] for tag in method_tags)
+
+
+def test_ten_evaluations_per_run_by_default(tmp_path):
+    from genlr.tracking import read_scalars
+
+    summary = train(spec("constant"), tmp_path)  # 128 steps: evaluations every 13
+    steps = [s for s, *_ in read_scalars(tmp_path)["eval/loss"]]
+    assert steps == [13, 26, 39, 52, 65, 78, 91, 104, 117, 128] and summary["steps"] == 128
+
+
+def test_progress_lines_go_to_the_log(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", -1.0)  # a line after every step
+    with caplog.at_level("INFO", logger="genlr.engine"):
+        train(spec("constant", max_steps=5, eval_every=5), tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "genlr.engine"]
+    assert [line.split(":")[0] for line in lines[:5]] == [f"step {i}/5" for i in range(1, 6)]
+    assert "eval acc" in lines[4] and "eval acc" not in lines[3]
+    assert lines[-1].startswith("completed 5 steps in ") and lines[-1].endswith(f"-> {tmp_path}")
+
+
+def test_the_last_line_is_rounded():
+    summary = {"status": "diverged", "steps": 12, "wall_time_s": 125.4, "message": "training loss is nan at step 13",
+               "final": {"train_loss": float("nan"), "eval_loss": 0.34123456, "eval_acc": None}}
+    assert engine.last_line(summary, "runs/x") == (
+        "diverged 12 steps in 2m05s (training loss is nan at step 13): eval loss 0.3412 -> runs/x")
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    with engine.run_dir_lock(tmp_path):
+        with pytest.raises(engine.RunDirInUse, match="another run is using this folder"):
+            train(spec("constant", max_steps=2), tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    train(spec("constant", max_steps=2), tmp_path)  # released
+
+
+def test_summary_is_readable_by_others(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        train(spec("constant", max_steps=2), tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
+
+
+# --------------------------------------------------------------------- checkpoints
+def test_resume_refuses_another_config_unless_told(tmp_path, caplog):
+    first = spec("constant", max_steps=4)
+    first.optimizer = {"name": "adamw", "lr": 0.001}
+    train(first, tmp_path / "a")
+    changed = spec("constant", max_steps=8, resume=str(tmp_path / "a"))
+    changed.optimizer = {"name": "adamw", "lr": 0.01}
+    with pytest.raises(engine.CheckpointError, match=r"optimizer.lr 0.001 -> 0.01\)"):
+        train(changed, tmp_path / "b")
+    changed.trainer = TrainerConfig(**{**changed.trainer.__dict__, "resume_with_changes": True})
+    with caplog.at_level("WARNING", logger="genlr.engine"):
+        assert train(changed, tmp_path / "b")["status"] == "completed"
+    assert any("optimizer.lr 0.001 -> 0.01" in r.getMessage() for r in caplog.records)
+
+
+def test_another_component_is_named_not_each_of_its_options(tmp_path):
+    train(spec("constant", max_steps=2), tmp_path / "a")
+    with pytest.raises(engine.CheckpointError, match=r"\(lr=constant -> lr=cosine\)"):
+        train(spec("cosine", max_steps=4, resume=str(tmp_path / "a")), tmp_path / "b")
+
+
+def test_checkpoints_hold_only_what_weights_only_loads(tmp_path):
+    """torch.load(weights_only=True) refuses code; every optimizer's and method's state
+    is plain, and a file holding an object is refused with one line."""
+    from gen_cli.schema import registries
+
+    for group, name in [("optimizer", n) for n in registries()["optimizer"]] + [
+            ("lr", n) for n in registries()["lr"]]:
+        options = {"optimizer": "sgd", "lr": "constant", group: name}
+        run_dir = tmp_path / f"{group}-{name}"
+        summary = train(spec(options["lr"], options["optimizer"], max_steps=3), run_dir)
+        assert summary["status"] == "completed", (name, summary["message"])
+        resumed = train(spec(options["lr"], options["optimizer"], max_steps=4, resume="true"),
+                        run_dir)
+        assert resumed["steps"] == 4, name
+
+    import argparse  # any class: unpickling one could run code
+
+    torch.save({"model": argparse.Namespace()}, tmp_path / "evil.pt")
+    with pytest.raises(engine.CheckpointError, match="weights_only=True.*Namespace"):
+        train(spec(resume=str(tmp_path / "evil.pt")), tmp_path / "c")

@@ -5,6 +5,7 @@ representative rows run by default."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -168,3 +169,71 @@ def test_every_bad_override_in_the_table(tmp_path):
     with ThreadPoolExecutor(max_workers=4) as pool:
         found = sum(pool.map(lambda row: problems(*row, tmp_path), TABLE), [])
     assert found == [], "\n".join(found)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    """A finished run (task=logreg model=mlp, the defaults otherwise) and broken files."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    proc = gen_train([*BASE, f"hydra.run.dir={root / 'done'}"], cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    good = (root / "done" / "checkpoints" / "last.pt").read_bytes()
+    (root / "garbage.pt").write_bytes(bytes(range(256)) * 4)
+    (root / "empty.pt").write_bytes(b"")
+    (root / "truncated.pt").write_bytes(good[: len(good) // 2])
+    torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
+    torch.save({"model": argparse.Namespace()}, root / "object.pt")
+    (root / "no_checkpoint").mkdir()
+    return root
+
+
+RESUME_TABLE: list[list[str]] = [
+    ["optimizer.lr=0.01"],  # another config
+    ["lr=cosine"],
+    ["model=linear"],
+    ["seed=5"],
+    ["model=linear", "trainer.resume_with_changes=true"],  # told to go on: the state does not fit
+    ["lr=cosine", "trainer.resume_with_changes=true"],
+]
+BROKEN = ["garbage.pt", "empty.pt", "truncated.pt", "foreign.pt", "object.pt", "no_checkpoint"]
+
+
+@pytest.mark.slow
+def test_every_resume_mismatch_and_broken_checkpoint_is_one_line(checkpoints, tmp_path):
+    rows = [([f"trainer.resume={checkpoints / 'done'}", *args], "trainer.resume")
+            for args in RESUME_TABLE]
+    rows += [([f"trainer.resume={checkpoints / name}"], "trainer.resume") for name in BROKEN]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = sum(pool.map(lambda row: problems(*row, tmp_path), rows), [])
+    assert found == [], "\n".join(found)
+
+
+@pytest.mark.parametrize("args", [["optimizer.lr=0.01"], ["trainer.resume={tmp}/../garbage.pt"]])
+def test_representative_resume_rejections(args, checkpoints, tmp_path):
+    args = [a.replace("{tmp}/..", str(checkpoints)) for a in args]
+    assert problems([f"trainer.resume={checkpoints / 'done'}", *args] if "resume" not in args[0]
+                    else args, "trainer.resume", tmp_path) == []
+
+
+def test_a_resume_with_changes_when_told_runs_and_says_what_changed(checkpoints, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = gen_train([*BASE[:2], "trainer.max_steps=4", f"trainer.resume={checkpoints / 'done'}",
+                      "optimizer.lr=0.01", "trainer.resume_with_changes=true",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "gen-train: resuming with a changed config (trainer.resume_with_changes): "
+        "optimizer.lr 0.001 -> 0.01"]
+    assert "optimizer.lr 0.001 -> 0.01" in (run_dir / "train.log").read_text()
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path):
+    from genlr.engine import run_dir_lock
+
+    (tmp_path / "run").mkdir()
+    with run_dir_lock(tmp_path / "run"):
+        proc = gen_train([*BASE, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"gen-train: hydra.run.dir={tmp_path / 'run'}: another run is using this folder (it holds "
+        f"{tmp_path / 'run' / '.lock'}); give this run its own folder"]
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -487,8 +487,8 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                      hooks.lrs()[0], rate, left)
             marks["line"] = time.perf_counter()
 
-        def log_step(loss_value: float, lrs: list[float], step_ms: float | None) -> None:
-            writer.scalars(step, {
+        def log_step(at: int, loss_value: float, lrs: list[float], step_ms: float | None) -> None:
+            writer.scalars(at, {
                 "train/loss": loss_value, "train/lr": lrs[0], "time/step_ms": step_ms,
                 **{f"lr/group{i}": v for i, v in enumerate(lrs)},
                 **{f"method/{k}": v for k, v in method.diagnostics.items()},
@@ -513,7 +513,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                     if (profile := method.take_profile()) is not None:
                         writer.line_profile(step, profile)
                     if step % cfg.log_every == 0 or step == run.total_steps:
-                        log_step(loss_value, lrs, step_ms)
+                        log_step(step, loss_value, lrs, step_ms)
                         progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}")
                     evaluated = step % eval_every == 0 or step == run.total_steps
                     if evaluated:
@@ -536,7 +536,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             # The last good checkpoint stays; the bad step is recorded and logged.
             status, message = "diverged", f"{err} at step {step + 1}"
             stats.record_step(step + 1, train_loss=err.loss, lr=hooks.lrs())
-            log_step(err.loss, hooks.lrs(), None)
+            log_step(step + 1, err.loss, hooks.lrs(), None)
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the signal handler
             status, message = "interrupted", f"interrupted at step {step}"
             checkpoint()
