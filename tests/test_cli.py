@@ -210,7 +210,6 @@ def test_config_dir_with_the_users_own_options(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["lr_method"] == "cosine" and summary["task"] == "logreg"
-    assert "mylr" in gen_train("--config-dir", str(conf), "--help", cwd=tmp_path).stdout
     (conf / "task" / "bad.yaml").write_text("name: logreg\ndimension: 5\n")
     with pytest.raises(UsageError, match="task.dimension: task=logreg has no option 'dimension'"):
         check_command_line(["--config-dir", str(conf), "task=bad", "model=mlp"])

@@ -208,13 +208,12 @@ def test_every_resume_mismatch_and_broken_checkpoint_is_one_line(checkpoints, tm
     assert found == [], "\n".join(found)
 
 
-@pytest.mark.parametrize("args", [["optimizer.lr=0.01"], ["trainer.resume={tmp}/../garbage.pt"]])
-def test_representative_resume_rejections(args, checkpoints, tmp_path):
-    args = [a.replace("{tmp}/..", str(checkpoints)) for a in args]
-    assert problems([f"trainer.resume={checkpoints / 'done'}", *args] if "resume" not in args[0]
-                    else args, "trainer.resume", tmp_path) == []
+def test_a_representative_resume_rejection(checkpoints, tmp_path):
+    assert problems([f"trainer.resume={checkpoints / 'done'}", "optimizer.lr=0.01"],
+                    "trainer.resume", tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_resume_with_changes_when_told_runs_and_says_what_changed(checkpoints, tmp_path):
     run_dir = tmp_path / "run"
     proc = gen_train([*BASE[:2], "trainer.max_steps=4", f"trainer.resume={checkpoints / 'done'}",
@@ -227,6 +226,7 @@ def test_a_resume_with_changes_when_told_runs_and_says_what_changed(checkpoints,
     assert "optimizer.lr 0.001 -> 0.01" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path):
     from genlr.engine import run_dir_lock
 
