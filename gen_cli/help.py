@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from genlr.spec import TrainerConfig
 
 FIRST = ("task", "model", "optimizer", "lr", "trainer", "experiment")
-INTERNAL = ("hydra", "schema")
+INTERNAL = ("hydra", "schema", "workload/sizes")  # size= picks workload/sizes
 
 
 def groups() -> str:

@@ -32,7 +32,7 @@ from omegaconf.errors import (InterpolationKeyError, OmegaConfBaseException,
                               UnsupportedInterpolationType)
 
 from gen_cli.objective import objective_of
-from gen_cli.schema import GROUPS, Table, TrainSchema, register_schemas, schema_of
+from gen_cli.schema import GROUPS, Table, TrainSchema, option_table, register_schemas, schema_of
 from genlr.options import Option
 from genlr.spec import RunSpec, TrainerConfig
 
@@ -137,6 +137,7 @@ def _parse(overrides: list[str]) -> list[Override]:
 def _check_group_choices(parsed: list[Override]) -> None:
     """``group=option`` for any config group, Hydra's included (hydra/launcher=...)."""
     loader = GlobalHydra.instance().config_loader()
+    _check_size(loader, parsed)
     for override in parsed:
         group = override.key_or_group
         allowed = loader.get_group_options(group)
@@ -147,7 +148,6 @@ def _check_group_choices(parsed: list[Override]) -> None:
             continue
         if not isinstance(value, str) or value not in allowed:
             raise UsageError(f"unknown {group} {value!r}; choose one of: {', '.join(allowed)}")
-    _check_size(loader, parsed)
 
 
 def _check_size(loader, parsed: list[Override]) -> None:
@@ -256,6 +256,13 @@ def _describe(err: BaseException, overrides: list[str], hydra, config_name: str)
                 node = OmegaConf.select(cfg, parent) if parent else cfg
                 keys = [k for k in node.keys() if k != "hydra"]
                 return f"{key}: no such setting; choose one of: {', '.join(map(str, keys))}"
+            # Not from the command line: a config (a workload, an experiment) sets it.
+            chosen = next((line.split("=", 1)[1] for line in overrides
+                           if line.split("=", 1)[0] == parent), None)
+            options = option_table().get(parent, {}).get(chosen)
+            if options is not None:
+                return (f"{key}: {parent}={chosen} has no option {leaf!r}, which a config sets; "
+                        f"its options: {', '.join(o.name for o in options)}")
             return f"{key}: no such setting"
         return f"{key}: {message}"
     text = _first_line(err)

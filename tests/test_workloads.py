@@ -90,7 +90,8 @@ def test_a_workload_sets_what_the_user_does_not():
     (["workload=cifar10_resnet18", "size=cpu"], "workload cifar10_resnet18 has no size 'cpu'; choose one of: gpu"),
     (["workload=fmnist_cnn", "size=tpu"], "has no size 'tpu'; choose one of: cpu, gpu"),
     (["workload=nope"], "unknown workload 'nope'; choose one of: "),
-    (["workload=fmnist_linear", "optimizer=prodigy"], "Key 'momentum' not in"),
+    (["workload=fmnist_linear", "optimizer=prodigy"],
+     "optimizer.momentum: optimizer=prodigy has no option 'momentum', which a config sets"),
 ])
 def test_bad_workload_choices_get_one_line(args, expected):
     with pytest.raises(UsageError) as err:
