@@ -316,7 +316,9 @@ def check_values(cfg: DictConfig, table: Table) -> None:
             given = OmegaConf.to_container(node, resolve=True)
             values = OmegaConf.to_container(OmegaConf.merge(schema, given))
         except OmegaConfBaseException as err:
-            raise UsageError(f"{err.full_key or group}: {_first_line(err)}") from None
+            key = err.full_key or ""
+            key = key if key.startswith(f"{group}.") else f"{group}.{key}".rstrip(".")
+            raise UsageError(f"{key}: {_first_line(err)}") from None
         for key, option in options.items():
             _check_option(f"{group}.{key}", values[key], option)
     seed = cfg.get("seed")
