@@ -14,8 +14,7 @@ from genlr.engine import RunSpec, TrainerConfig, train
 from genlr.methods import METHODS
 from genlr.tasks import build_task
 
-SMALL = dict(task={"name": "logreg", "train_samples": 1024},  # 16 steps per epoch of 64
-             model={"name": "mlp", "hidden": [16], "dropout": 0.2})
+SMALL = dict(task={"name": "logreg"}, model={"name": "mlp", "hidden": [16], "dropout": 0.2})
 
 
 def spec(lr: str = "cosine", optimizer: str = "adamw", **trainer) -> RunSpec:
@@ -68,15 +67,16 @@ def _stop_at(monkeypatch, stop_step: int) -> None:
 @pytest.mark.parametrize("lr", list(METHODS))
 def test_interrupted_and_resumed_equals_uninterrupted(lr, tmp_path, monkeypatch):
     optimizer = "sgd"  # linear in lr, as every method needs
-    reference = train(spec(lr, optimizer), tmp_path / "reference")
+    reference = train(spec(lr, optimizer, max_steps=72), tmp_path / "reference")
 
     with monkeypatch.context() as patch:
         _stop_at(patch, stop_step=17)  # after GeN's probe step 16 (every=4 and 16), mid-epoch
-        interrupted = train(spec(lr, optimizer), tmp_path / "run")
+        interrupted = train(spec(lr, optimizer, max_steps=72), tmp_path / "run")
     assert interrupted["status"] == "interrupted" and interrupted["steps"] == 17
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
 
-    resumed = train(spec(lr, optimizer, resume="true"), tmp_path / "run")
+    # on into the second epoch (64 steps each)
+    resumed = train(spec(lr, optimizer, max_steps=72, resume="true"), tmp_path / "run")
     assert resumed["status"] == "completed" and resumed["steps"] == reference["steps"]
     assert_same_params(final_state(tmp_path / "reference"), final_state(tmp_path / "run"))
     assert resumed["final"] == reference["final"]
