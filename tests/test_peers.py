@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 import sys
 
 import pytest
 import torch
 from torch import nn
 
+from gen_cli.preflight import UsageError, check_command_line
+from genlr.engine import RunSpec, TrainerConfig
+from genlr.engine import train as train_run
 from genlr.methods import Constant, IncompatibleOptimizerError, check_linear_in_lr
 from genlr.optimizers import OPTIMIZERS, build_optimizer
 from genlr.peers import (
+    DAdaptSGDHooks,
     DoGHooks,
+    GeNReferenceHooks,
     OptimizerHooks,
     ProdigyHooks,
     ScheduleFreeHooks,
@@ -25,6 +32,10 @@ PEERS = {
     "schedulefree_sgd": ("schedulefree", ScheduleFreeHooks),
     "dog": ("dog", DoGHooks),
     "ldog": ("dog", DoGHooks),
+    "dadapt_adam": ("dadaptation", ProdigyHooks),
+    "dadapt_sgd": ("dadaptation", DAdaptSGDHooks),
+    "gen_optim_adamw": ("GeN", GeNReferenceHooks),
+    "gen_optim_sgd": ("GeN", GeNReferenceHooks),
 }
 
 
@@ -167,3 +178,123 @@ def test_missing_package_is_a_one_line_import_error(monkeypatch):
     model, _, _ = problem()
     with pytest.raises(ImportError, match="pip install prodigyopt"):
         OPTIMIZERS["prodigy"](model.parameters())
+
+
+def test_dadapt_adam_lr_is_d_times_lr():
+    _, optimizer, hooks, _, _ = train("dadapt_adam")
+    group = optimizer.param_groups[0]
+    assert group["d"] > 1e-6  # D-Adaptation grew its estimate from d0
+    assert hooks.lrs() == [group["d"] * group["lr"]]
+
+
+def test_dadapt_sgd_lr_is_d_times_lr_over_the_first_gradient_norm():
+    pytest.importorskip("dadaptation")
+    model, x, y = problem()
+    optimizer = build_optimizer("dadapt_sgd", model.parameters())
+    hooks = optimizer_hooks(optimizer, model)
+    assert math.isnan(hooks.lrs()[0])  # depends on the first gradient
+    nn.functional.mse_loss(model(x), y).backward()
+    g0 = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))
+    optimizer.step()
+    group = optimizer.param_groups[0]
+    assert group["g0_norm"] == pytest.approx(g0)
+    assert hooks.lrs() == [pytest.approx(group["d"] * group["lr"] / g0)]
+
+
+# ------------------------------------------------------------ the authors' GeN (gen-optim)
+
+def classifier():
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 8), torch.randint(0, 3, (96,))
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in (0, 32, 64)] * 4  # 12 steps
+    return model, batches
+
+
+def test_gen_optim_row_is_the_reference_readme_loop():
+    """Our row (optimizer=gen_optim_adamw, lr=constant, the engine's hooks) gives exactly the
+    weights and lrs of gen-optim's README loop: ``lr_parabola`` every 4th step on a batch the
+    optimizer has not stepped on, then ``optimizer.step()``."""
+    GeN = pytest.importorskip("GeN")
+    model, batches = classifier()
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer("gen_optim_adamw", model.parameters())
+    method, hooks = Constant(optimizer, total_steps=len(batches)), optimizer_hooks(optimizer, model)
+    ref_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, weight_decay=0.01)
+    lrs = set()
+    for step, ((x, y), upcoming) in enumerate(zip(batches, batches[1:] + [None])):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        hooks.before_step(upcoming)
+        method.step((x, y), loss=loss)
+
+        nn.functional.cross_entropy(reference(x), y).backward()
+        if (step + 1) % 4 == 0 and upcoming is not None:
+            GeN.lr_parabola(reference, ref_optimizer, tr_iter=iter([upcoming]), device="cpu",
+                            task="image_cls")
+        ref_optimizer.step()
+        ref_optimizer.zero_grad()
+        for p, q in zip(model.parameters(), reference.parameters()):
+            assert torch.equal(p, q), step
+        assert hooks.lrs() == [ref_optimizer.param_groups[0]["lr"]]
+        lrs.add(hooks.lrs()[0])
+    assert len(lrs) >= 3  # it probed and moved the lr (steps 4 and 8; 12 is the last)
+
+
+def test_gen_optim_steps_its_optimizer_twice_on_a_probe_step():
+    """The reference's double step, left as it is: AdamW's step count runs ahead by one per
+    probe."""
+    pytest.importorskip("GeN")
+    model, batches = classifier()
+    optimizer = build_optimizer("gen_optim_adamw", model.parameters())
+    hooks = optimizer_hooks(optimizer, model)
+    for x, y in batches[:8]:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        hooks.before_step(batches[0])
+        optimizer.step()
+    assert optimizer.steps == 8
+    assert float(optimizer.state[model[0].weight]["step"]) == 8 + 2  # probes at steps 4 and 8
+
+
+def test_gen_optim_state_round_trips():
+    pytest.importorskip("GeN")
+    model, batches = classifier()
+    optimizer = build_optimizer("gen_optim_sgd", model.parameters(), every=2)
+    hooks = optimizer_hooks(optimizer, model)
+    for x, y in batches[:5]:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        hooks.before_step(batches[1])
+        optimizer.step()
+    fresh = build_optimizer("gen_optim_sgd", model.parameters(), every=2)
+    fresh.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    assert fresh.steps == 5
+    assert fresh.base.param_groups[0]["lr"] == optimizer.base.param_groups[0]["lr"] != 0.1
+    for p in model.parameters():
+        assert torch.equal(fresh.state[p]["momentum_buffer"], optimizer.state[p]["momentum_buffer"])
+
+
+def test_gen_optim_trains_through_the_engine(tmp_path):
+    pytest.importorskip("GeN")
+    spec = RunSpec(task={"name": "logreg"}, model={"name": "mlp"},
+                   optimizer={"name": "gen_optim_adamw", "every": 2}, lr={"name": "constant"},
+                   trainer=TrainerConfig(max_steps=6, batch_size=64, progress=False, plots=False,
+                                         device="cpu"))
+    summary = train_run(spec, tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert summary["lr"]["initial"] == 1e-3 != summary["lr"]["final"]  # probes at steps 2, 4
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["task=quadratic", "optimizer=gen_optim_adamw", "lr=constant"],
+     "the authors' GeN (gen-optim) fits a cross-entropy loss; task quadratic is not a classification task"),
+    (["optimizer=gen_optim_adamw", "lr=gen_parabola"], "needs an update linear in lr"),
+    (["optimizer=gen_optim_sgd", "lr=cosine"],
+     "optimizer=gen_optim_sgd: it sets its own learning rate: use lr=constant, not lr=cosine"),
+])
+def test_gen_optim_refuses_what_it_cannot_drive_before_anything_runs(args, expected):
+    pytest.importorskip("GeN")
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        check_command_line(args)

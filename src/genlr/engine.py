@@ -213,7 +213,10 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
         method = build_lr_method(names["lr"], optimizer, forward_model, task.loss,
                                  total_steps=total_steps, scaler=scaler, autocast=autocast,
                                  profile_every=cfg.profile_every, **options["lr"])
-    hooks = optimizer_hooks(optimizer, model)
+    with _blame("optimizer", names["optimizer"]):
+        hooks = optimizer_hooks(optimizer, model, task)
+        if hooks.sets_lr and names["lr"] != "constant":
+            raise ValueError(f"it sets its own learning rate: use lr=constant, not lr={names['lr']}")
     train_model = forward_model
     if distributed.is_distributed():
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -408,8 +411,9 @@ def training_steps(run: Run, start: int = 0) -> Iterator[tuple[float, float]]:
         (loss_value,) = distributed.mean_over_ranks(loss.detach())
         if not math.isfinite(loss_value):
             raise Diverged(loss_value)
-        probe_batch = (distributed.shard(upcoming) if run.method.wants_probe_batch
-                       and upcoming is not None else None)
+        wants_probe = run.method.wants_probe_batch or run.hooks.wants_probe_batch
+        probe_batch = distributed.shard(upcoming) if wants_probe and upcoming is not None else None
+        run.hooks.before_step(probe_batch)
         run.method.step(batch, loss=loss, probe_batch=probe_batch)
         run.hooks.after_step()
         if run.device.type == "cuda":

@@ -151,6 +151,112 @@ def ldog(params: Params, *, reps_rel: float = 1e-6, lr: float = 1.0, weight_deca
     return _dog("LDoG", params, reps_rel, lr, weight_decay, eps, init_eta, averager_gamma)
 
 
+def dadapt_adam(params: Params, *, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = False,
+                use_bias_correction: bool = False, d0: float = 1e-6,
+                growth_rate: float | None = None) -> torch.optim.Optimizer:
+    """D-Adaptation Adam (Defazio & Mishchenko, ICML 2023), ``dadaptation.DAdaptAdam``; step
+    size ``d * lr``. ``growth_rate=None`` is the package's unbounded default (``inf``)."""
+    DAdaptAdam = _require("dadaptation", "dadaptation").DAdaptAdam
+    return DAdaptAdam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                      decouple=decouple, use_bias_correction=use_bias_correction, d0=d0,
+                      growth_rate=float("inf") if growth_rate is None else growth_rate)
+
+
+def dadapt_sgd(params: Params, *, lr: float = 1.0, momentum: float = 0.0,
+               weight_decay: float = 0.0, d0: float = 1e-6,
+               growth_rate: float | None = None) -> torch.optim.Optimizer:
+    """D-Adaptation SGD (Defazio & Mishchenko, ICML 2023), ``dadaptation.DAdaptSGD``; step
+    size ``d * lr / |g_0|`` (the first gradient's norm)."""
+    DAdaptSGD = _require("dadaptation", "dadaptation").DAdaptSGD
+    return DAdaptSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, d0=d0,
+                     growth_rate=float("inf") if growth_rate is None else growth_rate)
+
+
+# ------------------------------------------------------------------ the authors' own GeN
+
+def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``torch.nn.CrossEntropyLoss()`` (the reference's default criterion), with a language
+    model's ``(batch, tokens, classes)`` outputs read as ``batch * tokens`` predictions."""
+    return torch.nn.functional.cross_entropy(outputs.flatten(0, -2), targets.flatten())
+
+
+class GeNReference(torch.optim.Optimizer):
+    """The authors' GeN as they publish it (Bu & Xu, ICLR 2025; PyPI ``gen-optim``, module
+    ``GeN``): ``GeN.lr_parabola`` sets the learning rate of ``base`` before every ``every``-th
+    step, as its README's loop does, at its published defaults (``task="image_cls"``,
+    ``lr_factor=[-1, 0, 1]``, no horizon scale).
+
+    Left as it is, so that it can be compared: ``lr_parabola`` takes an optimizer step of its
+    own to find the direction and puts the weights back before the training step steps
+    again, so on a probe step the base optimizer's state (Adam's moments, the momentum
+    buffer, the step count) advances twice on the same gradient; its probe forwards run in
+    training mode (dropout on, BatchNorm statistics updated). Its loss is cross entropy:
+    classification tasks only. One process (no DDP).
+
+    What it measures on: the reference draws a fresh batch from its own iterator over the
+    training set; here it gets the batch the next step trains on, handed over before each
+    step by ``genlr.peers.GeNReferenceHooks`` (``probe_batch``; the model is ``model``), and
+    it does not probe at the last step, which has no next batch. It runs inside ``step()``,
+    so under an AMP GradScaler it sees unscaled gradients.
+
+    The learning rate is the base optimizer's, ``base.param_groups[i]["lr"]``, which only
+    the reference changes; this optimizer's own groups (the same parameters) hold the lr it
+    started from, so that a schedule stepping them cannot undo the reference's (gen-train
+    drives it with ``lr=constant`` only).
+    """
+
+    def __init__(self, base: torch.optim.Optimizer, *, every: int = 4, scale: float = 1.0) -> None:
+        self._lr_parabola = _require("GeN", "gen-optim scipy scikit-learn").lr_parabola
+        if every < 1:
+            raise ValueError(f"every must be a positive integer, got {every}")
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.base, self.every, self.scale = base, every, scale
+        super().__init__([dict(group) for group in base.param_groups], base.defaults)
+        self.state = base.state  # one state: the base optimizer's
+        self.steps = 0
+        self.model: torch.nn.Module | None = None
+        self.probe_batch = None
+
+    def step(self, closure=None):
+        if (self.model is not None and self.probe_batch is not None
+                and (self.steps + 1) % self.every == 0):
+            device = next(self.model.parameters()).device
+            self._lr_parabola(self.model, self.base, criterion=_cross_entropy,
+                              tr_iter=iter([self.probe_batch]), device=device,
+                              task="image_cls", scale=self.scale)
+        self.steps += 1
+        self.probe_batch = None
+        return self.base.step(closure)
+
+    def state_dict(self) -> dict:
+        return {**self.base.state_dict(), "reference_steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        self.steps = int(state.pop("reference_steps"))
+        self.base.load_state_dict(state)
+        self.state = self.base.state
+
+
+def gen_optim_adamw(params: Params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                    eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False,
+                    every: int = 4, scale: float = 1.0) -> GeNReference:
+    """The authors' GeN (``GeNReference``) setting AdamW's lr; AdamW's options as ``adamw``."""
+    return GeNReference(adamw(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                              amsgrad=amsgrad), every=every, scale=scale)
+
+
+def gen_optim_sgd(params: Params, *, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
+                  weight_decay: float = 0.0, dampening: float = 0.0, every: int = 4,
+                  scale: float = 1.0) -> GeNReference:
+    """The authors' GeN (``GeNReference``) setting SGD's lr; SGD's options as ``sgd``."""
+    return GeNReference(sgd(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay, dampening=dampening),
+                        every=every, scale=scale)
+
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": sgd,
     "adam": adam,
@@ -163,6 +269,11 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "schedulefree_sgd": schedulefree_sgd,
     "dog": dog,
     "ldog": ldog,
+    "dadapt_adam": dadapt_adam,
+    "dadapt_sgd": dadapt_sgd,
+    # the authors' own GeN driving a base optimizer (genlr.peers hands it its probe batch)
+    "gen_optim_adamw": gen_optim_adamw,
+    "gen_optim_sgd": gen_optim_sgd,
 }
 
 

@@ -9,13 +9,18 @@ Learning-rate-free peers each come with a usage contract from their authors:
 * DoG / LDoG (Ivgi, Hinder & Carmon, ICML 2023; ``dog-optimizer``): "iterate averaging is
   crucial"; the model is evaluated on its polynomial-decay average (Shamir & Zhang, 2013),
   which is advanced after every optimizer step.
-* Prodigy (Mishchenko & Defazio, 2024; ``prodigyopt``): nothing extra, but its step size is
-  ``d * lr``, not ``lr``.
+* Prodigy (Mishchenko & Defazio, 2024; ``prodigyopt``) and D-Adaptation Adam (Defazio &
+  Mishchenko, 2023; ``dadaptation``): nothing extra, but the step size is ``d * lr``, not
+  ``lr``; D-Adaptation SGD's is ``d * lr / |g_0|``.
+* The authors' GeN (Bu & Xu, 2025; ``gen-optim``, ``genlr.optimizers.GeNReference``):
+  ``lr_parabola`` measures the loss on a training batch the optimizer has not stepped on,
+  which the engine hands over before each step.
 
 The engine talks to every optimizer through :class:`OptimizerHooks`::
 
-    hooks = optimizer_hooks(optimizer, model)
+    hooks = optimizer_hooks(optimizer, model, task)
     hooks.train()                       # before training, and after each eval/checkpoint
+    hooks.before_step(probe_batch)      # the next step's batch if hooks.wants_probe_batch
     ... method.step(batch, loss=loss); hooks.after_step()
     hooks.lrs()                         # effective step size per group, for train/lr
     hooks.eval()                        # before evaluating and before saving a checkpoint
@@ -39,6 +44,11 @@ from torch import nn
 class OptimizerHooks:
     """No-op hooks: ``step()`` is all the optimizer needs and ``group["lr"]`` is its step."""
 
+    #: whether ``before_step`` wants the batch the next step trains on
+    wants_probe_batch: bool = False
+    #: whether the optimizer sets its own learning rate (then only ``lr=constant`` drives it)
+    sets_lr: bool = False
+
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
         self.optimizer = optimizer
         self.model = model
@@ -48,6 +58,10 @@ class OptimizerHooks:
 
     def eval(self) -> None:
         """Put the optimizer in evaluation mode (before evaluation and checkpoints)."""
+
+    def before_step(self, probe_batch: Any) -> None:
+        """Called before each training step's update with the batch the next step trains on
+        (None at the last step, and unless ``wants_probe_batch``)."""
 
     def after_step(self) -> None:
         """Called once after every training step (after ``method.step``)."""
@@ -90,7 +104,8 @@ class ScheduleFreeHooks(OptimizerHooks):
 
 
 class ProdigyHooks(OptimizerHooks):
-    """Prodigy: the Adam step size is ``d * lr`` (times Adam's bias correction if enabled).
+    """Prodigy and D-Adaptation Adam: the Adam step size is ``d * lr`` (times Adam's bias
+    correction if enabled, as both compute it).
 
     Reported with the current ``d``, i.e. the step size of the next step, as Prodigy's
     authors log it (``d`` is re-estimated inside ``step()`` and the old one is not kept).
@@ -106,6 +121,38 @@ class ProdigyHooks(OptimizerHooks):
                 scale = (1 - beta2 ** (k + 1)) ** 0.5 / (1 - beta1 ** (k + 1))
             out.append(float(g["d"]) * float(g["lr"]) * scale)
         return out
+
+
+class DAdaptSGDHooks(OptimizerHooks):
+    """D-Adaptation SGD: the step size is ``d * lr / |g_0|``, with ``|g_0|`` the first
+    gradient's norm; NaN before the first step (not known yet, as for DoG)."""
+
+    def lrs(self) -> list[float]:
+        g0 = self.optimizer.param_groups[0].get("g0_norm")
+        return [float(g["d"]) * float(g["lr"]) / g0 if g0 else math.nan
+                for g in self.optimizer.param_groups]
+
+
+class GeNReferenceHooks(OptimizerHooks):
+    """The authors' GeN: gives ``GeNReference`` the model and, before each step, the batch
+    the next step trains on; its lr is the base optimizer's. Its cross-entropy fit needs a
+    classification task."""
+
+    wants_probe_batch = True
+    sets_lr = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, task: Any = None) -> None:
+        super().__init__(optimizer, model)
+        if task is not None and not task.classification:
+            raise ValueError(f"the authors' GeN (gen-optim) fits a cross-entropy loss; task "
+                             f"{task.name} is not a classification task")
+        optimizer.model = model
+
+    def before_step(self, probe_batch: Any) -> None:
+        self.optimizer.probe_batch = probe_batch
+
+    def lrs(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.base.param_groups]
 
 
 class DoGHooks(OptimizerHooks):
@@ -163,16 +210,26 @@ def _isinstance(optimizer: torch.optim.Optimizer, module: str, *names: str) -> b
     return bool(classes) and isinstance(optimizer, classes)
 
 
-def optimizer_hooks(optimizer: torch.optim.Optimizer, model: nn.Module) -> OptimizerHooks:
-    """The hooks for ``optimizer`` (no-ops unless it is a peer with a usage contract)."""
+def optimizer_hooks(optimizer: torch.optim.Optimizer, model: nn.Module,
+                    task: Any = None) -> OptimizerHooks:
+    """The hooks for ``optimizer`` (no-ops unless it is a peer with a usage contract);
+    ``task``, where given, is checked against what the peer needs."""
+    from genlr.optimizers import GeNReference
+
+    if isinstance(optimizer, GeNReference):
+        return GeNReferenceHooks(optimizer, model, task)
     if _isinstance(optimizer, "schedulefree", "AdamWScheduleFree", "SGDScheduleFree",
                    "RAdamScheduleFree"):
         return ScheduleFreeHooks(optimizer, model)
     if _isinstance(optimizer, "dog", "DoG"):  # LDoG subclasses DoG
         return DoGHooks(optimizer, model)
-    if _isinstance(optimizer, "prodigyopt", "Prodigy"):
+    if _isinstance(optimizer, "prodigyopt", "Prodigy") or _isinstance(optimizer, "dadaptation",
+                                                                        "DAdaptAdam"):
         return ProdigyHooks(optimizer, model)
+    if _isinstance(optimizer, "dadaptation", "DAdaptSGD"):
+        return DAdaptSGDHooks(optimizer, model)
     return OptimizerHooks(optimizer, model)
 
 
-__all__ = ["OptimizerHooks", "ScheduleFreeHooks", "ProdigyHooks", "DoGHooks", "optimizer_hooks"]
+__all__ = ["OptimizerHooks", "ScheduleFreeHooks", "ProdigyHooks", "DAdaptSGDHooks",
+           "GeNReferenceHooks", "DoGHooks", "optimizer_hooks"]
