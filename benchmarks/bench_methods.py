@@ -1,6 +1,6 @@
 """Per-step cost of the GeN and Newt methods relative to plain AdamW, in one process.
 
-Workloads (``--model``), on the CPU:
+Workloads (``--model``), on the CPU (``--device cuda``: on the GPU):
 
 * ``cnn`` (default): the registry's Fashion-MNIST CNN (2 conv + 2 fc, with dropout), batch
   128; real Fashion-MNIST images where /usr/share/datasets/fashion-mnist is (timing does not
@@ -74,6 +74,20 @@ def workload(kind: str, count: int = 16) -> tuple[Callable[[], nn.Module], Calla
                    for _ in range(count)]
         return seeded(lambda: build_model("resnet18", task)), classification_loss, batches
     return seeded(lambda: image_model(kind)), classification_loss, fashion_batches(count)
+
+
+def on_device(work, device: torch.device):
+    """The workload with its model and batches on ``device``."""
+    make_model, loss_fn, batches = work
+    return (lambda: make_model().to(device)), loss_fn, [tuple(t.to(device) for t in b) for b in batches]
+
+
+def synchronised(clock: Callable[[], float]) -> Callable[[], float]:
+    """A clock that waits for the GPU's queued work first, so that a step's time is its own."""
+    def read() -> float:
+        torch.cuda.synchronize()
+        return clock()
+    return read
 
 
 def seeded(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -259,13 +273,19 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or the process's CPU time (steadier when other "
                              "processes share the cores; run with one thread then)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the model and batches live (cuda: wall clock, synchronised)")
     args = parser.parse_args()
+    if args.device == "cuda" and (args.clock == "cpu" or not torch.cuda.is_available()):
+        parser.error("--device cuda needs a CUDA device and the wall clock")
     names = [n for n in CONFIGS if n != "adamw" and any(s in n for s in args.only.split("|"))]
-    work = workload(args.model)
+    work = on_device(workload(args.model), torch.device(args.device))
     timed = args.rounds > 0
     clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.device == "cuda":
+        clock = synchronised(clock)
     result = time_configs(names, args.block, args.rounds, work, clock) if timed else {}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, model {args.model}, "
           f"batch {len(work[2][0][1])}"
           + (f", AdamW step {result['adamw_ms']:.1f} ms ({args.clock} clock)" if timed else ""))
     base_memory = peak_memory("adamw", 4, work) if args.memory else 0

@@ -3,6 +3,7 @@
     gen-report outputs/multirun/2025-01-01/12-00-00
     gen-report DIR --target eval/acc=0.85 --best-by eval/acc --out DIR/report
     gen-report --synthetic figures/        # Rosenbrock and Beale trajectories of every method
+    gen-report outputs/suite --leaderboard  # one leaderboard across a suite's workloads
 
 Bad input (a missing path, a file, a folder without runs, a malformed option) gets one
 line on stderr and exit status 2, never a traceback.
@@ -21,7 +22,9 @@ folder of sweeps. Runs are grouped by their config minus the seed; report.md and
 report.csv hold mean ± std over seeds, statuses counted (diverged runs are never dropped),
 steps and wall time to the target, per-step cost against the same config with
 lr=constant, passes per step and peak memory. With --synthetic, DIR is the folder the
-trajectory figures are written to (rosenbrock.png, beale.png).
+trajectory figures are written to (rosenbrock.png, beale.png). With --leaderboard, DIR is a
+suite folder as gen-suite writes it (DIR/<workload>/<row>/<run>): leaderboard.md,
+leaderboard.csv and performance_profile.png (default: DIR/leaderboard).
 """
 
 
@@ -42,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
                    help="draw every method's path on Rosenbrock and Beale into DIR instead")
     p.add_argument("--steps", type=int, default=None,
                    help="with --synthetic: steps per path (default 500)")
+    p.add_argument("--leaderboard", action="store_true",
+                   help="rank the rows of a suite folder across its workloads instead")
     return p
 
 
@@ -56,6 +61,24 @@ def main(argv: list[str] | None = None) -> None:
     # Imported after parsing so that --help is instant.
     from genlr.report import NoRunsError, write_report
 
+    if args.leaderboard:
+        given = [flag for flag, used in (("--target", args.target), ("--synthetic", args.synthetic),
+                                         ("--best-by", args.best_by != "eval/acc"),
+                                         ("--steps", args.steps is not None),
+                                         ("--no-trajectories", args.no_trajectories)) if used]
+        if given:
+            fail(f"{given[0]} does not apply to --leaderboard (each workload's target is 99% "
+                 "of its best row's mean)")
+        from genlr.report.leaderboard import write_leaderboard
+
+        argv = sys.argv[1:] if argv is None else argv
+        try:
+            board = write_leaderboard(args.dir, out=args.out, command="gen-report " + " ".join(argv))
+        except NoRunsError as err:
+            fail(str(err))
+        print(f"gen-report: {len(board.entries)} row(s) on {len(board.workloads)} workload(s) -> "
+              f"{board.files[0]}, leaderboard.csv, performance_profile.png")
+        return
     if args.synthetic:
         from genlr.report.trajectories import DEFAULT_STEPS, synthetic_figures
 

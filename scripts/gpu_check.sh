@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The GPU check in one command, its results in one file (under 8 minutes on one H200):
+#   1. the GPU tests (pytest -m gpu);
+#   2. a short bf16 and fp16 run of every LR method (40 steps of the character transformer,
+#      task=charlm model=gpt, on CUDA), one line each: status, loss, lr, step time;
+#   3. benchmarks/bench_methods.py --device cuda on the GPT and on ResNet-18 (time and memory
+#      ratios against AdamW).
+#
+#   bash scripts/gpu_check.sh [RESULTS]     # default: $OUT/gpu_check.txt if $OUT is set, else gpu_check.txt
+#   bash scripts/gpu_check.sh --wheels      # here, once: hydra-core, omegaconf, antlr4 as wheels in .whl/
+#
+# It needs no installation: src/ and the repository root go on PYTHONPATH, so a bare machine
+# with torch, torchvision, tensorboard, matplotlib, tqdm, pytest and hypothesis runs it
+# from a checkout. Where hydra-core is missing (the tests import it) and .whl/ holds the
+# wheels made by --wheels, they are installed into /tmp/site first (no network needed);
+# without them the GPU tests run from tests/test_gpu.py alone. Without a CUDA device each
+# part says so and is skipped: a dry run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+
+if [ "${1:-}" = "--wheels" ]; then
+  # Versions of this checkout's environment; antlr4 4.9.3 is published as a source archive
+  # only, so its (pure Python) wheel is built here.
+  exclude=$(git rev-parse --git-path info/exclude)
+  mkdir -p .whl "$(dirname "$exclude")" && { grep -qx '/.whl/' "$exclude" 2>/dev/null || echo /.whl/ >> "$exclude"; }
+  for pkg in hydra-core omegaconf antlr4-python3-runtime; do
+    version=$($PY -c "import importlib.metadata as m; print(m.version('$pkg'))")
+    $PY -m pip wheel -q --no-deps -w .whl "$pkg==$version" || exit 1
+  done
+  ls .whl
+  exit 0
+fi
+
+RESULTS=${1:-${OUT:+$OUT/}gpu_check.txt}
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+if ! $PY -c "import hydra, omegaconf" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+: > "$RESULTS"
+log() { echo "$*" | tee -a "$RESULTS"; }
+cuda=$($PY -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" 2>/dev/null)
+started=$(date +%s)
+log "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+log "# $($PY -c 'import platform, torch; print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)'), device: ${cuda:-none}"
+
+log "## 1. GPU tests (pytest -m gpu)"
+tests=tests
+$PY -c "import hydra, omegaconf" 2>/dev/null || { tests=tests/test_gpu.py; log "hydra-core not importable: tests/test_gpu.py alone"; }
+timeout 120 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m gpu -rs "$tests" 2>&1 | tail -n 40 | tee -a "$RESULTS"
+
+log "## 2. bf16 and fp16 runs of every LR method (charlm + gpt, 40 steps)"
+if [ -n "$cuda" ]; then
+  timeout 150 $PY - <<'EOF' 2>&1 | tee -a "$RESULTS"
+import math
+import tempfile
+
+from genlr.engine import RunSpec, TrainerConfig, train
+from genlr.methods import METHODS
+
+
+def number(value, fmt):
+    return format(value if value is not None else math.nan, fmt)
+
+
+print(f"{'lr method':14s} {'amp':5s} {'status':10s} {'final loss':>10s} {'lr final':>10s} {'ms/step':>8s}")
+for lr in sorted(METHODS):
+    for amp in ("bf16", "fp16"):
+        spec = RunSpec(task={"name": "charlm", "max_chars": 200_000}, model={"name": "gpt", "depth": 2},
+                       optimizer={"name": "adamw"}, lr={"name": lr},
+                       trainer=TrainerConfig(device="cuda", amp=amp, max_steps=40, batch_size=32,
+                                             progress=False, plots=False))
+        with tempfile.TemporaryDirectory() as run_dir:
+            s = train(spec, run_dir)
+        print(f"{lr:14s} {amp:5s} {s['status']:10s} {number(s['final']['train_loss'], '10.4f')} "
+              f"{number(s['lr']['final'], '10.3g')} {number(s['step_time_ms']['mean'], '8.1f')} "
+              f"{s['message']}", flush=True)
+EOF
+else
+  log "no CUDA device: skipped"
+fi
+
+log "## 3. benchmarks/bench_methods.py --device cuda"
+if [ -n "$cuda" ]; then
+  for model in gpt resnet18; do
+    log "### --model $model"
+    timeout 100 $PY benchmarks/bench_methods.py --device cuda --model "$model" --rounds 5 --memory \
+      2>&1 | tee -a "$RESULTS"
+  done
+else
+  log "no CUDA device: skipped"
+fi
+log "# done in $(( $(date +%s) - started )) s -> $RESULTS"
