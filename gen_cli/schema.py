@@ -32,6 +32,7 @@ GROUPS = ("task", "model", "optimizer", "lr")
 # group -> option name (conf/<group>/<name>.yaml, the builder's registry name) -> its options
 Table = dict[str, dict[str, list[Option]]]
 CACHE_FORMAT = 1
+KEEP_CACHED = 8  # option tables of this many source versions stay cached
 
 
 @dataclasses.dataclass
@@ -82,9 +83,10 @@ def option_table() -> Table:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
-        for stale in path.parent.glob("options-*.json"):
-            if stale != path:
-                stale.unlink(missing_ok=True)
+        # Keep the newest few: two installs of different versions share the folder.
+        cached = sorted(path.parent.glob("options-*.json"), key=lambda f: f.stat().st_mtime)
+        for old in cached[:-KEEP_CACHED]:
+            old.unlink(missing_ok=True)
     return table
 
 

@@ -262,11 +262,17 @@ def test_the_option_table_cache_is_the_signatures(tmp_path, monkeypatch):
     assert schema.option_table() == live  # computed and written
     assert schema.cache_path().is_file()
     assert schema.option_table() == live  # read back
-    stale = schema.cache_path().with_name("options-0000.json")
-    schema.cache_path().rename(stale)
+    other = schema.cache_path().with_name("options-0000.json")
+    schema.cache_path().rename(other)
     monkeypatch.setattr(schema, "live_table", lambda: {"task": {}})
-    assert schema.option_table() == {"task": {}}  # the stale file was not read
-    assert not stale.exists()  # and was cleaned up
+    assert schema.option_table() == {"task": {}}  # another version's table was not read
+    assert other.exists()  # but kept, for the install it belongs to
+    for i in range(schema.KEEP_CACHED + 2):
+        (tmp_path / "genlr" / f"options-old{i}.json").write_text("{}")
+    schema.cache_path().unlink()
+    schema.option_table()
+    assert len(list((tmp_path / "genlr").glob("options-*.json"))) == schema.KEEP_CACHED
+    assert schema.cache_path().is_file()  # the newest stays
 
 
 def test_seeds_change_synthetic_runs(tmp_path):
