@@ -244,6 +244,12 @@ def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
     raise TaylorUnsupported("graph without output")
 
 
+# Ops whose result takes only the shape (and dtype) of their input, not its values.
+CONSTANT_RESULT = {aten.full_like.default, aten.zeros_like.default, aten.ones_like.default,
+                   aten.empty_like.default, aten.new_zeros.default, aten.new_ones.default,
+                   aten.new_full.default, aten.new_empty.default, aten.empty_strided.default}
+
+
 def _moving(node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
     """The jet of one op with moving inputs; any failure means this path can't."""
     op = node.target
@@ -251,8 +257,9 @@ def _moving(node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
     donated = (isinstance(first, torch.fx.Node) and len(first.users) == 1
                and first.target in FRESH_RESULT)
     val = node.meta.get("val")
-    if isinstance(val, torch.Tensor) and not val.is_floating_point():
-        # A comparison, a mask, an index: piecewise constant along the path.
+    if op in CONSTANT_RESULT or (isinstance(val, torch.Tensor) and not val.is_floating_point()):
+        # A comparison, a mask, an index (piecewise constant along the path), or a tensor
+        # that only takes its shape from a moving one.
         args, kwargs = pytree.tree_map(value, (args, kwargs), is_leaf=is_jet)
         return op(*args, **kwargs)
     try:

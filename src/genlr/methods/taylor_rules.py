@@ -94,9 +94,14 @@ def map_jet(f: Callable[[torch.Tensor], torch.Tensor], j: Jet) -> Jet:
 
 
 def unary(j: Jet, out: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor | None) -> Jet:
-    """Chain rule for an elementwise ``f`` with ``f(v) = out``, ``f' = d1``, ``f'' = d2``."""
+    """Chain rule for an elementwise ``f`` with ``f(v) = out``, ``f' = d1``, ``f'' = d2``:
+    ``(f(x), f' x', f'' x'^2 + f' x'')``, accumulated in place into fresh tensors (on the
+    CPU a new activation-sized tensor costs more than the arithmetic on it)."""
     t = mul(d1, j.t)
-    a = add(mul(d1, j.a), mul(d2, None if j.t is None else j.t * j.t))
+    curvature = None if j.t is None or d2 is None else (j.t * j.t).mul_(d2)
+    if j.a is None:
+        return Jet(out, t, curvature)
+    a = d1 * j.a if curvature is None else curvature.addcmul_(d1, j.a)
     return Jet(out, t, a)
 
 
@@ -171,7 +176,7 @@ SPLITS = (aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, ate
 # Ops linear in several arguments together (the positions given): a constant there
 # contributes to the value only.
 JOINTLY_LINEAR = {
-    aten.cat.default: (0,), aten.stack.default: (0,), aten.where.self: (1, 2),
+    aten.cat.default: (0,), aten.stack.default: (0,),
     aten.slice_scatter.default: (0, 1), aten.select_scatter.default: (0, 1),
     aten.index_put.default: (0, 2), aten.scatter.src: (0, 3), aten.scatter_add.default: (0, 3),
     aten.index_add.default: (0, 3), aten.copy.default: (0, 1),
@@ -230,6 +235,17 @@ def _jointly_linear(op, args, kwargs, donated):
 
     values = [pytree.tree_map(value, x, is_leaf=is_jet) for x in args]
     return Jet(op(*values, **kwargs), component("t"), component("a"))
+
+
+@rule(aten.where.self)
+def _where(op, args, kwargs, donated):
+    cond, x, y = plain(args[0]), as_jet(args[1]), as_jet(args[2])
+
+    def pick(p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor | None:
+        if p is None and q is None:
+            return None
+        return torch.where(cond, 0.0 if p is None else p, 0.0 if q is None else q)
+    return Jet(torch.where(cond, x.v, y.v), pick(x.t, y.t), pick(x.a, y.a))
 
 
 @rule(aten.constant_pad_nd.default)
@@ -474,9 +490,11 @@ def _gelu(op, args, kwargs, donated):
     approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
     x = j.v
     if approximate == "none":
-        cdf = 0.5 * (1 + torch.erf(x * 0.7071067811865476))
-        pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327
-        return unary(j, x * cdf, cdf + x * pdf, pdf * (2 - x * x))
+        square = x * x
+        pdf = square.mul(-0.5).exp_().mul_(0.3989422804014327)
+        cdf = (x * 0.7071067811865476).erf_().add_(1.0).mul_(0.5)
+        d1 = torch.addcmul(cdf, x, pdf)
+        return unary(j, cdf.mul_(x), d1, pdf.mul_(square.neg_().add_(2.0)))
     # tanh form: 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
     c, k = math.sqrt(2 / math.pi), 0.044715
     u = c * (x + k * x ** 3)
@@ -521,26 +539,36 @@ def _elu(op, args, kwargs, donated):
 
 
 # ----------------------------------------------------------------- softmax and losses
+def _softmax_jet(x: Jet, dim: int, p: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The jet of ``log softmax(x)`` given ``p = softmax(x)``: ``u = x' - E_p[x']`` and
+    ``x'' - E_p[x''] - Var_p(x')``."""
+    u = None if x.t is None else x.t - (p * x.t).sum(dim, keepdim=True)
+    second = None if x.a is None else x.a - (p * x.a).sum(dim, keepdim=True)
+    if u is not None:
+        variance = (p * u * u).sum(dim, keepdim=True)
+        second = -variance if second is None else second.sub_(variance)
+    return u, second
+
+
 @rule(aten._log_softmax.default)
 def _log_softmax(op, args, kwargs, donated):
     x, dim = as_jet(args[0]), args[1]
     v = op(x.v, *args[1:])
-    p = v.exp()
-    mean_t = (p * x.t).sum(dim, keepdim=True) if x.t is not None else None
-    t = None if x.t is None else x.t - mean_t
-    a = None
-    if x.a is not None:
-        a = x.a - (p * x.a).sum(dim, keepdim=True)
-    if x.t is not None:
-        var = (p * x.t * x.t).sum(dim, keepdim=True) - mean_t * mean_t
-        a = add(a, -var.expand_as(v))
-    return Jet(v, t, a)
+    u, second = _softmax_jet(x, dim, v.exp())
+    return Jet(v, u, None if second is None else second.expand_as(v))
 
 
 @rule(aten._softmax.default)
 def _softmax(op, args, kwargs, donated):
-    logp = apply(aten._log_softmax.default, *args)
-    return apply(aten.exp.default, logp)
+    """``y = softmax(x)``: ``y' = y u`` and ``y'' = y (u^2 + (log y)'')``."""
+    x, dim = as_jet(args[0]), args[1]
+    y = op(x.v, *args[1:])
+    u, second = _softmax_jet(x, dim, y)
+    t = None if u is None else y * u
+    a = None
+    if second is not None:
+        a = y * second if u is None else torch.addcmul(y * second, t, u)
+    return Jet(y, t, a)
 
 
 @rule(aten.nll_loss_forward.default, aten.nll_loss2d_forward.default)
