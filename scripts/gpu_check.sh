@@ -49,7 +49,7 @@ log "# $($PY -c 'import platform, torch; print("python", platform.python_version
 log "## 1. GPU tests (pytest -m gpu)"
 tests=tests
 $PY -c "import hydra, omegaconf" 2>/dev/null || { tests=tests/test_gpu.py; log "hydra-core not importable: tests/test_gpu.py alone"; }
-timeout 120 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m gpu -rs "$tests" 2>&1 | tail -n 40 | tee -a "$RESULTS"
+timeout 200 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m gpu -rs "$tests" 2>&1 | tail -n 40 | tee -a "$RESULTS"
 
 log "## 2. bf16 and fp16 runs of every LR method (charlm + gpt, 40 steps)"
 if [ -n "$cuda" ]; then

@@ -1,5 +1,5 @@
 """GPU runs (``pytest -m gpu``; skipped without CUDA): every LR method under bf16 autocast
-and under fp16 with a GradScaler, on the CNN, a few steps each."""
+and under fp16 with a GradScaler, on the CNN, a few steps each; the Taylor pass on the zoo."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import math
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
 from genlr.engine import RunSpec, TrainerConfig, train
 from genlr.methods import METHODS
+from genlr.methods.curvature import DirectionalDerivatives
+from model_zoo import NAMES as ZOO_NAMES
+from model_zoo import build
+from test_curvature_corpus import NUMERICAL_REFERENCE
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,3 +42,21 @@ def test_peak_memory_is_per_run_on_cuda(tmp_path, fake_mnist):
                    trainer=TrainerConfig(device="cuda", max_steps=2, batch_size=16,
                                          progress=False, plots=False))
     assert train(spec, tmp_path / "a")["peak_memory_mb"] > 0
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_taylor_pass_matches_double_backward_on_cuda(name):
+    """The Taylor pass on CUDA (its math kernels) against double backward in float64 on the
+    zoo's architectures: the same check as the CPU corpus test, on the device users train on."""
+    case = build(name, torch.float64)
+    case.model.to("cuda")
+    batch = pytree.tree_map(lambda x: x.cuda() if isinstance(x, torch.Tensor) else x, case.probe_batch)
+    params = [p for group in case.param_groups for p in group["params"]]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    d = [1e-2 * torch.randn(p.shape, generator=gen, dtype=p.dtype, device="cuda") for p in params]
+    dd = DirectionalDerivatives(case.model, case.loss_fn)
+    taylor = dd.derivatives(params, d, batch, "taylor")
+    reference = (dd._gradient_difference(params, d, batch) if name in NUMERICAL_REFERENCE
+                 else dd.derivatives(params, d, batch, "double_backward"))
+    scale = max(abs(reference[0]), abs(reference[1]))
+    assert max(abs(a - b) for a, b in zip(taylor, reference)) <= 1e-6 * scale
