@@ -57,12 +57,12 @@ def supported_ops() -> list[str]:
 def eager_math_kernels() -> Iterator[None]:
     """Run a model's own eager code with kernels that have derivatives of every order:
     compiled regions run uncompiled, attention in its math form, recurrent layers without
-    oneDNN's fused kernels. Used by the trace here and by the double-backward paths."""
+    oneDNN's or cuDNN's fused kernels. Used by the trace here and by the double-backward paths."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-        stack.enter_context(_onednn_off())
+        stack.enter_context(_fused_kernels_off())
         set_stance = getattr(torch.compiler, "set_stance", None)
         if set_stance is not None:
             stack.enter_context(set_stance("force_eager"))
@@ -70,13 +70,16 @@ def eager_math_kernels() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _onednn_off() -> Iterator[None]:
-    # ``torch.backends.mkldnn.flags`` would also reset the TF32 and precision settings.
-    enabled = torch.backends.mkldnn.set_flags(False, _fp32_precision=None)[0]
+def _fused_kernels_off() -> Iterator[None]:
+    """oneDNN's and cuDNN's fused kernels (recurrent layers above all) have no derivatives of
+    higher order, and cuDNN's can't be traced. Only the ``enabled`` switches: the backends'
+    ``flags`` managers would also reset the TF32 and precision settings."""
+    saved = torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled
+    torch.backends.mkldnn.enabled = torch.backends.cudnn.enabled = False
     try:
         yield
     finally:
-        torch.backends.mkldnn.set_flags(enabled, _fp32_precision=None)
+        torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = saved
 
 
 # --------------------------------------------------------------------- the tracer
