@@ -106,6 +106,47 @@ class FrozenPlusBias(nn.Module):
         return ((self.frozen(x) + self.b).mean(0) * self.w).pow(2).sum()
 
 
+class RecurrentCell(nn.Module):
+    """One LSTM or GRU step written with CUDA's fused cell op (what ``nn.LSTM``/``nn.GRU`` run
+    on CUDA without cuDNN; it has no CPU kernel, but the trace decomposes it before any
+    kernel runs) or with PyTorch's own cell (``torch.lstm_cell``/``torch.gru_cell``)."""
+
+    def __init__(self, kind, fused, size=6):
+        super().__init__()
+        self.kind, self.fused = kind, fused
+        self.cell = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(size, size)
+        self.h0 = torch.randn(5, size)
+
+    def forward(self, x):
+        c = self.cell
+        if not self.fused:
+            out = (torch.lstm_cell(x, (self.h0, self.h0), c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)
+                   if self.kind == "lstm" else
+                   torch.gru_cell(x, self.h0, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh))
+        else:
+            fused = (torch.ops.aten._thnn_fused_lstm_cell if self.kind == "lstm"
+                     else torch.ops.aten._thnn_fused_gru_cell)
+            out = fused(x @ c.weight_ih.T, self.h0 @ c.weight_hh.T, self.h0, c.bias_ih, c.bias_hh)
+        hy = out[0] if isinstance(out, tuple) else out  # torch.gru_cell returns hy alone
+        return (hy.tanh() * (out[1] if self.kind == "lstm" else hy)).sum()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cuda_fused_recurrent_cells_decompose_to_the_cells_equations(kind):
+    torch.manual_seed(0)
+    fused = RecurrentCell(kind, fused=True).double()
+    plain = RecurrentCell(kind, fused=False).double()
+    plain.load_state_dict(fused.state_dict())
+    plain.h0 = fused.h0 = fused.h0.double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    d = direction(list(fused.parameters()))
+    got = DirectionalDerivatives(fused, lambda m, b: m(b)).derivatives(
+        list(fused.parameters()), d, x, "taylor")
+    want = DirectionalDerivatives(plain, lambda m, b: m(b)).derivatives(
+        list(plain.parameters()), d, x, "double_backward")
+    assert got == pytest.approx(want, rel=1e-10)
+
+
 def test_frozen_output_plus_broadcast_bias_repro():
     torch.manual_seed(0)
     model = FrozenPlusBias().double()

@@ -14,7 +14,7 @@ from genlr.methods import METHODS
 from genlr.methods.curvature import DirectionalDerivatives
 from model_zoo import NAMES as ZOO_NAMES
 from model_zoo import build
-from test_curvature_corpus import NUMERICAL_REFERENCE
+from test_curvature_corpus import direction, disagreement, reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,7 +34,7 @@ def test_every_method_trains_under_amp_on_cuda(lr, amp, tmp_path, fake_mnist):
     assert summary["status"] == "completed", summary["message"]
     assert summary["device"].startswith("cuda") and summary["amp"] == amp
     assert math.isfinite(summary["final"]["train_loss"])
-    assert summary["lr"]["final"] is not None and summary["lr"]["final"] > 0
+    assert summary["lr"]["final"] is not None and summary["lr"]["final"] >= 0  # schedules end at 0
 
 
 def test_peak_memory_is_per_run_on_cuda(tmp_path, fake_mnist):
@@ -45,18 +45,16 @@ def test_peak_memory_is_per_run_on_cuda(tmp_path, fake_mnist):
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
-def test_taylor_pass_matches_double_backward_on_cuda(name):
-    """The Taylor pass on CUDA (its math kernels) against double backward in float64 on the
-    zoo's architectures: the same check as the CPU corpus test, on the device users train on."""
+def test_taylor_pass_on_cuda_matches_the_cpu_reference(name):
+    """The Taylor pass on CUDA against the CPU corpus test's float64 reference (double backward,
+    or a difference of gradients): on an H200 the references taken on CUDA itself disagreed
+    with each other by 6e-3 on weight norm's fused kernel."""
     case = build(name, torch.float64)
+    params = [p for group in case.param_groups for p in group["params"]]
+    d = direction(params)
+    want = reference(DirectionalDerivatives(case.model, case.loss_fn), name, params, d, case.probe_batch)
     case.model.to("cuda")
     batch = pytree.tree_map(lambda x: x.cuda() if isinstance(x, torch.Tensor) else x, case.probe_batch)
-    params = [p for group in case.param_groups for p in group["params"]]
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    d = [1e-2 * torch.randn(p.shape, generator=gen, dtype=p.dtype, device="cuda") for p in params]
-    dd = DirectionalDerivatives(case.model, case.loss_fn)
-    taylor = dd.derivatives(params, d, batch, "taylor")
-    reference = (dd._gradient_difference(params, d, batch) if name in NUMERICAL_REFERENCE
-                 else dd.derivatives(params, d, batch, "double_backward"))
-    scale = max(abs(reference[0]), abs(reference[1]))
-    assert max(abs(a - b) for a, b in zip(taylor, reference)) <= 1e-6 * scale
+    got = DirectionalDerivatives(case.model, case.loss_fn).derivatives(
+        params, [v.cuda() for v in d], batch, "taylor")
+    assert disagreement(got, want) <= 1e-6

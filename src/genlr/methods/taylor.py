@@ -42,7 +42,30 @@ def _decompositions() -> dict:
     table = dict(core_aten_decompositions())
     for op in RULES:
         table.pop(op, None)
+    table[aten._thnn_fused_lstm_cell.default] = _fused_lstm_cell
+    table[aten._thnn_fused_gru_cell.default] = _fused_gru_cell
     return table
+
+
+# CUDA's fused recurrent cells (what nn.LSTM and nn.GRU run on CUDA without cuDNN) have
+# neither a decomposition in PyTorch nor a forward-mode derivative: here they are the cells'
+# equations. The workspace they also return is read by their backward only.
+def _fused_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None):
+    gates = input_gates + hidden_gates
+    for bias in (input_bias, hidden_bias):
+        gates = gates if bias is None else gates + bias
+    i, f, g, o = gates.chunk(4, 1)
+    cy = f.sigmoid() * cx + i.sigmoid() * g.tanh()
+    return o.sigmoid() * cy.tanh(), cy, gates
+
+
+def _fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=None):
+    input_gates = input_gates if input_bias is None else input_gates + input_bias
+    hidden_gates = hidden_gates if hidden_bias is None else hidden_gates + hidden_bias
+    (ir, iz, i_n), (hr, hz, h_n) = input_gates.chunk(3, 1), hidden_gates.chunk(3, 1)
+    r, z = (ir + hr).sigmoid(), (iz + hz).sigmoid()
+    n = (i_n + r * h_n).tanh()
+    return n + z * (hx - n), torch.cat([r, z, n, hx, h_n], 1)
 
 
 _DECOMPOSITIONS: dict | None = None
