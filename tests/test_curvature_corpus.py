@@ -209,6 +209,22 @@ def test_check_every_checks_again(monkeypatch):
     assert len(calls) == 3  # first use, then every second: uses 1, 2, 4 (counted before each)
 
 
+def test_the_check_runs_without_tf32_and_leaves_the_users_switches_alone():
+    """Users switch TF32 on for training (nanoGPT does, with the legacy switches); the check
+    compares in full float32 and puts every switch back as it was."""
+    from genlr.methods.curvature import full_float32
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with full_float32():
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+            assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def test_no_path_left_keeps_the_lr_and_the_state_consistent(monkeypatch):
     case = build("mse_regression", torch.float32)
     opt = torch.optim.AdamW(case.param_groups, lr=1e-3)

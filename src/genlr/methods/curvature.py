@@ -68,6 +68,25 @@ def batch_size(batch: Any) -> int:
     return max(sizes, default=0)
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 matmuls and convolutions without TF32, which users often switch on for
+    training: its 10-bit mantissa would swamp the check's tolerance."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(cudnn, "conv"):  # torch >= 2.9: the per-backend precision switches
+        switches, name, full = [cuda, cudnn.conv, cudnn.rnn], "fp32_precision", "ieee"
+    else:
+        switches, name, full = [cuda, cudnn], "allow_tf32", False
+    saved = [getattr(switch, name) for switch in switches]
+    for switch in switches:
+        setattr(switch, name, full)
+    try:
+        yield
+    finally:
+        for switch, value in zip(switches, saved):
+            setattr(switch, name, value)
+
+
 def first_examples(batch: Any, keep: int) -> Any:
     """The first ``keep`` examples of every tensor in ``batch`` with the batch's size as
     its leading dimension."""
@@ -182,10 +201,11 @@ class DirectionalDerivatives:
         return self.derivatives(params, d, batch, mode)[1]
 
     def run(self, path: str, params, d, batch, autocast: bool = True) -> tuple[float, float]:
-        """One path, errors included (``autocast=False``: in the parameters' precision)."""
+        """One path, errors included (``autocast=False``: in the parameters' own precision,
+        without autocast or TF32)."""
         if path not in PATHS:
             raise ValueError(f"curvature path must be one of {PATHS}, got {path!r}")
-        precision = self.autocast() if autocast else contextlib.nullcontext()
+        precision = self.autocast() if autocast else full_float32()
         with torch.no_grad(), probe_mode(self.model), precision:
             return getattr(self, f"_{path}")(params, d, batch)
 
@@ -205,8 +225,8 @@ class DirectionalDerivatives:
 
     def _check(self, params, d, batch, full: tuple[float, float]) -> None:
         """Taylor against the first reference path that works, on a few examples, in the
-        parameters' precision (it checks the rules, not a low-precision autocast's rounding,
-        which on a few examples can swamp small derivatives). When the two disagree, a third
+        parameters' own precision (no autocast, no TF32: it checks the rules, not a low
+        precision's rounding, which on a few examples can swamp small derivatives). When the two disagree, a third
         opinion (the other reference path, else a central difference of gradients) says
         which one is wrong: exact paths have bugs too (in torch 2.14 double backward through
         ``torch._weight_norm`` gives a wrong curvature). With no exact reference at all,
