@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import torch
 from torch.optim import lr_scheduler
 
 from genlr.methods.base import LRMethod
