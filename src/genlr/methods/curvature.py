@@ -184,7 +184,8 @@ class DirectionalDerivatives:
             try:
                 value = self.run(path, params, d, batch)
                 if path == "taylor" and self._check_due():
-                    self._check(params, d, batch, value)
+                    with full_float32():
+                        self._check(params, d, batch, value)
             except Exception as err:  # this path can't, for this model: the next one takes over
                 self._give_up(path, err)
                 continue
@@ -201,11 +202,10 @@ class DirectionalDerivatives:
         return self.derivatives(params, d, batch, mode)[1]
 
     def run(self, path: str, params, d, batch, autocast: bool = True) -> tuple[float, float]:
-        """One path, errors included (``autocast=False``: in the parameters' own precision,
-        without autocast or TF32)."""
+        """One path, errors included (``autocast=False``: in the parameters' precision)."""
         if path not in PATHS:
             raise ValueError(f"curvature path must be one of {PATHS}, got {path!r}")
-        precision = self.autocast() if autocast else full_float32()
+        precision = self.autocast() if autocast else contextlib.nullcontext()
         with torch.no_grad(), probe_mode(self.model), precision:
             return getattr(self, f"_{path}")(params, d, batch)
 
