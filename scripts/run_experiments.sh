@@ -15,8 +15,8 @@ best=$($BIN/gen-report $OUT/method_comparison_tune --best-by eval/acc | tee /dev
 [ -n "$best" ] || { echo "run_experiments: no best lr found in the tuning report" >&2; exit 1; }
 $BIN/gen-train experiment=method_comparison_tune optimizer.lr="$best" seed=0,1,2 hydra.sweep.dir=$D/baseline
 $BIN/gen-train experiment=method_comparison hydra.sweep.dir=$D/methods
-# GeN with the paper's horizon-aware scale: the decay the tuned cosine baseline enjoys
-$BIN/gen-train experiment=method_comparison lr=gen_exact,gen_parabola lr.scale=cosine hydra.sweep.dir=$D/horizon
+# GeN without the paper's horizon-aware scale (gen-train's default until 2026-11-30)
+$BIN/gen-train experiment=method_comparison lr=gen_exact,gen_parabola lr.scale=constant hydra.sweep.dir=$D/constant_scale
 $BIN/gen-train experiment=method_comparison_peers hydra.sweep.dir=$D/peers
 $BIN/gen-report $D
 
