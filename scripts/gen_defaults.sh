@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The study behind GeN's defaults (docs/suite.md, "GeN's defaults"): the `settle` start
-# (off/on) from both ends of each workload's lr range and from its default lr, and the
+# (off, down, any) from both ends of each workload's lr range and from its default lr, and the
 # horizon-aware scale, for both GeN variants, one seed; the settle runs without the scale
 # (gen-train's default before this study). Resumable: a rerun skips the runs
 # whose summary.json says completed or diverged. Two shells can share the work by workload.
@@ -19,7 +19,7 @@ run() {  # run FOLDER OVERRIDES...: one gen-train run, unless it is already fini
 }
 
 for method in gen_parabola gen_exact; do
-  for settle in false true; do
+  for settle in off down any; do
     if [ "$WHICH" != mlp ]; then  # AdamW: its range's ends and its default lr 1e-3
       for lr in 1e-5 1e-3 1e-1; do
         run "fmnist_cnn/$method-settle_$settle/lr$lr" workload=fmnist_cnn lr=$method \
@@ -33,6 +33,6 @@ for method in gen_parabola gen_exact; do
       done
     fi
   done
-  [ "$WHICH" != cnn ] && run "fmnist_mlp/$method-horizon/lr0.1" workload=fmnist_mlp lr=$method lr.scale=cosine
+  [ "$WHICH" != cnn ] && run "fmnist_mlp/$method-horizon/lr0.1" workload=fmnist_mlp lr=$method lr.scale=cosine lr.settle=off
 done
 exit 0

@@ -56,11 +56,11 @@ def _restore_argv():
     sys.argv = argv
 
 
-def malformed_override_property(profile: str):
+def malformed_override_property(profile: str, **narrower):
     """The property, searched with a hypothesis profile (``conftest.py``): "fast" in the
-    default suite, "full" under ``-m slow``."""
+    default suite (fewer examples: each is a gen-train run), "full" under ``-m slow``."""
 
-    @settings(settings.get_profile(profile))
+    @settings(settings.get_profile(profile), **narrower)
     @given(override=overrides)
     @example(override="hydra.job.chdir=${oops}")  # Hydra's settings resolve only at run time
     @example(override="hydra.run.dir=${nope:x}")
@@ -80,7 +80,7 @@ def malformed_override_property(profile: str):
     return test
 
 
-test_malformed_override_runs_or_fails_with_one_line = malformed_override_property("fast")
+test_malformed_override_runs_or_fails_with_one_line = malformed_override_property("fast", max_examples=8)
 test_malformed_override_full_search = pytest.mark.slow(malformed_override_property("full"))
 
 

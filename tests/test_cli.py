@@ -78,7 +78,8 @@ def test_every_optimizer_option_trains(optimizer, tmp_path):
     _train_quick([f"optimizer={optimizer}", "task=logreg", "model=mlp", "lr=constant"], tmp_path)
 
 
-@pytest.mark.parametrize("task", group_options("task"))
+@pytest.mark.parametrize("task", [pytest.param(t, marks=pytest.mark.slow) if t == "charlm" else t
+                                  for t in group_options("task")])  # charlm: 16 s of text
 def test_every_task_option_trains(task, tmp_path, fake_datasets):
     """Image tasks on small fake files (the real Fashion-MNIST run is in the slow set)."""
     overrides = [f"task={task}", "lr=constant"]
@@ -192,6 +193,7 @@ def test_wheel_ships_the_configs(tmp_path):
 
 
 # -------------------------------------------------------------- Hydra's conventions
+@pytest.mark.slow
 def test_config_dir_with_the_users_own_options(tmp_path):
     """--config-dir DIR: the user's lr/mylr.yaml and task/tiny.yaml pass the pre-start
     check, compose (--cfg job) and train; a bad option in them is refused by name."""
@@ -214,6 +216,7 @@ def test_config_dir_with_the_users_own_options(tmp_path):
         check_command_line(["--config-dir", str(conf), "task=bad", "model=mlp"])
 
 
+@pytest.mark.slow
 def test_a_run_logs_into_train_log_and_reports_progress_when_not_a_terminal(tmp_path):
     run_dir = tmp_path / "run"
     proc = gen_train("task=logreg", "model=mlp", "trainer.max_steps=20", f"hydra.run.dir={run_dir}",

@@ -208,6 +208,7 @@ def test_every_resume_mismatch_and_broken_checkpoint_is_one_line(checkpoints, tm
     assert found == [], "\n".join(found)
 
 
+@pytest.mark.slow
 def test_a_representative_resume_rejection(checkpoints, tmp_path):
     assert problems([f"trainer.resume={checkpoints / 'done'}", "optimizer.lr=0.01"],
                     "trainer.resume", tmp_path) == []

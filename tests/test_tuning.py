@@ -71,6 +71,7 @@ def test_the_sweeper_direction_follows_the_objective(overrides, expected):
         f"tag(log, interval({cfg.lr_range[0]}, {cfg.lr_range[1]}))")
 
 
+@pytest.mark.slow
 def test_optuna_sweep_on_a_task_without_accuracy(tmp_path):
     """Four trials on the quadratic: Optuna minimises the final eval loss; the trial whose lr
     makes SGD diverge is scored infinite, and the sweep still ends with the best lr."""

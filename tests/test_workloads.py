@@ -54,6 +54,7 @@ def test_the_suite_has_its_workloads():
     assert SIZES["cifar10_resnet18"] == ["gpu"]  # needs the download: GPU size only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_each_workload_size_composes_and_trains_a_few_steps(workload, data_root, tmp_path):
     for size in SIZES[workload]:

@@ -18,6 +18,10 @@ from genlr.methods.schedules import DECAYS
 FALLBACKS = ("keep", "shrink")
 PROBES = ("same", "next")
 SCALES = tuple(DECAYS)  # the horizon-aware scale's shapes: constant, linear, cosine
+# What the first accepted s* may do outright: nothing more than any probe ("off"), lower the
+# lr without smoothing or clamp ("down": a start too high can't wreck the model), or set it
+# either way ("any").
+SETTLES = ("off", "down", "any")
 
 
 class GeNBase(LRMethod):
@@ -35,7 +39,7 @@ class GeNBase(LRMethod):
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, lr_min: float, lr_max: Optional[float],
                  every: int, smoothing: float, max_factor: Optional[float], fallback: str,
-                 shrink: float, probe: str, scale: str, settle: bool, **common) -> None:
+                 shrink: float, probe: str, scale: str, settle: str, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, type(self).__name__)
         if every < 1:
@@ -54,13 +58,15 @@ class GeNBase(LRMethod):
             raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if settle not in SETTLES:
+            raise ValueError(f"settle must be one of {SETTLES}, got {settle!r}")
         if scale != "constant" and not (self.total_steps and self.total_steps > 0):
             raise ValueError(f"scale={scale!r} needs the number of training steps (total_steps)")
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
         self.settle = settle
-        self.settled = False  # whether a probe's s* has been adopted yet
+        self.settled = False  # whether the first accepted s* has been seen
         # The unscaled (GeN) learning rates; the optimizer holds them times the horizon scale.
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         self._probe_batch: Any = None
@@ -192,18 +198,21 @@ class GeNBase(LRMethod):
         self.settled = state.get("settled", True)
 
     def settling(self) -> bool:
-        """Whether this probe sets the lr outright: ``settle`` and no s* adopted yet."""
-        return self.settle and not self.settled
+        """Whether this probe may set the lr outright: ``settle`` and no s* accepted yet."""
+        return self.settle != "off" and not self.settled
 
     def choose(self, s_star: float | None) -> tuple[float, bool]:
         """The factor on the current learning rate: smoothed towards ``s*`` (scaled by the
         horizon), clamped per update by ``max_factor`` and to ``[lr_min, lr_max]`` (on the
         unscaled lr); ``fallback`` when ``s*`` is missing, non-finite or not positive. The
-        first accepted ``s*`` of a ``settle`` method is taken outright (within the bounds)."""
+        first accepted ``s*`` is taken outright (within the bounds) as ``settle`` allows."""
         accepted = s_star is not None and finite(s_star) and s_star > 0
-        if accepted and self.settling():
-            factor = s_star * self.horizon_scale()
+        outright = accepted and self.settling() and (
+            self.settle == "any" or s_star * self.horizon_scale() < 1.0)
+        if accepted:
             self.settled = True
+        if outright:
+            factor = s_star * self.horizon_scale()
         elif accepted:
             factor = self.smoothing + (1.0 - self.smoothing) * s_star * self.horizon_scale()
             if self.max_factor is not None:

@@ -74,9 +74,11 @@ class ExactGeN(GeNBase):
         curvature_batch: fraction of the batch the curvature is computed on (``None``: all).
         check_every: besides its first use, check the Taylor pass against double backward
             on a few examples every this many probes (0: the first only).
-        settle: the first probe sets the lr to its ``alpha_star`` outright (no smoothing,
-            no ``max_factor``), so that the initial lr matters little: ``alpha_star`` does
-            not depend on it (``d`` scales with the lr, ``s*`` inversely).
+        settle: what the first probe's ``alpha_star`` may do outright (no smoothing, no
+            ``max_factor``; it does not depend on the initial lr, as ``d`` scales with the
+            lr and ``s*`` inversely): "down" (default) lower the lr, so a start too high
+            can't wreck the model; "any" also raise it (good with Adam, measured to
+            diverge with SGD: the first step's optimum is too large to train at); "off".
 
     Which path ran is in ``diagnostics["curvature_path"]`` (0 taylor, 1 double backward,
     2 forward-over-reverse, 3 none: the lr is kept) and, counted over the run, in
@@ -97,7 +99,7 @@ class ExactGeN(GeNBase):
                  curvature: Literal["auto", "taylor", "double_backward",
                                     "forward_over_reverse"] = "auto",
                  curvature_batch: Optional[float] = None, check_every: int = 0,
-                 settle: bool = False, **common) -> None:
+                 settle: Literal["off", "down", "any"] = "down", **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
                          shrink=shrink, probe=probe, scale=scale, settle=settle, **common)

@@ -101,10 +101,9 @@ class ParabolaGeN(GeNBase):
             the probe batch (needs ``+1`` in ``points``, no active dropout; not on steps
             that record the profile). The lr found applies from that next step on.
         settle: the first probe searches along ``d`` for the minimum (steps of x4 up or
-            down from the current lr until the loss turns), fits the parabola through the
-            three points around it and sets the lr to its vertex outright (no smoothing, no
-            ``max_factor``): one search of a few forwards, after which the initial lr
-            matters little.
+            down from the current lr until the loss turns) and fits the parabola through
+            the three points around it; what its vertex may do outright is as in
+            ``ExactGeN`` ("down", the default: lower the lr; "any"; "off": no search).
         lr_min, lr_max, fallback, shrink: as in ``ExactGeN``.
     """
 
@@ -114,7 +113,8 @@ class ParabolaGeN(GeNBase):
                  scale: Literal["constant", "linear", "cosine"] = "constant",
                  probe: Literal["same", "next"] = "next", lr_min: float = 0.0,
                  lr_max: Optional[float] = None, fallback: Literal["keep", "shrink"] = "keep",
-                 shrink: float = 0.5, defer: bool = True, settle: bool = False,
+                 shrink: float = 0.5, defer: bool = True,
+                 settle: Literal["off", "down", "any"] = "down",
                  **common) -> None:
         super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
                          smoothing=smoothing, max_factor=max_factor, fallback=fallback,
