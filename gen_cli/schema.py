@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -92,12 +93,19 @@ def option_table() -> Table:
 
 def cache_path() -> Path:
     """``<cache>/genlr/options-<digest of genlr's source>.json``."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "genlr" / f"options-{source_digest()}.json"
+
+
+@functools.cache
+def source_digest() -> str:
+    """genlr's source as this process first read it: a process that loaded genlr before
+    the source changed must not file its (old) table under the new source's name."""
     root = Path(importlib.util.find_spec("genlr").submodule_search_locations[0])
     digest = hashlib.sha256(str(CACHE_FORMAT).encode())
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "genlr" / f"options-{digest.hexdigest()[:20]}.json"
+    return digest.hexdigest()[:20]
 
 
 _BASIC = {"bool": bool, "int": int, "float": float, "str": str, "Any": Any}
