@@ -45,7 +45,7 @@ def test_parabola_gen_is_exact_line_search_on_quadratic(points):
     model = Quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     method = ParabolaGeN(opt, model, quadratic_loss, points=points, every=1, smoothing=0.0,
-                         max_factor=None)
+                         max_factor=None, settle="off")  # every probe a fit through the points
     for _ in range(4):
         expected = exact_line_search(model)
         loss = train_step(model, quadratic_loss, None, opt)
@@ -253,7 +253,8 @@ def test_parabola_defers_the_plus_one_probe_to_the_next_training_loss(next_batch
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def make(optimizer):
-        return ParabolaGeN(optimizer, model, mse_loss, every=2, smoothing=0.0, max_factor=None)
+        return ParabolaGeN(optimizer, model, mse_loss, every=2, smoothing=0.0, max_factor=None,
+                           settle="off")  # every probe deferrable, the first too
 
     method = make(opt)
     params = list(model.parameters())

@@ -206,7 +206,8 @@ class ParabolaGeN(GeNBase):
         good = c > 0 and finite(a, b, c) and y1 <= min(y0, y2)
         diag = {"slope": -b, "curvature": 2.0 * c, "r2": math.nan, "nonfinite_probe": 0.0,
                 "search_points": float(len(points))}
-        return (-b / (2.0 * c) if good else None), diag, None
+        model = (lambda s: b * s + c * s * s) if finite(a, b, c) else None
+        return (-b / (2.0 * c) if good else None), diag, model
 
     def complete_deferred(self, batch, loss) -> bool:
         if self._deferred is None:
@@ -227,7 +228,8 @@ class ParabolaGeN(GeNBase):
         if not finite(*ys):
             return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
         a, b, c, r2 = fit_parabola(self.points, ys)
-        diag = {"slope": -b, "curvature": 2.0 * c, "r2": r2, "nonfinite_probe": 0.0}
+        diag = {"slope": -b, "curvature": 2.0 * c, "r2": r2, "nonfinite_probe": 0.0,
+                "search_points": 0.0}
         good = c > 0 and finite(a, b, c) and (len(self.points) == 3 or r2 >= self.r2_min)
         s_star = -b / (2.0 * c) if good else None
         model = (lambda s: b * s + c * s * s) if finite(a, b, c) else None
