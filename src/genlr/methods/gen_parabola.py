@@ -103,7 +103,9 @@ class ParabolaGeN(GeNBase):
         settle: the first probe searches along ``d`` for the minimum (steps of x4 up or
             down from the current lr until the loss turns) and fits the parabola through
             the three points around it; what its vertex may do outright is as in
-            ``ExactGeN`` ("down", the default: lower the lr; "any"; "off": no search).
+            ``ExactGeN``: "down" (the default) searches only when the step goes uphill
+            (``phi(1) > phi(0)``) and then lowers the lr to the vertex; "any" searches
+            and takes the vertex either way; "off" probes as usual.
         lr_min, lr_max, fallback, shrink: as in ``ExactGeN``.
     """
 
@@ -129,7 +131,10 @@ class ParabolaGeN(GeNBase):
 
     def estimate(self, params, d, batch, same, loss):
         if self.settling():
-            return self.search(params, d, batch)
+            found = self.search(params, d, batch, upward=self.settle == "any")
+            if found is not None:
+                return found
+            self.settled = True  # "down", and the step goes downhill: probe as usual
         # Two points may come free: phi(0) is the training loss with probe="same", and
         # phi(1) the next step's training loss when it trains on the probe batch at s = 1
         # (where the optimizer's step leaves us; ``defer``). Both only if the training
@@ -168,9 +173,11 @@ class ParabolaGeN(GeNBase):
     #: how far the settling search goes: 4**12 = 1.7e7 times the lr up or down
     SEARCH_STEPS = 12
 
-    def search(self, params, d, batch) -> tuple[float | None, dict[str, float], Any]:
+    def search(self, params, d, batch, upward: bool = True
+               ) -> tuple[float | None, dict[str, float], Any] | None:
         """Bracket the minimum of ``phi`` along ``d`` by steps of x4 from ``s = 1`` and fit
-        the parabola through the bracket (``settle``'s first probe); ends at ``s = 1``."""
+        the parabola through the bracket (``settle``'s first probe); ends at ``s = 1``.
+        Without ``upward``, None when the step goes downhill (``phi(1) < phi(0)``)."""
         at = 1.0
 
         def phi(s: float) -> float:
@@ -184,6 +191,9 @@ class ParabolaGeN(GeNBase):
             self.shift(params, d, 1.0, current=at)
             return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
         points = [(0.0, f0), (1.0, f1)]
+        if finite(f1) and f1 < f0 and not upward:
+            self.shift(params, d, 1.0, current=at)
+            return None
         if finite(f1) and f1 < f0:  # still going down at s = 1: go further
             for _ in range(self.SEARCH_STEPS):
                 s = 4.0 * points[-1][0]
