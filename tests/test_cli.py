@@ -175,6 +175,7 @@ def test_real_cli_bad_override_exits_non_zero_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_missing_dataset_says_where_it_looked(tmp_path):
     proc = gen_train("task=mnist", f"task.data_root={tmp_path / 'nowhere'}", "task.download=false",
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
@@ -277,6 +278,7 @@ def test_the_option_table_cache_is_the_signatures(tmp_path, monkeypatch):
     assert schema.cache_path().is_file()  # the newest stays
 
 
+@pytest.mark.slow
 def test_seeds_change_synthetic_runs(tmp_path):
     def final(seed: int, **task) -> float:
         cfg = composed([*QUICK, "task=quadratic", f"seed={seed}", "lr=constant",
