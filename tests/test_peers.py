@@ -242,18 +242,24 @@ def test_gen_optim_row_is_the_reference_readme_loop():
     assert len(lrs) >= 3  # it probed and moved the lr (steps 4 and 8; 12 is the last)
 
 
+def train_through_hooks(optimizer, model, batches, probe_batch):
+    """Cross-entropy steps as the engine takes them, each handing ``probe_batch`` to the
+    optimizer's hooks first."""
+    hooks = optimizer_hooks(optimizer, model)
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        hooks.before_step(probe_batch)
+        optimizer.step()
+
+
 def test_gen_optim_steps_its_optimizer_twice_on_a_probe_step():
     """The reference's double step, left as it is: AdamW's step count runs ahead by one per
     probe."""
     pytest.importorskip("GeN")
     model, batches = classifier()
     optimizer = build_optimizer("gen_optim_adamw", model.parameters())
-    hooks = optimizer_hooks(optimizer, model)
-    for x, y in batches[:8]:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        hooks.before_step(batches[0])
-        optimizer.step()
+    train_through_hooks(optimizer, model, batches[:8], probe_batch=batches[0])
     assert optimizer.steps == 8
     assert float(optimizer.state[model[0].weight]["step"]) == 8 + 2  # probes at steps 4 and 8
 
@@ -262,12 +268,7 @@ def test_gen_optim_state_round_trips():
     pytest.importorskip("GeN")
     model, batches = classifier()
     optimizer = build_optimizer("gen_optim_sgd", model.parameters(), every=2)
-    hooks = optimizer_hooks(optimizer, model)
-    for x, y in batches[:5]:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        hooks.before_step(batches[1])
-        optimizer.step()
+    train_through_hooks(optimizer, model, batches[:5], probe_batch=batches[1])
     fresh = build_optimizer("gen_optim_sgd", model.parameters(), every=2)
     fresh.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     assert fresh.steps == 5

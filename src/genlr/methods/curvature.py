@@ -226,11 +226,12 @@ class DirectionalDerivatives:
     def _check(self, params, d, batch, full: tuple[float, float]) -> None:
         """Taylor against the first reference path that works, on a few examples, in the
         parameters' own precision (no autocast, no TF32: it checks the rules, not a low
-        precision's rounding, which on a few examples can swamp small derivatives). When the two disagree, a third
-        opinion (the other reference path, else a central difference of gradients) says
-        which one is wrong: exact paths have bugs too (in torch 2.14 double backward through
-        ``torch._weight_norm`` gives a wrong curvature). With no exact reference at all,
-        the difference of gradients is the reference, with a ten times looser tolerance.
+        precision's rounding, which on a few examples can swamp small derivatives). When the
+        two disagree, a third opinion (the other reference path, else a central difference
+        of gradients) says which one is wrong: exact paths have bugs too (in torch 2.14
+        double backward through ``torch._weight_norm`` gives a wrong curvature). With no
+        exact reference at all, the difference of gradients is the reference, with a ten
+        times looser tolerance.
 
         ``full`` is the Taylor pass's result on the whole batch, checked instead when the
         few examples can't be cut out of it (a batch of bags with offsets, say)."""

@@ -65,7 +65,7 @@ def _fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=
     (ir, iz, i_n), (hr, hz, h_n) = input_gates.chunk(3, 1), hidden_gates.chunk(3, 1)
     r, z = (ir + hr).sigmoid(), (iz + hz).sigmoid()
     n = (i_n + r * h_n).tanh()
-    return n + z * (hx - n), torch.cat([r, z, n, hx, h_n], 1)
+    return n + z * (hx - n), hx.new_zeros(hx.shape[0], 5 * hx.shape[1])  # workspace
 
 
 _DECOMPOSITIONS: dict | None = None
