@@ -445,7 +445,7 @@ def check_resume(spec: RunSpec, run, run_dir: Path | None) -> None:
         except RunDirInUse as err:
             raise UsageError(f"hydra.run.dir={err}") from None
     resume = spec.trainer.resume
-    if resume is None or (run_dir is None and str(resume).lower() in ("true", "yes", "1")):
+    if resume is None or (run_dir is None and str(resume).lower() in ("true", "yes", "1", "auto")):
         return  # nothing to resume, or each sweep job's own folder (known once it runs)
     try:
         path = resume_path(resume, run_dir or Path("."))

@@ -13,7 +13,9 @@ and the authors' own GeN (``gen-optim``, ``optimizer=gen_optim_<base>``).
 
 Resumable: a rerun skips what is finished, a tuning sweep with its
 ``optimization_results.yaml`` and a run whose ``summary.json`` says ``completed`` or
-``diverged`` (a divergence is a result, and would recur); anything else runs again.
+``diverged`` (a divergence is a result, and would recur); anything else goes on from its
+checkpoint (``trainer.resume=auto``). A tuning sweep cut short replays: its seeded sampler
+proposes the same lrs again, the finished trials answer from their checkpoints at once.
 Layout: ``OUT/<workload>/tune/<baseline>/`` and ``OUT/<workload>/<row>/seed<k>/``, then
 ``gen-report OUT --leaderboard`` (``OUT/leaderboard/``).
 """
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -86,7 +87,8 @@ class Suite:
                                   stdout=f, stderr=subprocess.STDOUT).returncode
 
     def base(self, workload: str) -> list[str]:
-        base = [f"workload={workload}", f"size={self.size}", "trainer.progress=false"]
+        base = [f"workload={workload}", f"size={self.size}", "trainer.progress=false",
+                "trainer.resume=auto"]
         return base + (QUICK_TRAINER if self.quick else [])
 
     def tune(self, workload: str, baseline: str) -> float | None:
@@ -96,7 +98,6 @@ class Suite:
         sweep = self.out / workload / "tune" / baseline
         results = sweep / "optimization_results.yaml"
         if not results.is_file():
-            shutil.rmtree(sweep, ignore_errors=True)  # a sweep cut short starts over
             trials = [f"hydra.sweeper.n_trials={QUICK_TRIALS}"] if self.quick else []
             self.gen_train(f"{workload}-tune-{baseline}",
                            [*self.base(workload), "experiment=tune_lr", f"lr={baseline}",

@@ -83,6 +83,29 @@ def test_interrupted_and_resumed_equals_uninterrupted(lr, tmp_path, monkeypatch)
     assert resumed["lr"] == reference["lr"]
 
 
+def test_resume_auto_starts_goes_on_or_gives_back_a_finished_run(tmp_path, monkeypatch):
+    """``trainer.resume=auto``, what a rerun of a sweep passes to every job: a fresh folder
+    starts, a stopped run goes on, a finished run gives back its result without training."""
+    reference = train(spec("gen_parabola", "sgd", max_steps=40), tmp_path / "reference")
+    with monkeypatch.context() as patch:
+        _stop_at(patch, stop_step=17)
+        assert train(spec("gen_parabola", "sgd", max_steps=40, resume="auto"),
+                     tmp_path / "run")["status"] == "interrupted"
+    resumed = train(spec("gen_parabola", "sgd", max_steps=40, resume="auto"), tmp_path / "run")
+    assert resumed["final"] == reference["final"] and resumed["steps"] == 40
+
+    def no_more_steps(*args):
+        for item in training_steps(*args):
+            pytest.fail("a finished run trained again")
+            yield item
+
+    training_steps = engine.training_steps
+    monkeypatch.setattr(engine, "training_steps", no_more_steps)
+    again = train(spec("gen_parabola", "sgd", max_steps=40, resume="auto"), tmp_path / "run")
+    assert again["status"] == "completed" and again["final"] == reference["final"]
+    assert_same_params(final_state(tmp_path / "reference"), final_state(tmp_path / "run"))
+
+
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         train(spec(resume="true"), tmp_path / "fresh")

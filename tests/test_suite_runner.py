@@ -113,13 +113,16 @@ def test_a_rerun_skips_finished_jobs_and_runs_the_rest(fake, tmp_path, capsys):
     assert "newt: seed0 diverged, seed1 completed, seed2 completed (already there)" in capsys.readouterr().out
 
 
-def test_a_tuning_sweep_cut_short_starts_over(fake, tmp_path):
+def test_every_job_goes_on_from_its_checkpoint(fake, tmp_path):
+    """A tuning sweep cut short keeps its trials (the rerun replays them from their
+    checkpoints), and an unfinished seed goes on from its own."""
     out = tmp_path / "out"
     partial = out / "fmnist_linear" / "tune" / "cosine" / "7"
     partial.mkdir(parents=True)  # a trial of an earlier attempt, no optimization_results.yaml
     gen_suite.main([str(out), "--workloads", "fmnist_linear", "--seeds", "1"])
-    assert not partial.exists()
+    assert partial.exists()
     assert (out / "fmnist_linear" / "tune" / "cosine" / "optimization_results.yaml").is_file()
+    assert all("trainer.resume=auto" in call for call in fake.calls)
 
 
 def test_quick_mode(fake, tmp_path):

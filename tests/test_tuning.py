@@ -98,3 +98,34 @@ def test_optuna_sweep_on_a_task_without_accuracy(tmp_path):
     assert results["best_params"] == {"optimizer.lr": pytest.approx(best_lr)}
     assert results["best_value"] == pytest.approx(completed[best_lr])
     assert all(1e-4 <= lr <= 1 for lr in trials)
+
+
+@pytest.mark.slow
+def test_a_sweep_cut_short_replays_and_goes_on(tmp_path):
+    """A rerun with ``trainer.resume=auto`` (what gen-suite passes): the seeded sampler
+    proposes the same lrs, the finished trials answer from their checkpoints, so a sweep cut
+    after two trials and rerun for four ends as one run straight through (the last two
+    trials chosen by TPE from the replayed values)."""
+    def sweep(folder: Path, trials: int) -> dict:
+        proc = subprocess.run(
+            [GEN_TRAIN, "experiment=tune_lr", "task=quadratic", "optimizer=sgd", "lr=constant",
+             "trainer.max_steps=30", f"hydra.sweeper.n_trials={trials}", "lr_range=[1e-3,0.5]",
+             "hydra.sweeper.sampler.n_startup_trials=2", "trainer.resume=auto",
+             f"hydra.sweep.dir={folder}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"})
+        # 1: a trial diverged (and diverges again on the replay)
+        assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+        return yaml.safe_load((folder / "optimization_results.yaml").read_text())
+
+    straight = sweep(tmp_path / "straight", 4)
+    sweep(tmp_path / "cut", 2)
+    first = json.loads((tmp_path / "cut" / "0" / "summary.json").read_text())
+    resumed = sweep(tmp_path / "cut", 4)
+    assert resumed == straight
+    for trial in range(4):
+        a, b = (json.loads((tmp_path / d / str(trial) / "summary.json").read_text())
+                for d in ("straight", "cut"))
+        assert a["final"] == b["final"], trial
+    assert json.loads((tmp_path / "cut" / "0" / "summary.json").read_text())["wall_time_s"] \
+        >= first["wall_time_s"]  # answered from its checkpoint, not trained again

@@ -151,9 +151,13 @@ class SilentWriter:
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:
-    """``trainer.resume``: None/false -> None; true -> this run's last.pt; else a file or run dir."""
+    """``trainer.resume``: None/false -> None; true -> this run's last.pt; auto -> this run's
+    last.pt if there is one, else None (a fresh start); else a file or run dir."""
     if resume is None or str(resume).lower() in ("false", "no", "0", ""):
         return None
+    if str(resume).lower() == "auto":
+        path = run_dir / "checkpoints" / "last.pt"
+        return path if path.is_file() else None
     if str(resume).lower() in ("true", "yes", "1"):
         path = run_dir / "checkpoints" / "last.pt"
     else:

@@ -35,8 +35,10 @@ class TrainerConfig:
     checkpoint_every: int = _setting(0, "steps between checkpoints (checkpoints/last.pt); 0: at "
                                         "every evaluation. Also at the start, the end and on "
                                         "SIGTERM/SIGINT; a diverged run keeps its last good one")
-    resume: Optional[str] = _setting(None, "continue a run: true (this run folder's checkpoint), or "
-                                           "the path of a run folder or a checkpoint")
+    resume: Optional[str] = _setting(None, "continue a run: true (this run folder's checkpoint), "
+                                           "auto (that checkpoint if there is one, else start: a "
+                                           "rerun of a sweep goes on where it stopped), or the "
+                                           "path of a run folder or a checkpoint")
     resume_with_changes: bool = _setting(False, "resume although the config differs from the "
                                                 "checkpoint's (the differences are logged; the "
                                                 "saved states are restored as they are)")
