@@ -201,11 +201,11 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
     if load_data:
         task.setup(device)
         total_steps = task.steps_per_epoch(cfg.batch_size) * cfg.epochs
-        if cfg.max_steps is not None and cfg.max_steps > total_steps:
-            log.warning("trainer.max_steps=%d is never reached: trainer.epochs=%d end the run "
-                        "after %d steps", cfg.max_steps, cfg.epochs, total_steps)
-        elif cfg.max_steps is not None:
-            total_steps = cfg.max_steps
+        if cfg.max_steps is not None:
+            if cfg.max_steps > total_steps:
+                log.warning("trainer.max_steps=%d is never reached: trainer.epochs=%d end the "
+                            "run after %d steps", cfg.max_steps, cfg.epochs, total_steps)
+            total_steps = min(total_steps, cfg.max_steps)
     else:
         total_steps = cfg.max_steps or 1
     with _blame("model", names["model"]):
