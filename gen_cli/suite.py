@@ -1,6 +1,6 @@
 """gen-suite: run the workload suite and write one leaderboard across its workloads.
 
-    gen-suite outputs/suite                  # every CPU workload, 3 seeds (hours here)
+    gen-suite outputs/suite                  # every CPU workload, 3 seeds
     gen-suite outputs/suite --quick          # the whole protocol, tiny budgets (minutes)
     gen-suite outputs/suite --size gpu       # the GPU sizes (CIFAR-10 ResNet-18 included)
 
