@@ -64,6 +64,10 @@ def _worker(rank: int, port: int, lr: str, out: str) -> None:
     torch.set_num_threads(1)
     record = train_and_record(run_spec(lr, "ddp"), Path(out) / "run")
     torch.save(record, Path(out) / f"rank{rank}.pt")
+    # Both ranks done before either tears down gloo: a rank that destroys the group while
+    # the other (rank 0, still writing the run's outputs) holds it open may abort (SIGABRT,
+    # "terminate called without an active exception"; seen once in the slow set).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
