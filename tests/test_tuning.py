@@ -128,4 +128,4 @@ def test_a_sweep_cut_short_replays_and_goes_on(tmp_path):
                 for d in ("straight", "cut"))
         assert a["final"] == b["final"], trial
     assert json.loads((tmp_path / "cut" / "0" / "summary.json").read_text())["wall_time_s"] \
-        >= first["wall_time_s"]  # answered from its checkpoint, not trained again
+        >= first["wall_time_s"]  # the first attempt's run kept, its time carried on

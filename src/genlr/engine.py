@@ -155,11 +155,10 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     last.pt if there is one, else None (a fresh start); else a file or run dir."""
     if resume is None or str(resume).lower() in ("false", "no", "0", ""):
         return None
-    if str(resume).lower() == "auto":
+    if str(resume).lower() in ("auto", "true", "yes", "1"):
         path = run_dir / "checkpoints" / "last.pt"
-        return path if path.is_file() else None
-    if str(resume).lower() in ("true", "yes", "1"):
-        path = run_dir / "checkpoints" / "last.pt"
+        if str(resume).lower() == "auto" and not path.is_file():
+            return None
     else:
         path = Path(resume)
         if path.is_dir():
