@@ -29,8 +29,8 @@ def train_step(model, loss_fn, batch, optimizer):
 def test_exact_gen_is_exact_line_search_on_quadratic(mode):
     model = Quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    method = ExactGeN(opt, model, quadratic_loss, every=1, smoothing=0.0, max_factor=None,
-                      curvature=mode)
+    method = ExactGeN(opt, model, quadratic_loss, rule="line_search", every=1, smoothing=0.0,
+                      max_factor=None, curvature=mode)
     for _ in range(4):
         expected = exact_line_search(model)
         loss = train_step(model, quadratic_loss, None, opt)
@@ -44,8 +44,8 @@ def test_exact_gen_is_exact_line_search_on_quadratic(mode):
 def test_parabola_gen_is_exact_line_search_on_quadratic(points):
     model = Quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    method = ParabolaGeN(opt, model, quadratic_loss, points=points, every=1, smoothing=0.0,
-                         max_factor=None, settle="off")  # every probe a fit through the points
+    method = ParabolaGeN(opt, model, quadratic_loss, rule="line_search", points=points, every=1,
+                         smoothing=0.0, max_factor=None, settle="off")  # a fit at every probe
     for _ in range(4):
         expected = exact_line_search(model)
         loss = train_step(model, quadratic_loss, None, opt)
@@ -226,8 +226,8 @@ def test_gen_line_search_on_another_batch(method_cls):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     # defer=False: decide at this step (the next one trains on A, not on B)
     options = {"defer": False} if method_cls is ParabolaGeN else {}
-    method = method_cls(opt, model, mse_loss, every=1, smoothing=0.0, probe="next",
-                        max_factor=None, **options)
+    method = method_cls(opt, model, mse_loss, rule="line_search", every=1, smoothing=0.0,
+                        probe="next", max_factor=None, **options)
     for _ in range(3):
         params = list(model.parameters())
         g_b = torch.autograd.grad(mse_loss(model, batch_b), params)
@@ -253,7 +253,8 @@ def test_parabola_defers_the_plus_one_probe_to_the_next_training_loss(next_batch
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def make(optimizer):
-        return ParabolaGeN(optimizer, model, mse_loss, every=2, smoothing=0.0, max_factor=None,
+        return ParabolaGeN(optimizer, model, mse_loss, rule="line_search", every=2,
+                           smoothing=0.0, max_factor=None,
                            settle="off")  # every probe deferrable, the first too
 
     method = make(opt)

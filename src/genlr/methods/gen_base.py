@@ -1,13 +1,28 @@
 """What both GeN variants share (Bu & Xu, "Gradient descent with generalized Newton's
 method", ICLR 2025, arXiv:2407.02772): lazy probing, the probe batch, the optimizer step
-taken once, the choice of the new learning rate from a proposed ``s*`` (smoothing, clamps,
-fallback) and the horizon-aware scale. ``ExactGeN`` and ``ParabolaGeN`` differ only in how
-they measure ``phi(s) = L(theta - s*d)`` (``GeNBase.estimate``).
+taken once, the rule that turns measurements of ``phi(s) = L(theta - s*d)`` into the next
+learning rate, and the horizon-aware scale. ``ExactGeN`` and ``ParabolaGeN`` differ only in
+how they measure ``phi`` (``GeNBase.estimate``).
+
+Two rules (docs/methods.md, "GeN on long noisy runs: the band"):
+
+* ``"line_search"``, the paper's: move the lr towards ``alpha* = s* lr``, the minimiser of
+  the quadratic model of ``phi``, smoothed (``lr <- 0.9 lr + 0.1 alpha*``) and clamped.
+* ``"band"`` (default): hold the lr while the probes are consistent with it lying in
+  ``[alpha*, 2 alpha*]``, move only when they show it outside. Once the update noise
+  dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
+  ``E[phi(0) - phi(1)] = 0``, i.e. ``s* = 1/2`` at *every* stable lr, and the sharpness
+  along the step adapts to the lr (Cohen et al., ICLR 2021; arXiv:2207.14484), so ``s*``
+  no longer tells which lr is right, only that the run is stationary; the line search then
+  halves the lr again and again (the short-horizon bias of a greedy step size, Wu et al.,
+  ICLR 2018). Below ``alpha*`` a larger lr is better even for one step; above ``2 alpha*``
+  the step raises the expected loss; in between, annealing is the horizon scale's job.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any, Optional
 
 import torch
@@ -15,6 +30,7 @@ import torch
 from genlr.methods.base import LRMethod, check_linear_in_lr, finite
 from genlr.methods.schedules import DECAYS
 
+RULES = ("band", "line_search")
 FALLBACKS = ("keep", "shrink")
 PROBES = ("same", "next")
 SCALES = tuple(DECAYS)  # the horizon-aware scale's shapes: constant, linear, cosine
@@ -22,26 +38,103 @@ SCALES = tuple(DECAYS)  # the horizon-aware scale's shapes: constant, linear, co
 # lr without smoothing or clamp ("down": a start too high can't wreck the model), or set it
 # either way ("any").
 SETTLES = ("off", "down", "any")
+#: the band moves the lr only when its estimate lies beyond an edge by as many standard
+#: errors as make a two-sigma normal deviate (Student's t, since the window is small)
+BAND_MARGIN = 2.0
+
+
+def t_quantile(z: float, dof: int) -> float:
+    """Student's t quantile with the normal tail of ``z`` sigmas, by the Cornish-Fisher
+    expansion (Abramowitz & Stegun 26.7.5; within 1% of the exact value for dof >= 2)."""
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / dof + g2 / dof**2 + g3 / dof**3 + g4 / dof**4
+
+
+class LineSearchWindow:
+    """The line-search learning rate ``alpha*`` over the last ``size`` probes, as a ratio of
+    means: ``alpha* = mean(slope/lr) / mean(curvature/lr^2)``, the minimiser of the mean
+    quadratic model of the loss along the step (not the mean of noisy ratios, which a
+    curvature near zero swamps), with its standard error by the delta method. Slope and
+    curvature are taken per unit lr (the step ``d`` scales with the lr it was taken at), so
+    probes at different learning rates average in one unit."""
+
+    MIN_PROBES = 3  # a standard error needs a few samples
+
+    def __init__(self, size: int) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=size)
+
+    def add(self, slope: float, curvature: float, lr: float) -> None:
+        self.samples.append((slope / lr, curvature / lr**2))
+
+    def estimate(self) -> tuple[float, float]:
+        """``(alpha*, standard error)``; NaN until ``MIN_PROBES`` probes, or when the mean
+        curvature is not positive."""
+        n = len(self.samples)
+        if n < self.MIN_PROBES:
+            return math.nan, math.nan
+        xs, ys = zip(*self.samples)
+        mx, my = sum(xs) / n, sum(ys) / n
+        if not my > 0:
+            return math.nan, math.nan
+        alpha = mx / my
+        # Var(mx/my) ~ Var(x - alpha*y) / (n my^2)
+        residual = sum((x - alpha * y) ** 2 for x, y in self.samples) / (n - 1)
+        return alpha, math.sqrt(residual / n) / my
 
 
 class GeNBase(LRMethod):
-    """What both GeN variants share: lazy probing, the probe batch, the optimizer step
-    taken once, the choice of the new learning rate from a proposed ``s*`` (smoothing,
-    clamps, fallback) and the horizon-aware ``scale``.
+    """What both GeN variants share, on top of the ``LRMethod`` contract.
+
+    Every ``every``-th step (the first included) is a *probe step*: the optimizer steps
+    once, ``d`` is read off the parameters, ``phi(s) = L(theta - s d)`` is measured on the
+    probe batch (``estimate``), the rule gives a factor, and the parameters are placed at
+    ``theta - factor d`` with every group's lr times ``factor``. Other steps are plain
+    optimizer steps. With a horizon ``scale``, the optimizer's lr is the GeN lr times the
+    scale, and the rule moves the GeN lr. A step the GradScaler skipped changes neither
+    parameters nor lr; a measurement that is not finite never reaches the lr.
 
     Subclasses implement ``estimate(params, d, batch, same, loss)`` which, starting and
     ending at ``theta - d`` (the optimizer's step), measures ``phi`` on ``batch`` (the
     training batch if ``same``, whose loss is ``loss``) and returns ``(s_star or None,
-    diagnostics, model)`` where ``model(s)`` is its quadratic model of ``phi(s) - phi(0)``.
+    diagnostics, model)``: ``diagnostics`` holds ``slope`` (``-phi'(0)``) and ``curvature``
+    (``phi''(0)``), ``model(s)`` is the quadratic model of ``phi(s) - phi(0)``.
+
+    Options (each variant's own are in its docstring):
+        rule: "band" (hold the lr while the last ``window`` probes put it within
+            ``[alpha*, 2 alpha*]``; see the module docstring) or "line_search" (the paper's:
+            towards ``alpha*`` with ``smoothing``).
+        window: probes averaged by the band (the ratio of their mean slope and curvature).
+        every: probe every this many steps (lazy GeN).
+        smoothing: the line search's ``lr <- smoothing*lr + (1-smoothing)*alpha*``.
+        max_factor: the lr changes by at most this factor per probe (``None``: no clamp).
+        probe: "next": measure on a batch the optimizer has not stepped on (the
+            ``probe_batch`` given to ``step``, else the previous step's batch); "same": on
+            the training batch, whose own noise makes ``s*`` too large (docs/methods.md).
+        scale: horizon-aware factor on the GeN lr: "constant", "linear" (``1 - t/T``) or
+            "cosine" (``(1 + cos(pi t/T)) / 2``); needs ``total_steps``.
+        settle: what the first probe's ``alpha*`` may do outright (no smoothing, window or
+            clamp): "down" lower the lr, so that a start too high can't wreck the model;
+            "any" also raise it; "off" nothing.
+        lr_min, lr_max: bounds on group 0's GeN lr (``None``: no upper bound).
+        fallback, shrink: with no usable measurement "keep" the lr or "shrink" it by
+            ``shrink``.
     """
 
     needs_loss_fn = True
 
-    def __init__(self, optimizer, model=None, loss_fn=None, *, lr_min: float, lr_max: Optional[float],
-                 every: int, smoothing: float, max_factor: Optional[float], fallback: str,
-                 shrink: float, probe: str, scale: str, settle: str, **common) -> None:
+    def __init__(self, optimizer, model=None, loss_fn=None, *, rule: str, window: int,
+                 lr_min: float, lr_max: Optional[float], every: int, smoothing: float,
+                 max_factor: Optional[float], fallback: str, shrink: float, probe: str,
+                 scale: str, settle: str, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, type(self).__name__)
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if not 0.0 <= smoothing < 1.0:
@@ -62,6 +155,7 @@ class GeNBase(LRMethod):
             raise ValueError(f"settle must be one of {SETTLES}, got {settle!r}")
         if scale != "constant" and not (self.total_steps and self.total_steps > 0):
             raise ValueError(f"scale={scale!r} needs the number of training steps (total_steps)")
+        self.rule, self.window = rule, LineSearchWindow(window)
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
@@ -175,53 +269,96 @@ class GeNBase(LRMethod):
         return False
 
     def adopt(self, s_star: float | None, diag: dict[str, float]) -> float:
-        """The factor on the current lr for a proposed ``s*``; sets the diagnostics."""
-        factor, accepted = self.choose(s_star)
+        """The factor on the current lr from this probe's ``s*`` (None: unusable) and its
+        ``slope`` and ``curvature`` (in ``diag``, per the step at the current lr); sets the
+        diagnostics."""
+        lr = self.last_lr
+        measured = finite(diag.get("slope", math.nan), diag.get("curvature", math.nan))
+        if self.rule == "band" and measured and lr > 0:
+            self.window.add(diag["slope"], diag["curvature"], lr)
+        usable = s_star is not None and finite(s_star) and s_star > 0
+        outright = usable and self.settling() and (
+            self.settle == "any" or s_star * self.horizon_scale() < 1.0)
+        self.settled |= usable
+        if outright:
+            factor, fallback = s_star * self.horizon_scale(), False
+        elif self.rule == "line_search":
+            factor, fallback = self.line_search_factor(s_star if usable else None)
+        else:
+            factor, fallback = self.band_factor() if measured else (None, True)
+        if fallback:
+            factor = 1.0 if self.fallback == "keep" else self.shrink
+        factor = self.bounded(factor)
+        alpha, error = self.window.estimate() if self.rule == "band" else (math.nan, math.nan)
         self.diagnostics = {
             **diag, "probed": 1.0, "skipped": 0.0,
-            "alpha_star": float(s_star) * self.last_lr if s_star is not None else math.nan,
+            "alpha_star": float(s_star) * lr if s_star is not None else math.nan,
             "s_star": float(s_star) if s_star is not None else math.nan,
-            "factor": factor, "accepted": float(accepted), "fallback": float(not accepted),
+            "window_alpha": alpha, "window_error": error,
+            "factor": factor, "accepted": float(usable if self.rule == "line_search" else measured),
+            "fallback": float(fallback),
         }
         return factor
+
+    def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
+        """The paper's rule: ``lr <- smoothing*lr + (1-smoothing)*alpha*``, ``alpha*`` scaled by
+        the horizon, clamped by ``max_factor``; ``(factor, fallback)``."""
+        if s_star is None:
+            return 1.0, True
+        factor = self.smoothing + (1.0 - self.smoothing) * s_star * self.horizon_scale()
+        return self.clamped(factor), False
+
+    def band_factor(self) -> tuple[float, bool]:
+        """``(factor, fallback)`` of the band rule. With ``alpha*`` the window's line search
+        and a margin of ``BAND_MARGIN`` (t-)standard errors around it: when even the lowest
+        ``alpha*`` the probes allow is above the unscaled lr, that lr rises; when even twice
+        the highest is below the lr (the step raises the loss), the lr falls; else it
+        holds. Warming up (fewer than ``LineSearchWindow.MIN_PROBES`` probes) it holds."""
+        alpha, error = self.window.estimate()
+        n = len(self.window.samples)
+        if not finite(alpha):  # warming up, or the mean curvature is not positive
+            return 1.0, n >= LineSearchWindow.MIN_PROBES
+        margin = t_quantile(BAND_MARGIN, n - 1) * error
+        low, high = alpha - margin, alpha + margin
+        # A move goes to the band's middle, sqrt(2) alpha*: at its top edge, 2 alpha*, a
+        # step would not lower a quadratic at all.
+        if low > self.base_lr():
+            return self.clamped(math.sqrt(2.0) * low / self.base_lr()), False
+        if 2.0 * high < self.last_lr:
+            return self.clamped(max(math.sqrt(2.0) * high / self.last_lr, 0.0)), False
+        return 1.0, False
+
+    def clamped(self, factor: float) -> float:
+        """``factor`` within ``[1/max_factor, max_factor]`` (no bound without ``max_factor``,
+        but never zero: ``shrink`` then)."""
+        if self.max_factor is not None:
+            return min(max(factor, 1.0 / self.max_factor), self.max_factor)
+        return factor if factor > 0 else self.shrink
+
+    def bounded(self, factor: float) -> float:
+        """``factor`` such that the unscaled lr of group 0 stays in ``[lr_min, lr_max]``."""
+        base = self.base_lr()
+        if base > 0:
+            low = self.lr_min / base
+            high = self.lr_max / base if self.lr_max is not None else math.inf
+            factor = min(max(factor, low), high)
+        return float(factor)
 
     def state_dict(self) -> dict[str, Any]:
         # The previous batch is what probe="next" falls back on without a probe_batch.
         previous = self._previous_batch if self.probe == "next" else None
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
-                "previous_batch": previous, "settled": self.settled}
+                "previous_batch": previous, "settled": self.settled,
+                "window": list(self.window.samples)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.base_lrs = list(state["base_lrs"])
         self._previous_batch = state.get("previous_batch")
         self.settled = state.get("settled", True)
+        self.window.samples.clear()
+        self.window.samples.extend(tuple(sample) for sample in state.get("window", ()))
 
     def settling(self) -> bool:
         """Whether this probe may set the lr outright: ``settle`` and no s* accepted yet."""
         return self.settle != "off" and not self.settled
-
-    def choose(self, s_star: float | None) -> tuple[float, bool]:
-        """The factor on the current learning rate: smoothed towards ``s*`` (scaled by the
-        horizon), clamped per update by ``max_factor`` and to ``[lr_min, lr_max]`` (on the
-        unscaled lr); ``fallback`` when ``s*`` is missing, non-finite or not positive. The
-        first accepted ``s*`` is taken outright (within the bounds) as ``settle`` allows."""
-        accepted = s_star is not None and finite(s_star) and s_star > 0
-        outright = accepted and self.settling() and (
-            self.settle == "any" or s_star * self.horizon_scale() < 1.0)
-        if accepted:
-            self.settled = True
-        if outright:
-            factor = s_star * self.horizon_scale()
-        elif accepted:
-            factor = self.smoothing + (1.0 - self.smoothing) * s_star * self.horizon_scale()
-            if self.max_factor is not None:
-                factor = min(max(factor, 1.0 / self.max_factor), self.max_factor)
-        else:
-            factor = 1.0 if self.fallback == "keep" else self.shrink
-        base = self.base_lr()
-        if base > 0:
-            low = self.lr_min / base
-            high = self.lr_max / base if self.lr_max is not None else math.inf
-            factor = min(max(factor, low), high)
-        return float(factor), accepted

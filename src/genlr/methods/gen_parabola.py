@@ -4,8 +4,8 @@ Bu & Xu, "Gradient descent with generalized Newton's method", ICLR 2025
 (arXiv:2407.02772), the practical version: instead of ``d^T H d``, fit
 ``phi(s) = L(theta - s*d) ~ a + b s + c s^2`` to the loss at a few points along the
 optimizer's step ``d`` (at ``s in {-1, 0, +1}`` by default, i.e. at minus one, zero and one
-times the current lr), and move to the vertex ``s* = -b / (2c)``. Lazily (``every``),
-smoothed, clamped per update, and optionally scaled by the remaining horizon.
+times the current lr); its vertex ``s* = -b / (2c)`` is the line-search step. Which lr
+follows from it is the rule's business (``genlr.methods.gen_base``).
 """
 
 from __future__ import annotations
@@ -48,79 +48,46 @@ def fit_parabola(s: list[float], losses: list[float]) -> tuple[float, float, flo
 class ParabolaGeN(GeNBase):
     """GeN from a fitted parabola (Bu & Xu, ICLR 2025, the practical version).
 
-    Contract:
+    On a probe step, the loss is probed (no-grad forwards, counted in
+    ``passes["forward"]``) on the probe batch at ``theta - s d`` for ``s`` in ``points``,
+    and ``a + b s + c s^2`` is fitted (slope ``-b``, curvature ``2c``). Two points may come
+    free: with ``probe="same"``, ``L(0)`` is the training loss passed as ``loss``; with
+    ``defer`` and a ``probe_batch`` given, ``L(+1)`` is the next step's training loss on that
+    batch (the parameters stay at ``s = 1`` and the fit completes at the start of the next
+    ``step``, before its update, which takes the new lr; if that step trains on another
+    batch, ``L(+1)`` is probed then). Neither comes free when the model applies dropout,
+    whose training loss is not the probes' function. The probe step and the rules are
+    ``GeNBase``'s; the contract ``LRMethod``'s.
 
-    * Call ``step(batch, loss=loss)`` after ``loss.backward()`` instead of
-      ``optimizer.step()``; ``loss_fn(model, batch)`` must recompute that loss. Every
-      ``every``-th step (the first one included) is a *probe step*: the optimizer steps once
-      (its state advances once), ``d`` is read off the parameters, the loss is probed at
-      ``theta - s*d`` for ``s`` in ``points`` (no-grad forwards; BatchNorm buffers, dropout,
-      RNG and ``.grad`` untouched; counted in ``passes["forward"]``), a parabola is fitted
-      and the parameters are placed at ``theta - factor*d`` with every group's lr multiplied
-      by ``factor``. Other steps are plain optimizer steps at the current lr.
-    * With ``probe="same"`` the probes use the training batch and ``L(0)`` is the training
-      loss passed as ``loss`` (two extra forwards with the default points), unless the model
-      has active dropout, whose training loss is not the probe's function. With
-      ``probe="next"`` the probes use a different batch: ``step(..., probe_batch=b)`` if
-      given, else the previous step's batch; ``L(0)`` is then probed too. With ``defer`` and a
-      ``probe_batch`` given (the engine passes the batch the next step trains on), ``L(+1)``
-      is not probed: the parameters stay at ``s = 1`` and the next step's training loss on
-      that batch is ``L(+1)``, so the fit completes at the start of the next ``step`` (before
-      its update, which takes the new lr); one forward fewer per probe. If the next step
-      trains on another batch, ``L(+1)`` is probed then.
-    * After ``step`` each ``param_groups[i]["lr"]`` is the lr just chosen and applied.
-    * Raises ``IncompatibleOptimizerError`` for an optimizer whose step is not linear in lr.
-    * A step the GradScaler skipped changes neither parameters nor lr. A fit with no
-      positive curvature, a non-finite probe, an R^2 below ``r2_min`` (more than three
-      points) or a non-positive vertex uses the ``fallback`` (``diagnostics["fallback"]=1``).
+    Diagnostics: those of ``ExactGeN`` (no curvature path) plus ``r2`` (the fit's R^2) and
+    ``search_points`` (the settling search's probes; 0 without one). Line profile: the real
+    loss along ``d`` against the fitted parabola.
 
-    Diagnostics: ``alpha_star``, ``s_star``, ``curvature`` (``phi''(0) = 2c``), ``slope``
-    (``-b``), ``r2``, ``factor``, ``scale``, ``accepted`` / ``fallback``, ``probed``,
-    ``skipped``. Line profile: ``s`` in units of the optimizer's step at the lr before
-    this step's choice; the real loss against the fitted parabola.
-
-    Args:
-        points: probe positions in units of the current lr (must include at least three
-            distinct values; ``0`` is free with ``probe="same"``).
-        r2_min: least R^2 of the fit to accept it (only checked with more than 3 points).
-        every: probe every this many steps (lazy GeN; the reference code suggests >= 4).
-            A probe costs two or three no-grad forwards (``defer``); docs/methods.md has the
-            measured cost and accuracy of each ``every``.
-        smoothing: ``lr <- smoothing*lr + (1-smoothing)*alpha_star`` (0.9 as in the paper).
-        max_factor: per-update clamp of the lr change to ``[1/max_factor, max_factor]``
-            (2 as in the reference code; ``None`` turns it off).
-        scale: horizon-aware factor on the optimal lr: "constant" (1), "linear"
-            (``1 - t/T``) or "cosine" (``(1 + cos(pi t/T)) / 2``); needs ``total_steps``.
-        probe: "next" (default, as the reference code, which draws a fresh batch): a batch
-            the optimizer has not stepped on, so that ``s*`` estimates the step that lowers
-            the expected loss; or "same" (the gradient's batch, one forward cheaper), whose
-            ``s*`` includes the batch's own noise and keeps growing: on the Fashion-MNIST
-            CNN with AdamW it drove the lr to 0.03 and the accuracy from 0.82 to 0.42
-            within 400 steps, where "next" kept it in 1.3e-3 to 4e-3 (docs/methods.md).
+    Options (besides ``GeNBase``'s):
+        points: probe positions in units of the current lr, at least three distinct values.
+        r2_min: least R^2 of the fit to accept it (more than three points only).
         defer: take ``L(+1)`` from the next step's training loss when that step trains on
-            the probe batch (needs ``+1`` in ``points``, no active dropout; not on steps
-            that record the profile). The lr found applies from that next step on.
-        settle: the first probe searches along ``d`` for the minimum (steps of x4 up or
-            down from the current lr until the loss turns) and fits the parabola through
-            the three points around it; what its vertex may do outright is as in
-            ``ExactGeN``: "down" (the default) searches only when the step goes uphill
-            (``phi(1) > phi(0)``) and then lowers the lr to the vertex; "any" searches
-            and takes the vertex either way; "off" probes as usual.
-        lr_min, lr_max, fallback, shrink: as in ``ExactGeN``.
+            the probe batch (needs ``+1`` in ``points``; not on steps that record a profile).
+        settle: as ``GeNBase``'s, through a search: the first probe steps by x4 along ``d``
+            from the current lr until the loss turns and fits the parabola through the three
+            points around the minimum; "down" searches only when the step goes uphill
+            (``phi(1) > phi(0)``), "any" always.
     """
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
-                 points: list[float] = (-1.0, 0.0, 1.0), r2_min: float = 0.9, every: int = 16,
-                 smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
+                 rule: Literal["band", "line_search"] = "band", window: int = 10,
+                 every: int = 16, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
+                 probe: Literal["same", "next"] = "next",
                  scale: Literal["constant", "linear", "cosine"] = "constant",
-                 probe: Literal["same", "next"] = "next", lr_min: float = 0.0,
-                 lr_max: Optional[float] = None, fallback: Literal["keep", "shrink"] = "keep",
-                 shrink: float = 0.5, defer: bool = True,
                  settle: Literal["off", "down", "any"] = "down",
-                 **common) -> None:
-        super().__init__(optimizer, model, loss_fn, lr_min=lr_min, lr_max=lr_max, every=every,
-                         smoothing=smoothing, max_factor=max_factor, fallback=fallback,
-                         shrink=shrink, probe=probe, scale=scale, settle=settle, **common)
+                 lr_min: float = 0.0, lr_max: Optional[float] = None,
+                 fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
+                 points: list[float] = (-1.0, 0.0, 1.0), r2_min: float = 0.9,
+                 defer: bool = True, **common) -> None:
+        super().__init__(optimizer, model, loss_fn, rule=rule, window=window, lr_min=lr_min,
+                         lr_max=lr_max, every=every, smoothing=smoothing,
+                         max_factor=max_factor, fallback=fallback, shrink=shrink, probe=probe,
+                         scale=scale, settle=settle, **common)
         if not 0.0 <= r2_min <= 1.0:
             raise ValueError(f"r2_min must be in [0, 1] (a fit's R^2), got {r2_min}")
         points = [float(p) for p in points]
@@ -238,9 +205,11 @@ class ParabolaGeN(GeNBase):
         if not finite(*ys):
             return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
         a, b, c, r2 = fit_parabola(self.points, ys)
-        diag = {"slope": -b, "curvature": 2.0 * c, "r2": r2, "nonfinite_probe": 0.0,
-                "search_points": 0.0}
-        good = c > 0 and finite(a, b, c) and (len(self.points) == 3 or r2 >= self.r2_min)
+        fits = len(self.points) == 3 or r2 >= self.r2_min
+        # A fit below r2_min measures nothing: no slope or curvature for the rule to use.
+        diag = {"slope": -b if fits else math.nan, "curvature": 2.0 * c if fits else math.nan,
+                "r2": r2, "nonfinite_probe": 0.0, "search_points": 0.0}
+        good = c > 0 and finite(a, b, c) and fits
         s_star = -b / (2.0 * c) if good else None
         model = (lambda s: b * s + c * s * s) if finite(a, b, c) else None
         return s_star, diag, model
