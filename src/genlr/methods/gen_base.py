@@ -38,19 +38,8 @@ SCALES = tuple(DECAYS)  # the horizon-aware scale's shapes: constant, linear, co
 # lr without smoothing or clamp ("down": a start too high can't wreck the model), or set it
 # either way ("any").
 SETTLES = ("off", "down", "any")
-#: the band moves the lr only when its estimate lies beyond an edge by as many standard
-#: errors as make a two-sigma normal deviate (Student's t, since the window is small)
+#: the band moves the lr only when its estimate lies this many standard errors beyond an edge
 BAND_MARGIN = 2.0
-
-
-def t_quantile(z: float, dof: int) -> float:
-    """Student's t quantile with the normal tail of ``z`` sigmas, by the Cornish-Fisher
-    expansion (Abramowitz & Stegun 26.7.5; within 1% of the exact value for dof >= 2)."""
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    return z + g1 / dof + g2 / dof**2 + g3 / dof**3 + g4 / dof**4
 
 
 class LineSearchWindow:
@@ -310,20 +299,19 @@ class GeNBase(LRMethod):
 
     def band_factor(self) -> tuple[float, bool]:
         """``(factor, fallback)`` of the band rule. With ``alpha*`` the window's line search
-        and a margin of ``BAND_MARGIN`` (t-)standard errors around it: when even the lowest
-        ``alpha*`` the probes allow is above the unscaled lr, that lr rises; when even twice
-        the highest is below the lr (the step raises the loss), the lr falls; else it
-        holds. Warming up (fewer than ``LineSearchWindow.MIN_PROBES`` probes) it holds."""
+        and a margin of ``BAND_MARGIN`` standard errors around it: when even the lowest
+        ``alpha*`` the probes allow is above the unscaled lr, that lr rises to it; when even
+        twice the highest is below the lr (the step raises the loss), the lr falls into the
+        band; else it holds. Warming up (fewer than ``LineSearchWindow.MIN_PROBES`` probes)
+        it holds."""
         alpha, error = self.window.estimate()
-        n = len(self.window.samples)
         if not finite(alpha):  # warming up, or the mean curvature is not positive
-            return 1.0, n >= LineSearchWindow.MIN_PROBES
-        margin = t_quantile(BAND_MARGIN, n - 1) * error
-        low, high = alpha - margin, alpha + margin
-        # A move goes to the band's middle, sqrt(2) alpha*: at its top edge, 2 alpha*, a
-        # step would not lower a quadratic at all.
+            return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
+        low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
         if low > self.base_lr():
-            return self.clamped(math.sqrt(2.0) * low / self.base_lr()), False
+            return self.clamped(low / self.base_lr()), False
+        # Down to the band's middle, sqrt(2) alpha*: at its top edge a step along d would
+        # not lower a quadratic at all.
         if 2.0 * high < self.last_lr:
             return self.clamped(max(math.sqrt(2.0) * high / self.last_lr, 0.0)), False
         return 1.0, False

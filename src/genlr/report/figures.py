@@ -121,6 +121,77 @@ def lr_figure(groups: Sequence[Group], path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def _probes(run, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``tag``, one point per measurement: lazy steps log the last
+    probe's measurements again, so a value equal to the one logged before is dropped."""
+    points, last = [], None
+    for step, _, value in run.series(tag):
+        if value != last:
+            points.append((step, value))
+        last = value
+    return points
+
+
+def _rolling_median(points: list[tuple[int, float]], width: int = 25) -> tuple[list, list]:
+    xs, ys = [], []
+    for i in range(len(points)):
+        window = sorted(v for _, v in points[max(0, i - width + 1):i + 1])
+        xs.append(points[i][0])
+        ys.append(window[len(window) // 2])
+    return xs, ys
+
+
+def method_figure(groups: Sequence[Group], path: Path) -> Path | None:
+    """What a GeN (or Newt) run measured over training, one line per group (its first
+    run): the lr against the band's line search, ``s*`` with the band's edges, slope and
+    curvature per unit lr, the share of probes without a usable measurement, the horizon
+    scale. None if no run probed."""
+    runs = [(g, g.runs[0]) for g in groups if g.runs and g.runs[0].series("method/s_star")]
+    if not runs:
+        return None
+    figure = Figure(figsize=(15.5, 7.5), dpi=100)
+    axes = [figure.add_subplot(2, 3, i + 1) for i in range(6)]
+    for (group, run), color in zip(runs, _colors(len(runs))):
+        steps = [(s, v) for s, _, v in run.series("train/lr")]
+        axes[0].plot(*zip(*steps), color=color, label=group.name)
+        if window := run.series("method/window_alpha"):
+            axes[0].plot([s for s, _, _ in window], [v for _, _, v in window], color=color,
+                         linestyle=":", linewidth=1)
+        lr = dict(steps)
+        for ax, tag, scale in ((axes[1], "method/s_star", None), (axes[2], "method/slope", 1),
+                               (axes[3], "method/curvature", 2)):
+            points = _probes(run, tag)
+            if scale:  # per unit lr: the step d scales with the lr it was taken at
+                points = [(s, v / lr[s] ** scale) for s, v in points if lr.get(s)]
+            if points:
+                ax.plot(*_rolling_median(points), color=color)
+        if fallback := [(s, v) for s, _, v in run.series("method/fallback")]:
+            xs = [s for s, _ in fallback]
+            share = [sum(v for _, v in fallback[max(0, i - 24):i + 1]) / min(i + 1, 25)
+                     for i in range(len(fallback))]
+            axes[4].plot(xs, share, color=color)
+        if scale := run.series("method/scale"):
+            axes[5].plot([s for s, _, _ in scale], [v for _, _, v in scale], color=color)
+    for edge in (0.5, 1.0):
+        axes[1].axhline(edge, color="grey", linewidth=0.8, linestyle="--")
+    axes[1].set_ylim(-0.5, 4.0)
+    titles = ["lr (solid) and the band's window line search (dotted)",
+              "s* of the probes (rolling median of 25); band edges 1/2, 1",
+              "slope / lr (rolling median)", "curvature / lr^2 (rolling median)",
+              "share of probes without a usable measurement", "horizon scale"]
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in (axes[0], axes[3]):
+        ax.set_yscale("log", nonpositive="mask")
+    axes[2].set_yscale("symlog", linthresh=1e-3)
+    _legend(figure, axes[0], len(runs))
+    figure.suptitle("the lr method's measurements over training (first seed of each group)",
+                    fontsize=10)
+    return _save(figure, path)
+
+
 SENSITIVITY_KEY = "optimizer.lr"
 
 
@@ -194,10 +265,12 @@ def write_figures(groups: Sequence[Group], out: Path) -> list[Path]:
             if path:
                 written.append(path)
     for path in (lr_figure(groups, out / "lr_vs_step.png"),
+                 method_figure(groups, out / "method_vs_step.png"),
                  sensitivity_figure(groups, out / "lr_sensitivity.png")):
         if path:
             written.append(path)
     return written
 
 
-__all__ = ["curve_figure", "lr_figure", "mean_curve", "sensitivity_figure", "write_figures"]
+__all__ = ["curve_figure", "lr_figure", "mean_curve", "method_figure", "sensitivity_figure",
+           "write_figures"]
