@@ -255,27 +255,26 @@ def test_rejections_and_help_load_no_torch(args, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
 
 
-def test_the_option_table_cache_is_the_signatures(tmp_path, monkeypatch):
-    """The cached option table (what the schemas are made from without torch) equals the
-    one read from the signatures, and a cache for another source version is not used."""
+def test_the_committed_option_table_is_the_signatures():
+    """gen_cli/options.json (what the schemas are made from without torch) is what
+    ``python -m gen_cli.schema`` writes from the registries' signatures today."""
     from gen_cli import schema
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    live = schema.live_table()
-    assert schema.option_table() == live  # computed and written
-    assert schema.cache_path().is_file()
-    assert schema.option_table() == live  # read back
-    other = schema.cache_path().with_name("options-0000.json")
-    schema.cache_path().rename(other)
-    monkeypatch.setattr(schema, "live_table", lambda: {"task": {}})
-    assert schema.option_table() == {"task": {}}  # another version's table was not read
-    assert other.exists()  # but kept, for the install it belongs to
-    for i in range(schema.KEEP_CACHED + 2):
-        (tmp_path / "genlr" / f"options-old{i}.json").write_text("{}")
-    schema.cache_path().unlink()
-    schema.option_table()
-    assert len(list((tmp_path / "genlr").glob("options-*.json"))) == schema.KEEP_CACHED
-    assert schema.cache_path().is_file()  # the newest stays
+    assert schema.TABLE_FILE.read_text() == schema.table_text(schema.live_table()), \
+        "a builder's options changed: run python -m gen_cli.schema and commit gen_cli/options.json"
+    assert schema.option_table() == schema.live_table()
+
+
+def test_gen_train_reads_hydras_flags():
+    """The flags the check reads are Hydra's (its parser is private: read here, in a test)."""
+    from hydra._internal.utils import get_args_parser
+
+    from gen_cli.preflight import RUN_FLAGS, SHOW_FLAGS
+
+    hydra_flags = {s for action in get_args_parser()._actions for s in action.option_strings}
+    ours = {s for flags in (SHOW_FLAGS, RUN_FLAGS) for flag, short in flags.items()
+            for s in (flag, short) if s}
+    assert ours == hydra_flags
 
 
 @pytest.mark.slow

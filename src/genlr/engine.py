@@ -62,11 +62,13 @@ class ConfigError(ValueError):
 
 @contextlib.contextmanager
 def _blame(group: str, name: str):
-    """Prefix a builder's ValueError/TypeError with the component it came from."""
+    """Prefix a builder's ValueError/TypeError with the component it came from, unless it
+    names a setting already (``optimizer.betas=...``, ``task.path=...``, ``lr=newt: ...``)."""
     try:
         yield
     except (ValueError, TypeError) as err:
-        if isinstance(err, ConfigError) or str(err).startswith(f"{group}="):
+        named = tuple(f"{g}{sep}" for g in ("task", "model", "optimizer", "lr", "trainer") for sep in "=.")
+        if isinstance(err, ConfigError) or str(err).startswith(named):
             raise
         raise ConfigError(f"{group}={name}: {err}") from err
 

@@ -88,6 +88,9 @@ class ImageClassification(InMemoryTask):
     def __init__(self, *, data_root: Optional[str] = None, download: bool = True,
                  train_size: Optional[int] = None) -> None:
         super().__init__()
+        if data_root is not None and not data_root.strip():
+            raise ValueError(f"task.data_root={data_root!r}: no folder; give the folder that "
+                             f"holds the data, or null for the default ({default_data_root()})")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be a positive number of examples (or null for "
                              f"all of them), got {train_size}")
