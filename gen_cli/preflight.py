@@ -128,19 +128,21 @@ def parse_overrides(lines: list[str]) -> list[Override]:
 
 
 # ---------------------------------------------------------------------- the whole check
-def check_command_line(argv: list[str]) -> None:
-    """Raise UsageError (one line) if any job the command line asks for cannot start."""
+def check_command_line(argv: list[str]) -> bool:
+    """Raise UsageError (one line) if any job the command line asks for cannot start; False
+    where it asks Hydra to show something instead (nothing checked), else True."""
     args = read_command_line(argv)
     if args is None:
-        return
+        return False
     parsed = parse_overrides(args.overrides)
     _check_deletions(parsed)
     _check_size(parsed)
     extra = _search_path(args.config_dir, parsed)
+    given = {o.key_or_group for o in parsed}
     table = option_table()
     with app_configs(args.config_path):
         def job_config(overrides: list[str]) -> DictConfig:
-            return _compose(args.config_name or CONFIG_NAME, [*overrides, *extra])
+            return _compose(args.config_name or CONFIG_NAME, [*overrides, *extra], given)
 
         first = job_config(_first_values(parsed))
         multirun = args.multirun or OmegaConf.select(first, "hydra.mode") == RunMode.MULTIRUN
@@ -158,6 +160,7 @@ def check_command_line(argv: list[str]) -> None:
         run_dir = None if multirun else Path(str(OmegaConf.select(first, "hydra.run.dir")))
     seed_given = next((o.input_line for o in parsed if o.get_key_element() == "seed"), None)
     check_buildable(configs, run_dir, seed_given)
+    return True
 
 
 def _check_deletions(parsed: list[Override]) -> None:
@@ -227,17 +230,18 @@ def _jobs(parsed: list[Override], first: DictConfig, multirun: bool) -> list[lis
     return jobs
 
 
-def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+def _compose(config_name: str, overrides: list[str], given: set[str]) -> DictConfig:
     try:
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except Exception as err:
-        raise UsageError(_describe(err)) from None
+        raise UsageError(_describe(err, given)) from None
     _check_references(cfg.hydra, "hydra.")
     return cfg
 
 
-def _describe(err: BaseException) -> str:
-    """One line for a composition error: the key or group, the value, what is allowed."""
+def _describe(err: BaseException, given: set[str]) -> str:
+    """One line for a composition error: the key or group, the value, what is allowed
+    (``given``: the keys the command line sets; a config sets the others)."""
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
         group, _, value = err.missing_cfg_file.rpartition("/")
         if group == "workload/sizes":  # conf/workload/sizes/<workload>_<size>.yaml
@@ -247,8 +251,11 @@ def _describe(err: BaseException) -> str:
             return (f"workload {workload} has no size {value.removeprefix(f'{workload}_')!r}; "
                     f"choose one of: {', '.join(sizes)}")
         return f"unknown {group} {value!r}; choose one of: {', '.join(err.options)}"
-    cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+    chain = [err]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    cause = next((e for e in chain if isinstance(e, OmegaConfBaseException) and e.full_key), None)
+    if cause is not None:
         key = cause.full_key
         schema = cause.object_type
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(schema):
@@ -258,11 +265,12 @@ def _describe(err: BaseException) -> str:
                 try:
                     check_options(group, fields["name"], option_table()[group][fields["name"]], {leaf: None})
                 except ValueError as refused:
-                    return str(refused)
+                    return str(refused) + ("" if key in given else
+                                           f" ({key} is set by a config, not the command line)")
             return f"{key}: no such setting; choose one of: {', '.join(fields)}"
         return f"{key}: {one_line(cause)}"
-    if cause is not None:
-        return f"{one_line(err)}: {one_line(cause)}"
+    if err.__cause__ is not None:
+        return f"{one_line(err)}: {one_line(err.__cause__)}"
     return one_line(err)
 
 

@@ -59,12 +59,13 @@ def train_job(cfg: DictConfig, failed: list[str]) -> float | None:
 
 def main() -> None:
     register_schemas()
-    register_resolvers()
     try:
-        check_command_line(sys.argv[1:])
+        runs = check_command_line(sys.argv[1:])
     except UsageError as err:
         print(f"gen-train: {err}", file=sys.stderr)
         sys.exit(2)
+    if not runs:  # Hydra shows something: --help's lists come from these resolvers (only
+        register_resolvers()  # then: OmegaConf calls them in every composition, seconds each)
     failed: list[str] = []  # the jobs run in this process (a launcher's own processes: theirs)
     hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name=CONFIG_NAME)(
         lambda cfg: train_job(cfg, failed))()
