@@ -142,7 +142,8 @@ def check_command_line(argv: list[str]) -> bool:
     table = option_table()
     with app_configs(args.config_path):
         def job_config(overrides: list[str]) -> DictConfig:
-            return _compose(args.config_name or CONFIG_NAME, [*overrides, *extra], given)
+            return _compose(args.config_path or CONFIG_PATH, args.config_name or CONFIG_NAME,
+                            [*overrides, *extra], given)
 
         first = job_config(_first_values(parsed))
         multirun = args.multirun or OmegaConf.select(first, "hydra.mode") == RunMode.MULTIRUN
@@ -230,18 +231,20 @@ def _jobs(parsed: list[Override], first: DictConfig, multirun: bool) -> list[lis
     return jobs
 
 
-def _compose(config_name: str, overrides: list[str], given: set[str]) -> DictConfig:
+def _compose(config_path: str, config_name: str, overrides: list[str], given: set[str]) -> DictConfig:
     try:
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except Exception as err:
-        raise UsageError(_describe(err, given)) from None
+        primary = f"--config-path {config_path} --config-name {config_name}"
+        raise UsageError(_describe(err, given, primary)) from None
     _check_references(cfg.hydra, "hydra.")
     return cfg
 
 
-def _describe(err: BaseException, given: set[str]) -> str:
+def _describe(err: BaseException, given: set[str], primary: str) -> str:
     """One line for a composition error: the key or group, the value, what is allowed
-    (``given``: the keys the command line sets; a config sets the others)."""
+    (``given``: the keys the command line sets, a config sets the others; ``primary``: the
+    flags that chose the primary config)."""
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
         group, _, value = err.missing_cfg_file.rpartition("/")
         if group == "workload/sizes":  # conf/workload/sizes/<workload>_<size>.yaml
@@ -251,6 +254,8 @@ def _describe(err: BaseException, given: set[str]) -> str:
             return (f"workload {workload} has no size {value.removeprefix(f'{workload}_')!r}; "
                     f"choose one of: {', '.join(sizes)}")
         return f"unknown {group} {value!r}; choose one of: {', '.join(err.options)}"
+    if isinstance(err, MissingConfigException):  # the primary config, or its folder
+        return f"{primary}: {one_line(err)}"
     chain = [err]
     while chain[-1].__cause__ or chain[-1].__context__:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)

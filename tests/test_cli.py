@@ -139,9 +139,9 @@ def test_two_job_multirun(tmp_path):
 
 
 def test_good_command_lines_pass_the_preflight():
-    check_command_line(["task=logreg", "model=mlp", "lr=cosine", "optimizer=sgd", "optimizer.lr=0.5"])
-    check_command_line(["-m", "lr=constant,cosine", "seed=0,1,2"])
-    check_command_line(["--help"])  # Hydra's own business
+    assert check_command_line(["task=logreg", "model=mlp", "lr=cosine", "optimizer=sgd", "optimizer.lr=0.5"])
+    assert check_command_line(["-m", "lr=constant,cosine", "seed=0,1,2"])
+    assert not check_command_line(["--help"])  # Hydra's own business: nothing checked
 
 
 @pytest.mark.slow

@@ -113,6 +113,23 @@ def test_max_steps_alone_sets_the_length_of_a_run(tmp_path):
     assert train(spec("constant", epochs=1), tmp_path / "epoch")["steps"] == 64
 
 
+def test_cpu_peak_memory_in_the_platforms_units(monkeypatch):
+    """ru_maxrss is KiB on Linux, bytes on macOS; Windows has no resource module."""
+    import resource
+    import sys
+
+    class Usage:
+        ru_maxrss = 2**20
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: Usage())
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert engine.peak_memory_mb(torch.device("cpu")) == 1024.0
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert engine.peak_memory_mb(torch.device("cpu")) == 1.0
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource: ImportError
+    assert engine.peak_memory_mb(torch.device("cpu")) is None
+
+
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         train(spec(resume="true"), tmp_path / "fresh")

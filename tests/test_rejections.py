@@ -146,6 +146,8 @@ TABLE: list[tuple[list[str], str]] = [
     (["--foo"], "--foo: not a flag of gen-train"),
     (["--run", "--multirun"], "--run and --multirun"),
     (["--config-dir", "{tmp}/missing"], "--config-dir {tmp}/missing: no such folder"),
+    (["--config-path", "{tmp}/missing"], "--config-path {tmp}/missing --config-name train: Primary config directory not found"),
+    (["--config-name", "nope"], "--config-name nope: Cannot find primary config 'nope'"),
     (["x=["], "cannot parse 'x=['"),
 ]
 if shutil.which("sbatch") is None:
@@ -155,7 +157,9 @@ if not torch.cuda.is_available():
 
 DEFAULT_ROWS = ["lr=nonexistent", "trainer.max_steps=abc", "optimizer.betas=[0.9]",
                 "seed=99999999999999999999", "task=quadratic", "hydra.run.dir=/proc/x"]
-CLASS_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception):")  # DatasetNotFoundError: ...
+# A line led by an exception's class (DatasetNotFoundError: ...); a cause in parentheses may
+# name its type ("does not fit this run (KeyError: 'scheduler')").
+CLASS_NAME = re.compile(r"^gen-train: [A-Z]\w*(Error|Exception):")
 
 
 def scratch(tmp: Path) -> Path:
@@ -193,10 +197,14 @@ def in_process(args: list[str], case: Path) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def real_cli(args: list[str], case: Path) -> tuple[int, str]:
+def gen_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """The gen-train console script in its own process."""
-    proc = subprocess.run([GEN_TRAIN, *args], cwd=case, capture_output=True, text=True,
+    return subprocess.run([GEN_TRAIN, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+def real_cli(args: list[str], case: Path) -> tuple[int, str]:
+    proc = gen_train(args, case)
     return proc.returncode, proc.stderr
 
 
@@ -231,6 +239,27 @@ def test_every_bad_command_line_is_refused_in_one_line(args, expected, tmp_path)
 def test_representative_rows_through_the_real_cli(row, tmp_path):
     args, expected = next(r for r in TABLE if not hasattr(r, "marks") and r[0][0] == row)
     assert problems(args, expected, tmp_path) == []
+
+
+@pytest.mark.parametrize("group, name, options", [
+    ("optimizer", "adamw", {"betas": [0.9]}),
+    ("optimizer", "adamw", {"lr": float("nan")}),
+    ("optimizer", "adamw", {"foo": 1}),
+    ("task", "charlm", {"foo": 1}),
+])
+def test_the_library_refuses_an_option_in_the_command_lines_words(group, name, options, tmp_path):
+    """``build_optimizer("adamw", params, betas=[0.9])`` raises the line gen-train prints."""
+    from genlr.models import build_model
+    from genlr.optimizers import build_optimizer
+    from genlr.tasks import build_task
+
+    build = {"optimizer": lambda: build_optimizer(name, build_model("linear", build_task("logreg")).parameters(), **options),
+             "task": lambda: build_task(name, **options)}[group]
+    with pytest.raises(ValueError) as refused:
+        build()
+    overrides = [f"{group}={name}", *(f"{group}.{key}={value}" for key, value in options.items())]
+    code, stderr = in_process(command(overrides, tmp_path), tmp_path)
+    assert code == 2 and stderr.strip() == f"gen-train: {refused.value}"
 
 
 def test_data_found_corrupt_when_read_fails_its_run_in_one_line(tmp_path):
