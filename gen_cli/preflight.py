@@ -143,7 +143,7 @@ def check_command_line(argv: list[str]) -> bool:
     with app_configs(args.config_path):
         def job_config(overrides: list[str]) -> DictConfig:
             return _compose(args.config_path or CONFIG_PATH, args.config_name or CONFIG_NAME,
-                            [*overrides, *extra], given)
+                            [*extra, *overrides], given)  # Hydra reads the first hydra.searchpath
 
         first = job_config(_first_values(parsed))
         multirun = args.multirun or OmegaConf.select(first, "hydra.mode") == RunMode.MULTIRUN
@@ -169,8 +169,9 @@ def _check_deletions(parsed: list[Override]) -> None:
     ``~experiment``, but not a setting of a schema)."""
     for override in parsed:
         key = override.key_or_group
-        if override.is_delete() and (key.split(".")[0] in GROUPS + ("trainer",) and "." in key
-                                     or key in TOP_LEVEL and key not in ("workload", "size")):
+        head, _, rest = key.partition(".")
+        setting = rest and head in (*GROUPS, "trainer") or key in ("seed", "objective", "lr_range")
+        if override.is_delete() and setting:
             raise UsageError(f"~{key}: a setting cannot be removed; give it a value instead "
                              f"({key}=...)")
 
