@@ -234,6 +234,21 @@ def test_the_committed_option_table_is_the_signatures():
     assert schema.option_table() == schema.live_table()
 
 
+def test_gen_cli_uses_public_modules_only():
+    """No ``hydra._internal`` (nor any other private module) behind gen_cli's imports."""
+    import ast
+
+    for path in sorted((REPO / "gen_cli").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names]
+        names += [node.module for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module and not node.level]
+        private = [name for name in names if any(part.startswith("_") for part in name.split("."))
+                   and not name.startswith("__future__")]
+        assert private == [], f"{path.name} imports {private}"
+
+
 def test_gen_train_reads_hydras_flags():
     """The flags the check reads are Hydra's (its parser is private: read here, in a test)."""
     from hydra._internal.utils import get_args_parser
