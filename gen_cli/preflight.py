@@ -145,12 +145,14 @@ def check_command_line(argv: list[str]) -> bool:
             return _compose(args.config_path or CONFIG_PATH, args.config_name or CONFIG_NAME,
                             [*extra, *overrides], given)  # Hydra reads the first hydra.searchpath
 
-        first = job_config(_first_values(parsed))
+        first_job = _first_values(parsed)
+        first = job_config(first_job)
         multirun = args.multirun or OmegaConf.select(first, "hydra.mode") == RunMode.MULTIRUN
         _check_hydra_settings(first, multirun)
+        run_dir = None if multirun else Path(str(OmegaConf.select(first, "hydra.run.dir")))
         configs = []
         for job in _jobs(parsed, first, multirun):
-            cfg = job_config(job)
+            cfg = first if job == first_job else job_config(job)  # (composed once)
             if multirun:
                 _check_job_folder(cfg)
             with contextlib.suppress(Exception):  # what is checked below: the job's own keys
@@ -158,7 +160,6 @@ def check_command_line(argv: list[str]) -> bool:
                 cfg.pop("hydra", None)
             check_values(cfg, table)
             configs.append(cfg)
-        run_dir = None if multirun else Path(str(OmegaConf.select(first, "hydra.run.dir")))
     seed_given = next((o.input_line for o in parsed if o.get_key_element() == "seed"), None)
     check_buildable(configs, run_dir, seed_given)
     return True

@@ -7,12 +7,16 @@ LIMIT = 300  # characters of an exception's message kept in one line
 
 
 def one_line(err: BaseException, with_type: bool = False) -> str:
-    """``err`` in one line: its message's first line, and the second too where the first
-    ends in a colon (torch's "Error(s) in loading state_dict for Net:" says what is wrong
-    on the next line), at most ``LIMIT`` characters. The exception's type leads where
-    ``with_type`` asks for it (an unexpected error) or where the message is empty."""
+    """``err`` in one line: its message's first line, and the next ones as long as a line
+    ends in a colon (torch's "Error(s) in loading state_dict for Net:" and torchvision's
+    "Error downloading x.gz:" say what is wrong below), at most ``LIMIT`` characters. The
+    exception's type leads where ``with_type`` asks for it (an unexpected error) or where
+    the message is empty."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = " ".join(lines[:2] if lines and lines[0].endswith(":") and len(lines) > 1 else lines[:1])
+    kept = lines[:1]
+    while kept and kept[-1].endswith(":") and len(kept) < len(lines):
+        kept.append(lines[len(kept)])
+    text = " ".join(kept)
     if len(text) > LIMIT:
         text = text[:LIMIT - 3] + "..."
     if not text:
