@@ -2,13 +2,16 @@
 gets one line naming the key, the bad value and what is allowed: never a traceback, never
 a run folder left behind.
 
-Hydra is set up as ``@hydra.main`` sets it up (``--config-dir``, ``--config-path``,
-``--config-name``, search-path plugins), and every job a sweep would launch is composed.
-The checks come in two stages. The first needs no torch: Hydra's parsing and composition,
-names, keys, types and the values a signature can judge (choices, tuple lengths, finite
-numbers), the trainer settings, Hydra's own settings, the output folder. The second builds
-every job's components without data (what only the builders can judge), finds or
-downloads the data, and reads the checkpoint a job resumes from.
+Through Hydra's public API only: the command line's flags as Hydra documents them, and
+every job a sweep would launch (each swept value once) composed with ``hydra.compose`` from
+the configs ``@hydra.main`` would use (``--config-path``, ``--config-name``,
+``--config-dir``). A composition error keeps Hydra's words where they are one clear line;
+an unknown option or key is said again from the exception's own fields (the group's
+options, the schema's fields). The checks come in two stages. The first needs no torch:
+composition (names, keys, types), the values a signature judges
+(``genlr.options.check_options``), the trainer settings, Hydra's own settings, the output
+folder. The second builds every job's components without data (what only the builders can
+judge), finds or downloads the data, and reads the checkpoint a job resumes from.
 """
 
 from __future__ import annotations
@@ -18,154 +21,179 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
+from hydra import compose, initialize, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import (InterpolationKeyError, OmegaConfBaseException,
-                              UnsupportedInterpolationType)
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationKeyError,
+                              OmegaConfBaseException, UnsupportedInterpolationType)
 
 from gen_cli.objective import objective_of
-from gen_cli.schema import GROUPS, Table, TrainSchema, option_table, register_schemas, schema_of
-from genlr.options import Option
+from gen_cli.schema import GROUPS, Table, TrainSchema, option_table, schema_of
+from genlr.messages import one_line
+from genlr.options import check_options
 from genlr.spec import RunSpec, TrainerConfig
 
-# Where @hydra.main sits (Hydra resolves --config-path relative to it) and its primary config.
-APP_MODULE = "gen_cli.train"
+# Where @hydra.main finds its configs (gen_cli/train.py) and its job's name.
 CONFIG_PATH = "pkg://gen_cli.conf"
 CONFIG_NAME = "train"
+JOB_NAME = "train"
+VERSION_BASE = "1.3"
 TOP_LEVEL = tuple(field.name for field in dataclasses.fields(TrainSchema))
 SEED_RANGE = (-(2**63), 2**64)  # what torch.manual_seed accepts
+# Hydra's command-line flags (https://hydra.cc/docs/advanced/hydra-command-line-flags/;
+# tests/test_cli.py checks them against Hydra's own parser), each with its short form. These
+# show something instead of running a job: Hydra answers them, nothing is checked.
+SHOW_FLAGS = {"--help": "-h", "--hydra-help": None, "--version": None, "--cfg": "-c",
+              "--resolve": None, "--package": "-p", "--info": "-i",
+              "--shell-completion": "-sc", "--experimental-rerun": None}
+# ... and these say which configs make the jobs, and whether they are a sweep.
+RUN_FLAGS = {"--run": "-r", "--multirun": "-m", "--config-path": "-cp",
+             "--config-name": "-cn", "--config-dir": "-cd"}
 
 
 class UsageError(ValueError):
     """A bad command line; its message is one line."""
 
 
-# ------------------------------------------------------------------------- Hydra's way
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line as Hydra's own parser reads it; a bad flag raises UsageError."""
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
-
-    def error(message: str):
+# ------------------------------------------------------------------ the command line
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print its usage and exit: two lines
         raise UsageError(f"{message} (see gen-train --help)")
 
-    parser.error = error  # argparse would print usage and exit: two lines
-    return parser.parse_args(argv)
 
-
-def hands_over_to_hydra(args: argparse.Namespace) -> bool:
-    """--help, --cfg, --info, shell completion: Hydra's business, nothing runs."""
-    return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-                or args.resolve or args.experimental_rerun)
+def read_command_line(argv: list[str]) -> argparse.Namespace | None:
+    """The flags and overrides, read as Hydra reads them; None where a flag asks Hydra to
+    show something (--help, --cfg, ...) rather than to run."""
+    parser = _Parser(prog="gen-train", add_help=False)
+    parser.add_argument("overrides", nargs="*")
+    for flag, short in SHOW_FLAGS.items():  # their values are Hydra's business
+        parser.add_argument(flag, *filter(None, [short]), nargs="?", const=True)
+    for flag, short in RUN_FLAGS.items():
+        kind = {"action": "store_true"} if flag in ("--run", "--multirun") else {}
+        parser.add_argument(flag, short, **kind)
+    args, rest = parser.parse_known_args(argv)
+    flags = [arg for arg in rest if arg.startswith("-")]
+    if flags:
+        raise UsageError(f"{flags[0]}: not a flag of gen-train (see gen-train --help)")
+    if rest:  # Hydra's parser takes the overrides in one piece
+        raise UsageError(f"{rest[0]}: give the overrides together, after the flags "
+                         "(gen-train -m key=value ...)")
+    if any(getattr(args, flag[2:].replace("-", "_")) is not None for flag in SHOW_FLAGS):
+        return None
+    if args.run and args.multirun:
+        raise UsageError("--run and --multirun: give one of them (a sweep runs with -m)")
+    if args.config_dir is not None and not os.path.isdir(args.config_dir):
+        raise UsageError(f"--config-dir {args.config_dir}: no such folder")
+    return args
 
 
 @contextlib.contextmanager
-def hydra_as_main(args: argparse.Namespace) -> Iterator[Any]:
-    """Hydra initialised the way ``@hydra.main`` initialises it for this command line
-    (hydra._internal.utils._run_hydra): the app's configs, --config-path, --config-dir."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-
-    search_path = create_automatic_config_search_path(None, APP_MODULE, args.config_path or CONFIG_PATH)
-    if args.config_dir is not None:
-        config_dir = os.path.abspath(args.config_dir)
-        if not os.path.isdir(config_dir):
-            raise UsageError(f"--config-dir {args.config_dir}: no such folder")
-        search_path.prepend(provider="command-line", path=f"file://{config_dir}",
-                            anchor=SearchPathQuery(provider="schema"))
-    GlobalHydra.instance().clear()
-    try:
-        yield Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
-    except OmegaConfBaseException as err:
-        raise UsageError(_first_line(err)) from None
-    finally:
-        GlobalHydra.instance().clear()
+def app_configs(config_path: str | None) -> Iterator[None]:
+    """Hydra initialised with the configs ``@hydra.main`` in gen_cli/train.py reads: its
+    ``config_path``, or the one --config-path gives (a relative path is relative to
+    gen_cli/, as Hydra takes it relative to train.py)."""
+    path = config_path or CONFIG_PATH
+    GlobalHydra.instance().clear()  # a job run in this process before (tests) leaves it set
+    if path.startswith("pkg://"):
+        init = initialize_config_module(path.removeprefix("pkg://"), job_name=JOB_NAME,
+                                        version_base=VERSION_BASE)
+    elif os.path.isabs(path):
+        init = initialize_config_dir(path, job_name=JOB_NAME, version_base=VERSION_BASE)
+    else:
+        init = initialize(config_path=path, job_name=JOB_NAME, version_base=VERSION_BASE)
+    with init:
+        yield
 
 
-# ---------------------------------------------------------------------- the whole check
-def check_command_line(argv: list[str]) -> None:
-    """Raise UsageError (one line) if any job the command line asks for cannot start."""
-    args = parse_args(argv)
-    if hands_over_to_hydra(args):
-        return
-    table = register_schemas()
-    config_name = args.config_name or CONFIG_NAME
-    overrides = list(args.overrides)
-    parsed = _parse(overrides)
-    with hydra_as_main(args) as hydra:
-        _check_group_choices(parsed)
-        try:
-            mode = hydra.get_mode(config_name=config_name, overrides=overrides)
-        except Exception as err:
-            raise UsageError(_describe(err, overrides, hydra, config_name)) from None
-        multirun = args.multirun or mode == RunMode.MULTIRUN
-        first = _compose(hydra, config_name, _first_values(parsed), mode, with_hydra=True)
-        jobs = _jobs(parsed, first, multirun)
-        _check_hydra_settings(first, multirun)
-        configs = []
-        for job in jobs:
-            _check_group_choices(_parse(job))
-            cfg = _compose(hydra, config_name, job, mode, with_hydra=False)
-            check_values(cfg, table)
-            configs.append(cfg)
-        run_dir = None if multirun else Path(str(OmegaConf.select(first, "hydra.run.dir")))
-    seed_given = next((o.input_line for o in parsed if o.get_key_element() == "seed"), None)
-    check_buildable(configs, run_dir, seed_given)
-
-
-def _parse(overrides: list[str]) -> list[Override]:
+def parse_overrides(lines: list[str]) -> list[Override]:
     parser = OverridesParser.create()
-    for line in overrides:  # one at a time, to name the one that does not parse
+    for line in lines:  # one at a time, to name the one that does not parse
         try:
             parser.parse_override(line)
         except Exception as err:
-            raise UsageError(f"cannot parse {line!r}: {_first_line(err)} (write key=value; quote "
-                             "a value with special characters: key='a value')") from None
-    return parser.parse_overrides(overrides)
+            raise UsageError(f"cannot parse {line!r}: {one_line(err)} (write "
+                             "key=value; quote a value with special characters: "
+                             "key='a value')") from None
+    return parser.parse_overrides(lines)
 
 
-def _check_group_choices(parsed: list[Override]) -> None:
-    """``group=option`` for any config group, Hydra's included (hydra/launcher=...)."""
-    loader = GlobalHydra.instance().config_loader()
-    _check_size(loader, parsed)
+# ---------------------------------------------------------------------- the whole check
+def check_command_line(argv: list[str]) -> bool:
+    """Raise UsageError (one line) if any job the command line asks for cannot start; False
+    where it asks Hydra to show something instead (nothing checked), else True."""
+    args = read_command_line(argv)
+    if args is None:
+        return False
+    parsed = parse_overrides(args.overrides)
+    _check_deletions(parsed)
+    _check_size(parsed)
+    extra = _search_path(args.config_dir, parsed)
+    given = {o.key_or_group for o in parsed}
+    table = option_table()
+    with app_configs(args.config_path):
+        def job_config(overrides: list[str]) -> DictConfig:
+            return _compose(args.config_path or CONFIG_PATH, args.config_name or CONFIG_NAME,
+                            [*extra, *overrides], given)  # Hydra reads the first hydra.searchpath
+
+        first_job = _first_values(parsed)
+        first = job_config(first_job)
+        multirun = args.multirun or OmegaConf.select(first, "hydra.mode") == RunMode.MULTIRUN
+        _check_hydra_settings(first, multirun)
+        run_dir = None if multirun else Path(str(OmegaConf.select(first, "hydra.run.dir")))
+        configs = []
+        for job in _jobs(parsed, first, multirun):
+            cfg = first if job == first_job else job_config(job)  # (composed once)
+            if multirun:
+                _check_job_folder(cfg)
+            with contextlib.suppress(Exception):  # what is checked below: the job's own keys
+                OmegaConf.set_struct(cfg, False)
+                cfg.pop("hydra", None)
+            check_values(cfg, table)
+            configs.append(cfg)
+    seed_given = next((o.input_line for o in parsed if o.get_key_element() == "seed"), None)
+    check_buildable(configs, run_dir, seed_given)
+    return True
+
+
+def _check_deletions(parsed: list[Override]) -> None:
+    """``~trainer.epochs``: gen-train's settings all have a value (a group may be removed,
+    ``~experiment``, but not a setting of a schema)."""
     for override in parsed:
-        group = override.key_or_group
-        allowed = loader.get_group_options(group)
-        if override.is_delete() or override.is_sweep_override() or not allowed:
-            continue  # not a group (a value), or a sweep (each of its values comes here alone)
-        value = override.value()
-        if value is None:  # no option of an optional group (experiment=null)
-            continue
-        if not isinstance(value, str) or value not in allowed:
-            raise UsageError(f"unknown {group} {value!r}; choose one of: {', '.join(allowed)}")
+        key = override.key_or_group
+        head, _, rest = key.partition(".")
+        setting = rest and head in (*GROUPS, "trainer") or key in ("seed", "objective", "lr_range")
+        if override.is_delete() and setting:
+            raise UsageError(f"~{key}: a setting cannot be removed; give it a value instead "
+                             f"({key}=...)")
 
 
-def _check_size(loader, parsed: list[Override]) -> None:
-    """``size=`` picks a workload's size (conf/workload/sizes/<workload>_<size>.yaml)."""
-    chosen = {o.key_or_group: o.value() for o in parsed
-              if o.key_or_group in ("workload", "size") and not o.is_delete()
-              and not o.is_sweep_override()}
-    if "size" not in chosen:
-        return
-    workload = chosen.get("workload")
-    if workload is None:
-        raise UsageError(f"size={chosen['size']} sizes a workload: add workload=<name> (one of: "
-                         f"{', '.join(loader.get_group_options('workload'))})")
-    sizes = [name.removeprefix(f"{workload}_")
-             for name in loader.get_group_options("workload/sizes") if name.startswith(f"{workload}_")]
-    if chosen["size"] not in sizes:
-        raise UsageError(f"workload {workload} has no size {chosen['size']!r}; choose one of: "
-                         f"{', '.join(sizes)}")
+def _check_size(parsed: list[Override]) -> None:
+    """``size=`` picks the size of a workload (conf/workload/sizes/<workload>_<size>.yaml)."""
+    chosen = {o.key_or_group for o in parsed if not o.is_delete()}
+    if "size" in chosen and "workload" not in chosen:
+        size = next(o.input_line for o in parsed if o.key_or_group == "size")
+        raise UsageError(f"{size} sizes a workload: add workload=<name> (see gen-train --help)")
+
+
+def _search_path(config_dir: str | None, parsed: list[Override]) -> list[str]:
+    """--config-dir DIR as an override: Hydra puts DIR after the app's configs, where
+    ``hydra.searchpath`` puts its folders (before those the command line gives there)."""
+    if config_dir is None:
+        return []
+    given = next((o.value() for o in parsed if o.get_key_element() == "hydra.searchpath"), None)
+    paths = [f"file://{os.path.abspath(config_dir)}", *(given or [])]
+    quoted = ("'" + re.sub(r"(\\+)(?='|$)", r"\1\1", str(p)).replace("'", "\\'") + "'" for p in paths)
+    return [f"hydra.searchpath=[{','.join(quoted)}]"]
 
 
 def _first_values(parsed: list[Override]) -> list[str]:
@@ -196,8 +224,8 @@ def _jobs(parsed: list[Override], first: DictConfig, multirun: bool) -> list[lis
     if multirun and sweeper is not None and str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
         keys = {o.get_key_element() for o in parsed}
-        lines = [p for p, o in zip(params, _parse(params)) if o.get_key_element() not in keys] + lines
-    choices = [v for v in map(_values, _parse(lines)) if v]
+        lines = [p for p, o in zip(params, parse_overrides(params)) if o.get_key_element() not in keys] + lines
+    choices = [v for v in map(_values, parse_overrides(lines)) if v]
     base = [values[0] for values in choices]
     jobs = [base]
     for i, values in enumerate(choices):
@@ -205,72 +233,52 @@ def _jobs(parsed: list[Override], first: DictConfig, multirun: bool) -> list[lis
     return jobs
 
 
-def _compose(hydra, config_name: str, overrides: list[str], mode: RunMode,
-             with_hydra: bool) -> DictConfig:
+def _compose(config_path: str, config_name: str, overrides: list[str], given: set[str]) -> DictConfig:
     try:
-        cfg = hydra.compose_config(config_name=config_name, overrides=overrides, run_mode=mode)
-        if with_hydra:
-            _check_references(cfg.hydra, "hydra.")
-        else:
-            with contextlib.suppress(Exception):
-                OmegaConf.set_struct(cfg, False)
-                cfg.pop("hydra", None)
-        return cfg
-    except UsageError:
-        raise
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except Exception as err:
-        raise UsageError(_describe(err, overrides, hydra, config_name)) from None
+        primary = f"--config-path {config_path} --config-name {config_name}"
+        raise UsageError(_describe(err, given, primary)) from None
+    _check_references(cfg.hydra, "hydra.")
+    return cfg
 
 
-# ------------------------------------------------------------------ error messages
-def _first_line(err: BaseException) -> str:
-    """Hydra and OmegaConf errors span several lines; keep the informative ones, joined."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    keep = [line for line in lines if not line.startswith(("full_key", "object_type",
-                                                           "Set the environment", "To append",
-                                                           "reference_type", "Config search",
-                                                           "provider="))]
-    return " ".join(keep[:2]) if keep else type(err).__name__
-
-
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    while err is not None:
-        yield err
-        err = err.__cause__ or err.__context__
-
-
-def _describe(err: BaseException, overrides: list[str], hydra, config_name: str) -> str:
-    """One line for a composition error: the key, the value, what is allowed."""
-    keyed = next((e for e in _chain(err) if isinstance(e, OmegaConfBaseException)
-                  and getattr(e, "full_key", None)), None)
-    if keyed is not None:
-        key = keyed.full_key
-        message = _first_line(keyed).removesuffix(".")
-        if "not in" in message and ("Key" in message or "key" in message):
-            parent, _, leaf = key.rpartition(".")
-            others = [line for line in overrides
-                      if line.lstrip("+~").split("=")[0] != key]
-            with contextlib.suppress(Exception):
-                cfg = hydra.compose_config(config_name=config_name, overrides=others,
-                                           run_mode=RunMode.RUN)
-                node = OmegaConf.select(cfg, parent) if parent else cfg
-                keys = [k for k in node.keys() if k != "hydra"]
-                return f"{key}: no such setting; choose one of: {', '.join(map(str, keys))}"
-            # Not from the command line: a config (a workload, an experiment) sets it.
-            chosen = next((line.split("=", 1)[1] for line in overrides
-                           if line.split("=", 1)[0] == parent), None)
-            options = option_table().get(parent, {}).get(chosen)
-            if options is not None:
-                return (f"{key}: {parent}={chosen} has no option {leaf!r}, which a config sets; "
-                        f"its options: {', '.join(o.name for o in options)}")
-            return f"{key}: no such setting"
-        return f"{key}: {message}"
-    text = _first_line(err)
-    if text.startswith("Could not delete"):
-        deleted = next((line[1:].split("=")[0] for line in overrides if line.startswith("~")), "")
-        return (f"~{deleted}: a setting cannot be removed; give it a value instead "
-                f"({deleted}=...)")
-    return text
+def _describe(err: BaseException, given: set[str], primary: str) -> str:
+    """One line for a composition error: the key or group, the value, what is allowed
+    (``given``: the keys the command line sets, a config sets the others; ``primary``: the
+    flags that chose the primary config)."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, value = err.missing_cfg_file.rpartition("/")
+        if group == "workload/sizes":  # conf/workload/sizes/<workload>_<size>.yaml
+            workload = next((o.rsplit("_", 1)[0] for o in err.options
+                             if value.startswith(o.rsplit("_", 1)[0] + "_")), value)
+            sizes = [o.removeprefix(f"{workload}_") for o in err.options if o.startswith(f"{workload}_")]
+            return (f"workload {workload} has no size {value.removeprefix(f'{workload}_')!r}; "
+                    f"choose one of: {', '.join(sizes)}")
+        return f"unknown {group} {value!r}; choose one of: {', '.join(err.options)}"
+    if isinstance(err, MissingConfigException):  # the primary config, or its folder
+        return f"{primary}: {one_line(err)}"
+    chain = [err]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    cause = next((e for e in chain if isinstance(e, OmegaConfBaseException) and e.full_key), None)
+    if cause is not None:
+        key = cause.full_key
+        schema = cause.object_type
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(schema):
+            fields = {f.name: f.default for f in dataclasses.fields(schema)}
+            group, _, leaf = key.rpartition(".")
+            if group in GROUPS and "name" in fields:  # a component's schema: as the library says it
+                try:
+                    check_options(group, fields["name"], option_table()[group][fields["name"]], {leaf: None})
+                except ValueError as refused:
+                    return str(refused) + ("" if key in given else
+                                           f" ({key} is set by a config, not the command line)")
+            return f"{key}: no such setting; choose one of: {', '.join(fields)}"
+        return f"{key}: {one_line(cause)}"
+    if err.__cause__ is not None:
+        return f"{one_line(err)}: {one_line(err.__cause__)}"
+    return one_line(err)
 
 
 def _check_references(node: DictConfig | ListConfig, prefix: str) -> None:
@@ -284,7 +292,7 @@ def _check_references(node: DictConfig | ListConfig, prefix: str) -> None:
         try:
             value = node[key]
         except (InterpolationKeyError, UnsupportedInterpolationType) as err:
-            raise UsageError(f"{prefix}{key}: {_first_line(err)}") from None
+            raise UsageError(f"{prefix}{key}: {one_line(err)}") from None
         except OmegaConfBaseException:
             continue
         if isinstance(value, (DictConfig, ListConfig)):
@@ -306,30 +314,27 @@ def check_values(cfg: DictConfig, table: Table) -> None:
         if name not in table[group]:
             raise UsageError(f"{group}.name={name!r}: unknown {group}; choose one of: "
                              f"{', '.join(table[group])}")
-        options = {o.name: o for o in table[group][name]}
-        for key in node.keys():
-            if key != "name" and key not in options:
-                raise UsageError(f"{group}.{key}: {group}={name} has no option {key!r}; choose one "
-                                 f"of: {', '.join(options)}")
         try:  # user configs (--config-dir) may lack the schema: type-check them here
-            schema = OmegaConf.structured(schema_of(group, name, list(options.values())))
             given = OmegaConf.to_container(node, resolve=True)
-            values = OmegaConf.to_container(OmegaConf.merge(schema, given))
+            check_options(group, name, table[group][name], {k: v for k, v in given.items() if k != "name"})
+            OmegaConf.merge(OmegaConf.structured(schema_of(group, name, table[group][name])), given)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         except OmegaConfBaseException as err:
             key = err.full_key or ""
             key = key if key.startswith(f"{group}.") else f"{group}.{key}".rstrip(".")
-            raise UsageError(f"{key}: {_first_line(err)}") from None
-        for key, option in options.items():
-            _check_option(f"{group}.{key}", values[key], option)
+            raise UsageError(f"{key}: {one_line(err)}") from None
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UsageError(f"seed={seed!r}: the seed must be an integer")
     if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
         raise UsageError(f"seed={seed}: out of range; choose an integer in [-2**63, 2**64)")
+    if cfg.get("size") is not None and cfg.get("workload") is None:
+        raise UsageError(f"size={cfg.size} sizes a workload: add workload=<name>")
     try:
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     except OmegaConfBaseException as err:
-        raise UsageError(f"{err.full_key or 'trainer'}: {_first_line(err)}") from None
+        raise UsageError(f"{err.full_key or 'trainer'}: {one_line(err)}") from None
     settings = [f.name for f in dataclasses.fields(TrainerConfig)]
     for key, value in trainer.items():
         if key not in settings:
@@ -339,18 +344,7 @@ def check_values(cfg: DictConfig, table: Table) -> None:
     try:
         TrainerConfig(**trainer)
     except (TypeError, ValueError) as err:
-        raise UsageError(_first_line(err)) from None
-
-
-def _check_option(key: str, value: Any, option: Option) -> None:
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, float) and not math.isfinite(item):
-            raise UsageError(f"{key}={value}: not a finite number")
-    if option.choices is not None and value is not None and value not in option.choices:
-        raise UsageError(f"{key}={value!r}: choose one of: {', '.join(map(str, option.choices))}")
-    if option.length is not None and isinstance(value, list) and len(value) != option.length:
-        raise UsageError(f"{key}={value}: needs {option.length} values, got {len(value)}")
+        raise UsageError(one_line(err)) from None
 
 
 def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
@@ -366,14 +360,32 @@ def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
                          "login node, or use hydra/launcher=submitit_local or joblib)")
 
 
+def _check_job_folder(cfg: DictConfig) -> None:
+    """A sweep job's folder, ``hydra.sweep.dir/hydra.sweep.subdir``, where the subfolder
+    is known before the job runs (``seed${seed}``; not ``${hydra.job.num}``)."""
+    with contextlib.suppress(OmegaConfBaseException):
+        subdir = OmegaConf.select(cfg, "hydra.sweep.subdir", throw_on_missing=True)
+        check_writable(Path(str(cfg.hydra.sweep.dir)) / str(subdir), "hydra.sweep.subdir")
+
+
 def check_writable(out_dir: Path, key: str) -> None:
-    """The folder can be created: a scratch folder can be made in its nearest existing
-    ancestor (permissions alone say nothing for root, nor about /proc)."""
-    existing = out_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
+    """The folder can be created: each folder name still to make is one the file system
+    takes, and a scratch folder can be made in its nearest existing ancestor (permissions
+    alone say nothing for root, nor about /proc)."""
+    existing, missing = out_dir.absolute(), []
+    while not os.path.exists(existing):  # False, not an error, for a name too long
+        existing, missing = existing.parent, [existing.name, *missing]
     if not existing.is_dir():
         raise UsageError(f"{key}={out_dir}: {existing} is not a directory")
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # Windows has no pathconf
+        longest = 255
+    too_long = next((name for name in missing if len(os.fsencode(name)) > longest), None)
+    if too_long is not None:
+        raise UsageError(f"{key}={out_dir}: the folder name {too_long[:20]}... is "
+                         f"{len(os.fsencode(too_long))} bytes long; the file system takes at "
+                         f"most {longest}")
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".gen-train-check-"))
     except OSError as err:
@@ -408,13 +420,13 @@ def check_buildable(configs: list[DictConfig], run_dir: Path | None,
         spec = spec_from_config(cfg)
         try:
             run = build_run(spec, torch.device("cpu"), load_data=False)
-        except Exception as err:
-            raise UsageError(_builder_error(err)) from None
+        except Exception as err:  # the builders' own refusals say it all; a crash needs its type
+            raise UsageError(one_line(err, with_type=not isinstance(err, (ValueError, TypeError, OSError)))) from None
         try:
             objective_of(cfg.objective, spec.task["name"])
             resolve_device(spec.trainer.device)
         except ValueError as err:
-            raise UsageError(_first_line(err)) from None
+            raise UsageError(one_line(err)) from None
         if spec.trainer.strategy == "ddp" and not {"RANK", "WORLD_SIZE"} <= set(os.environ):
             raise UsageError("trainer.strategy=ddp needs torchrun: torchrun --nproc_per_node=N "
                              "$(which gen-train) trainer.strategy=ddp ...")
@@ -428,7 +440,7 @@ def check_buildable(configs: list[DictConfig], run_dir: Path | None,
             try:
                 run.task.prepare_data()
             except (OSError, ValueError) as err:
-                raise UsageError(_first_line(err)) from None
+                raise UsageError(one_line(err)) from None
 
 
 def check_resume(spec: RunSpec, run, run_dir: Path | None) -> None:
@@ -452,9 +464,4 @@ def check_resume(spec: RunSpec, run, run_dir: Path | None) -> None:
         if path is not None:
             load_checkpoint(path, run, RunStats(), WallClock())
     except (OSError, ValueError) as err:
-        raise UsageError(_first_line(err)) from None
-
-
-def _builder_error(err: BaseException) -> str:
-    text = _first_line(err)
-    return text if isinstance(err, (ValueError, TypeError)) else f"{type(err).__name__}: {text}"
+        raise UsageError(one_line(err)) from None

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     warnings.filterwarnings("ignore")
     # Imported after parsing so that --help is instant.
+    from genlr.messages import one_line
     from genlr.report import NoRunsError, write_report
 
     if args.leaderboard:
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     except NoRunsError as err:
         fail(str(err))
     except ValueError as err:
-        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        fail(one_line(err))
     except OSError as err:
-        fail(f"{type(err).__name__}: {err}", code=1)
+        fail(one_line(err, with_type=True), code=1)
     print(f"gen-report: {len(report.runs)} run(s), {len(report.groups)} group(s) -> "
           f"{report.out / 'report.md'}, report.csv, "
           f"{sum(1 for p in report.files if p.suffix == '.png')} figure(s)")

@@ -1,24 +1,21 @@
-"""Config schemas for every config group, generated from the library's registries.
+"""Config schemas for every config group, made from the library's registries.
 
 Each option of a group (``conf/<group>/<name>.yaml``) starts its defaults list with
-``/schema/<group>/<name>@_here_``: a dataclass made from the builder's signature
-(``genlr.options``), so a typo'd key or a value of the wrong type fails at compose time.
+``/schema/<group>/<name>@_here_``: a dataclass with one field per keyword-only parameter of
+the builder (``genlr.options``), so a typo'd key or a value of the wrong type fails at
+compose time.
 
-Reading the signatures means importing the registries, and with them torch (seconds). The
-table of options is therefore cached, as JSON in the user's cache folder, per version of
-genlr's source: checking a command line and printing ``--help`` need no torch.
+Reading the signatures means importing the registries, and with them torch (seconds). They
+are therefore read once, by ``python -m gen_cli.schema``, into ``gen_cli/options.json``,
+which is committed (``tests/test_cli.py`` checks that it equals the signatures): checking a
+command line and printing ``--help`` read that file and import no torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import hashlib
-import importlib.util
 import json
-import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, List, Optional
@@ -32,8 +29,7 @@ from genlr.spec import TrainerConfig
 GROUPS = ("task", "model", "optimizer", "lr")
 # group -> option name (conf/<group>/<name>.yaml, the builder's registry name) -> its options
 Table = dict[str, dict[str, list[Option]]]
-CACHE_FORMAT = 1
-KEEP_CACHED = 8  # option tables of this many source versions stay cached
+TABLE_FILE = Path(__file__).with_name("options.json")
 
 
 @dataclasses.dataclass
@@ -66,84 +62,57 @@ def registries() -> dict[str, dict[str, Any]]:
 
 
 def live_table() -> Table:
+    """Every group's options, read from the signatures (imports torch)."""
     return {group: {name: options_of(builder) for name, builder in registry.items()}
             for group, registry in registries().items()}
 
 
-def option_table() -> Table:
-    """Every group's options: from the cache while genlr's source is unchanged, else read
-    from the signatures (and cached)."""
-    path = cache_path()
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return _decode(json.loads(path.read_text(encoding="utf-8")))
-    table = live_table()
-    with contextlib.suppress(OSError, ValueError):  # an unwritable cache only costs time
-        text = json.dumps({"format": CACHE_FORMAT, "table": _encode(table)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".options-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        # Keep the newest few: two installs of different versions share the folder.
-        cached = sorted(path.parent.glob("options-*.json"), key=lambda f: f.stat().st_mtime)
-        for old in cached[:-KEEP_CACHED]:
-            old.unlink(missing_ok=True)
-    return table
-
-
-def cache_path() -> Path:
-    """``<cache>/genlr/options-<digest of genlr's source>.json``."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "genlr" / f"options-{source_digest()}.json"
-
-
 @functools.cache
-def source_digest() -> str:
-    """genlr's source as this process first read it: a process that loaded genlr before
-    the source changed must not file its (old) table under the new source's name."""
-    root = Path(importlib.util.find_spec("genlr").submodule_search_locations[0])
-    digest = hashlib.sha256(str(CACHE_FORMAT).encode())
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:20]
+def option_table() -> Table:
+    """Every group's options, as ``gen_cli/options.json`` holds them (no torch)."""
+    data = json.loads(TABLE_FILE.read_text(encoding="utf-8"))
+    return {group: {name: [Option(o["name"], _type_of(o["type"]), o["default"],
+                                  tuple(o["choices"]) if "choices" in o else None, o.get("length"))
+                           for o in options] for name, options in names.items()}
+            for group, names in data.items()}
+
+
+def table_text(table: Table) -> str:
+    """``gen_cli/options.json`` for ``table``: one option a line."""
+    def option(o: Option) -> str:
+        fields = {"name": o.name, "type": _type_name(o.type), "default": o.default}
+        fields.update({"choices": list(o.choices)} if o.choices is not None else {})
+        fields.update({"length": o.length} if o.length is not None else {})
+        return json.dumps(fields)
+
+    groups = []
+    for group, names in table.items():
+        entries = [f'    "{name}": [' + "".join(f"\n      {option(o)}," for o in options).rstrip(",")
+                   + ("\n    ]" if options else "]") for name, options in names.items()]
+        groups.append(f'  "{group}": {{\n' + ",\n".join(entries) + "\n  }")
+    return "{\n" + ",\n".join(groups) + "\n}\n"
 
 
 _BASIC = {"bool": bool, "int": int, "float": float, "str": str, "Any": Any}
+_WRAPPERS = {"Optional": Optional, "List": List}
 
 
-def _type_code(kind: Any) -> Any:
+def _type_name(kind: Any) -> str:
+    """``Optional[List[float]]`` for that type (the annotations ``options_of`` makes)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is typing.Union:
-        return ["Optional", _type_code(next(a for a in args if a is not type(None)))]
+        return f"Optional[{_type_name(next(a for a in args if a is not type(None)))}]"
     if origin is list:
-        return ["List", _type_code(args[0])]
-    for code, basic in _BASIC.items():
-        if kind is basic:
-            return code
-    raise ValueError(f"no cache code for the option type {kind!r}")
+        return f"List[{_type_name(args[0])}]"
+    name = next((name for name, basic in _BASIC.items() if kind is basic), None)
+    if name is None:
+        raise ValueError(f"no schema type for the option type {kind!r}")
+    return name
 
 
-def _type_of(code: Any) -> Any:
-    if isinstance(code, list):
-        wrapper, inner = code
-        return {"Optional": typing.Optional, "List": typing.List}[wrapper][_type_of(inner)]
-    return _BASIC[code]
-
-
-def _encode(table: Table) -> dict:
-    return {group: {name: [[o.name, _type_code(o.type), o.default,
-                            None if o.choices is None else list(o.choices), o.length]
-                           for o in options] for name, options in names.items()}
-            for group, names in table.items()}
-
-
-def _decode(data: dict) -> Table:
-    if data["format"] != CACHE_FORMAT:
-        raise ValueError("another cache format")
-    return {group: {name: [Option(o[0], _type_of(o[1]), o[2],
-                                  None if o[3] is None else tuple(o[3]), o[4]) for o in options]
-                    for name, options in names.items()}
-            for group, names in data["table"].items()}
+def _type_of(name: str) -> Any:
+    wrapper, _, inner = name.partition("[")
+    return _WRAPPERS[wrapper][_type_of(inner[:-1])] if inner else _BASIC[name]
 
 
 def schema_of(group: str, name: str, options: list[Option]) -> type:
@@ -158,11 +127,12 @@ def schema_of(group: str, name: str, options: list[Option]) -> type:
     return dataclasses.make_dataclass(f"{title}Options", fields)
 
 
-def register_schemas(table: Table | None = None) -> Table:
-    """Store every schema in Hydra's ConfigStore, and register the resolver the configs
-    use (``objective_direction``); returns the option table used."""
+def register_schemas() -> Table:
+    """What gen-train's configs need before Hydra composes them: every schema in Hydra's
+    ConfigStore and the resolver they call (``objective_direction``). Each command that
+    composes calls it (gen-train's ``main``, gen-suite); returns the option table."""
     register_resolver()
-    table = option_table() if table is None else table
+    table = option_table()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     store.store(group="schema/trainer", name="default", node=TrainerConfig)
@@ -170,3 +140,8 @@ def register_schemas(table: Table | None = None) -> Table:
         for name, options in names.items():
             store.store(group=f"schema/{group}", name=name, node=schema_of(group, name, options))
     return table
+
+
+if __name__ == "__main__":  # python -m gen_cli.schema: write gen_cli/options.json
+    TABLE_FILE.write_text(table_text(live_table()), encoding="utf-8")
+    print(f"wrote {TABLE_FILE}")

@@ -194,11 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     suite = Suite(out, args.size, seeds, args.quick)
     for workload in workloads:
         suite.run(workload)
+    from genlr.messages import duration
     from genlr.report.leaderboard import write_leaderboard
 
     board = write_leaderboard(out, command=f"gen-report {out} --leaderboard")
     say(f"{len(board.entries)} row(s) on {len(board.workloads)} workload(s) -> "
-        f"{board.files[0]} ({(time.perf_counter() - started) / 60:.1f} min)")
+        f"{board.files[0]} ({duration(time.perf_counter() - started)})")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 The command line is checked before Hydra starts (``gen_cli.preflight``); a job logs
 through Hydra's job logging (``conf/hydra/job_logging/gen_train.yaml``): progress and the
 last line to stdout, warnings and errors to stderr, all of it into ``<run dir>/train.log``.
+The exit status: 2 for a refused command line, 1 if a job of this process did not
+complete (a sweep goes on to its other jobs), else 0.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gen_cli.help import register_resolvers
 from gen_cli.objective import objective_value
-from gen_cli.preflight import CONFIG_NAME, CONFIG_PATH, UsageError, check_command_line, spec_from_config
+from gen_cli.preflight import (CONFIG_NAME, CONFIG_PATH, VERSION_BASE, UsageError,
+                               check_command_line, spec_from_config)
 from gen_cli.schema import register_schemas
+from genlr.messages import one_line
 
 log = logging.getLogger("gen_cli.train")
-register_schemas()
-register_resolvers()
-FAILED_RUNS: list[str] = []  # jobs of this process that did not complete (sweeps go on)
 
 
 class BelowWarning(logging.Filter):
@@ -35,9 +37,9 @@ class BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def run(cfg: DictConfig) -> float | None:
-    """Train one job; return its objective for a sweeper (gen_cli/objective.py)."""
+def train_job(cfg: DictConfig, failed: list[str]) -> float | None:
+    """Train one job; return its objective for a sweeper (gen_cli/objective.py). A job that
+    does not complete adds its folder to ``failed``."""
     from genlr.engine import train  # here: --help and a rejected command line need no torch
 
     run_dir = HydraConfig.get().runtime.output_dir
@@ -47,23 +49,27 @@ def run(cfg: DictConfig) -> float | None:
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s", str(err).splitlines()[0] if str(err) else type(err).__name__)
-        FAILED_RUNS.append(run_dir)
+        log.error("%s", one_line(err))
+        failed.append(run_dir)
         return None
     if summary["status"] != "completed":  # the engine logged its last line
-        FAILED_RUNS.append(run_dir)
+        failed.append(run_dir)
     return objective_value(cfg.objective, cfg.task.name, summary)
 
 
 def main() -> None:
-    FAILED_RUNS.clear()
+    register_schemas()
     try:
-        check_command_line(sys.argv[1:])
+        runs = check_command_line(sys.argv[1:])
     except UsageError as err:
         print(f"gen-train: {err}", file=sys.stderr)
         sys.exit(2)
-    run()
-    sys.exit(1 if FAILED_RUNS else 0)
+    if not runs:  # Hydra shows something: --help's lists come from these resolvers (only
+        register_resolvers()  # then: OmegaConf calls them in every composition, seconds each)
+    failed: list[str] = []  # the jobs run in this process (a launcher's own processes: theirs)
+    hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name=CONFIG_NAME)(
+        lambda cfg: train_job(cfg, failed))()
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

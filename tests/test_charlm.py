@@ -117,3 +117,17 @@ def test_exact_curvature_on_gpt_takes_the_taylor_path(text_file, dropout):
     reference = dd.derivatives(params, d, batch, "double_backward")
     assert taylor == pytest.approx(reference, rel=1e-9)
     assert isinstance(model, nn.Module) and model.training
+
+
+def test_a_text_is_read_as_utf8_and_a_binary_file_refused(tmp_path):
+    from genlr.tasks.text import read_text
+
+    euros = tmp_path / "euros.txt"
+    euros.write_text("€" * 10, encoding="utf-8")  # 3 bytes each: 8 bytes read cut the third
+    assert read_text(str(euros), max_chars=2) == "€€"
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt: not UTF-8 text \(byte 3"):
+        read_text(str(tmp_path / "latin1.txt"), max_chars=100)
+    (tmp_path / "nul.bin").write_bytes(b"text\x00more")
+    with pytest.raises(ValueError, match="a binary file"):
+        build_task("charlm", path=str(tmp_path / "nul.bin")).prepare_data()

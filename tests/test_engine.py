@@ -106,11 +106,28 @@ def test_resume_auto_starts_goes_on_or_gives_back_a_finished_run(tmp_path, monke
     assert_same_params(final_state(tmp_path / "reference"), final_state(tmp_path / "run"))
 
 
-def test_a_max_steps_the_epochs_never_reach_is_said(tmp_path, caplog):
-    summary = train(spec("constant", epochs=1, max_steps=10_000), tmp_path)
-    assert summary["steps"] == 64
-    assert "trainer.max_steps=10000 is never reached: trainer.epochs=1 end the run after 64 " \
-           "steps" in caplog.text
+def test_max_steps_alone_sets_the_length_of_a_run(tmp_path):
+    """As in Lightning: given max_steps, the epochs do not cap it (here 64 steps an epoch)."""
+    summary = train(spec("constant", epochs=1, max_steps=100), tmp_path / "long")
+    assert summary["steps"] == 100 and summary["epochs"] == pytest.approx(100 / 64)
+    assert train(spec("constant", epochs=1), tmp_path / "epoch")["steps"] == 64
+
+
+def test_cpu_peak_memory_in_the_platforms_units(monkeypatch):
+    """ru_maxrss is KiB on Linux, bytes on macOS; Windows has no resource module."""
+    import resource
+    import sys
+
+    class Usage:
+        ru_maxrss = 2**20
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: Usage())
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert engine.peak_memory_mb(torch.device("cpu")) == 1024.0
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert engine.peak_memory_mb(torch.device("cpu")) == 1.0
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource: ImportError
+    assert engine.peak_memory_mb(torch.device("cpu")) is None
 
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from genlr import distributed
+from genlr.messages import duration, one_line
 from genlr.methods import build_lr_method
 from genlr.models import build_model
 from genlr.optimizers import build_optimizer
@@ -61,11 +62,13 @@ class ConfigError(ValueError):
 
 @contextlib.contextmanager
 def _blame(group: str, name: str):
-    """Prefix a builder's ValueError/TypeError with the component it came from."""
+    """Prefix a builder's ValueError/TypeError with the component it came from, unless it
+    names a setting already (``optimizer.betas=...``, ``task.path=...``, ``lr=newt: ...``)."""
     try:
         yield
     except (ValueError, TypeError) as err:
-        if isinstance(err, ConfigError) or str(err).startswith(f"{group}="):
+        named = tuple(f"{g}{sep}" for g in ("task", "model", "optimizer", "lr", "trainer") for sep in "=.")
+        if isinstance(err, ConfigError) or str(err).startswith(named):
             raise
         raise ConfigError(f"{group}={name}: {err}") from err
 
@@ -92,12 +95,18 @@ def autocast_factory(device: torch.device, amp: str) -> Callable[[], contextlib.
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float | None:
     """CUDA: this run's peak allocation. CPU: the process's peak resident size (which, in a
-    sweep run in one process, includes earlier jobs)."""
+    sweep run in one process, includes earlier jobs); None where the platform does not
+    say (Windows has no ``resource`` module)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KiB elsewhere
 
 
 class StopRequest:
@@ -199,14 +208,12 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
         task = build_task(names["task"], **options["task"])
     if load_data:
         task.setup(device)
-        total_steps = task.steps_per_epoch(cfg.batch_size) * cfg.epochs
-        if cfg.max_steps is not None:
-            if cfg.max_steps > total_steps:
-                log.warning("trainer.max_steps=%d is never reached: trainer.epochs=%d end the "
-                            "run after %d steps", cfg.max_steps, cfg.epochs, total_steps)
-            total_steps = min(total_steps, cfg.max_steps)
+    # trainer.max_steps, given, is the run's length (epochs follow one another as long as it
+    # takes, as in Lightning); else trainer.epochs passes over the data.
+    if cfg.max_steps is not None:
+        total_steps = cfg.max_steps
     else:
-        total_steps = cfg.max_steps or 1
+        total_steps = task.steps_per_epoch(cfg.batch_size) * cfg.epochs if load_data else 1
     with _blame("model", names["model"]):
         model = build_model(names["model"], task, **options["model"]).to(device)
     with _blame("optimizer", names["optimizer"]):
@@ -310,13 +317,6 @@ def config_changes(saved: dict[str, Any], spec: RunSpec) -> list[str]:
                and old.get(key) != new.get(key)])
 
 
-def _one_line(err: BaseException) -> str:
-    """An exception's first sentence (of its first two lines: "Error(s) in ...:" needs the
-    second), with its type."""
-    text = " ".join(line.strip() for line in str(err).splitlines()[:2] if line.strip())
-    return f"{type(err).__name__}: {text.split('. ')[0][:300]}" if text else type(err).__name__
-
-
 def _unreadable(err: BaseException) -> str:
     """Why torch.load(weights_only=True) refused a file, in a few words."""
     text = str(err)
@@ -325,7 +325,7 @@ def _unreadable(err: BaseException) -> str:
                   if line.strip()]
         reason = detail[0].strip().split(" was not an allowed global")[0] if detail else ""
         return f"torch.load(weights_only=True) refuses it: {reason}"
-    return _one_line(err)
+    return one_line(err, with_type=True)
 
 
 def load_checkpoint(path: Path, run: Run, stats: RunStats, clock: WallClock) -> tuple[int, list[str]]:
@@ -358,7 +358,7 @@ def load_checkpoint(path: Path, run: Run, stats: RunStats, clock: WallClock) -> 
             part.load_state_dict(state[key])
         except Exception as err:
             raise CheckpointError(f"trainer.resume: the {key} state in {path} does not fit this "
-                                  f"run ({_one_line(err)})") from err
+                                  f"run ({one_line(err, with_type=True)})") from err
     return state["step"], changes
 
 
@@ -551,7 +551,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             status, message = "interrupted", f"interrupted at step {step}"
             checkpoint()
         except Exception as err:
-            status, message = "failed", f"{type(err).__name__}: {err}"
+            status, message = "failed", one_line(err, with_type=True)
             raise
         finally:
             progress.close()
@@ -572,14 +572,6 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                     write_plots(run_dir, stats.history())
     log.log(logging.INFO if status == "completed" else logging.ERROR, "%s", last_line(summary, run_dir))
     return summary
-
-
-def duration(seconds: float) -> str:
-    """``12.3s``, ``2m05s``, ``1h02m``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def last_line(summary: dict[str, Any], run_dir: Path) -> str:

@@ -10,6 +10,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from genlr.options import build
+
 Params = Iterable[torch.Tensor] | Iterable[dict]
 
 
@@ -278,6 +280,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 
 def build_optimizer(name: str, params: Params, **options) -> torch.optim.Optimizer:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, **options)
+    """The optimizer ``name`` over ``params`` with ``options`` (the builder's keyword-only
+    parameters, checked against its signature first)."""
+    return build("optimizer", OPTIMIZERS, name, params, **options)

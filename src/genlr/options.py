@@ -5,7 +5,8 @@ Every registry entry (task, model, optimizer, lr method) declares its options as
 keyword-only parameters with a default and a simple annotation (bool, int, float, str,
 an Optional of those, a ``Literal`` of choices, or a list or fixed-length tuple of them).
 That signature is the single source of truth: the command line's config schema is
-generated from it and its defaults fill the YAML.
+generated from it, and ``check_options`` judges a value against it, the one place the
+library (``build``) and gen-train refuse an option, with the same line.
 A composed config (``{"lr": {"name": "newt", "gamma": 0.5}, ...}``) flattens to dotted keys
 (``lr.gamma``) for TensorBoard's HParams and for gen-report's grouping of runs.
 """
@@ -13,10 +14,11 @@ A composed config (``{"lr": {"name": "newt", "gamma": 0.5}, ...}``) flattens to 
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 
@@ -72,6 +74,41 @@ def options_of(builder: Callable) -> list[Option]:
         choices, length = _constraints(annotation)
         options.append(Option(param.name, _simplify(annotation), default, choices, length))
     return options
+
+
+def check_options(group: str, name: str, options: Sequence[Option],
+                  values: Mapping[str, Any]) -> None:
+    """Raise ValueError, one line naming ``group.key``, the value and what is allowed, for
+    a value the signature's ``options`` do not allow: an unknown option, a value outside
+    its ``Literal`` choices, a list that is not of its tuple's length, a number that is
+    not finite. (Types are the schema's business on the command line; the builders judge
+    ranges.)"""
+    known = {option.name: option for option in options}
+    for key, value in values.items():
+        option = known.get(key)
+        if option is None:
+            allowed = f"choose one of: {', '.join(known)}" if known else "it has no options"
+            raise ValueError(f"{group}.{key}: {group}={name} has no option {key!r}; {allowed}")
+        shown = f"{group}.{key}={list(value) if isinstance(value, tuple) else value!r}"
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+            raise ValueError(f"{shown}: not a finite number")
+        if option.choices is not None and value is not None and value not in option.choices:
+            raise ValueError(f"{shown}: choose one of: {', '.join(map(str, option.choices))}")
+        if option.length is not None and value is not None:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{shown}: needs a list of {option.length} values")
+            if len(value) != option.length:
+                raise ValueError(f"{shown}: needs {option.length} values, got {len(value)}")
+
+
+def build(group: str, registry: Mapping[str, Callable], name: str, *args: Any, **options: Any) -> Any:
+    """``registry[name](*args, **options)``, the name and the options checked first
+    (``check_options``): what ``build_task``, ``build_model`` and ``build_optimizer`` do."""
+    if name not in registry:
+        raise ValueError(f"unknown {group} {name!r}; choose one of: {', '.join(registry)}")
+    check_options(group, name, options_of(registry[name]), options)
+    return registry[name](*args, **options)
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -26,8 +26,9 @@ class TrainerConfig:
     strategy: str = _setting("single", "single | ddp (under torchrun; batch_size is the global batch)")
     amp: str = _setting("off", "off | bf16 | fp16 (fp16: CUDA only, with a GradScaler)")
     compile: bool = _setting(False, "torch.compile the model")
-    epochs: int = _setting(1, "passes over the training data")
-    max_steps: Optional[int] = _setting(None, "stop after this many steps, if earlier than epochs")
+    epochs: int = _setting(1, "passes over the training data (unless max_steps is given)")
+    max_steps: Optional[int] = _setting(None, "the run's length in steps; given, it replaces epochs "
+                                              "(the data is passed over as often as it takes)")
     batch_size: int = _setting(128, "training batch size")
     eval_batch_size: int = _setting(1000, "evaluation batch size (the metrics do not depend on it)")
     eval_every: int = _setting(0, f"steps between evaluations; 0: {EVALS_PER_RUN} spread over the run")

@@ -18,6 +18,7 @@ from genlr.models.gpt import gpt
 from genlr.models.mlp import linear, mlp
 from genlr.models.resnet import resnet18
 from genlr.models.vit import vit
+from genlr.options import build
 from genlr.tasks.base import Task
 
 
@@ -44,9 +45,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, task: Task, **options) -> nn.Module:
     """The model ``name`` sized for ``task``, with ``options`` (the builder's keyword-only parameters)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name](task, **options)
+    return build("model", MODELS, name, task, **options)
 
 
 __all__ = ["MODELS", "build_model", "IncompatibleModelError", "mlp", "linear", "cnn", "resnet18", "vit", "gpt", "coords"]

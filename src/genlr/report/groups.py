@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,8 +223,11 @@ def _per_step(run: RunRecord, kind: str) -> float | None:
     return count / steps
 
 
-def summarise(groups: Sequence[Group], target: Target | None) -> None:
-    """Fill each group's stats, counts, time to target and cost relative to its base.
+def summarise(groups: Sequence[Group], target: Target | None,
+              reference_of: Callable[[Group], Group | None] | None = None) -> None:
+    """Fill each group's stats, counts, time to target and cost relative to its reference:
+    ``reference_of(group)``, by default the same config at ``lr=constant``
+    (``same_config_at_constant_lr``).
 
     Quality metrics (final/best accuracy and loss) average the *completed* runs; diverged,
     failed, interrupted and incomplete runs are counted in their own columns, never
@@ -260,7 +263,19 @@ def summarise(groups: Sequence[Group], target: Target | None) -> None:
         group.reached = len(hits)
         group.stats["steps_to_target"] = Stat.of(step for step, _ in hits)
         group.stats["time_to_target_s"] = Stat.of(seconds for _, seconds in hits)
-    _cost_ratios(groups)
+    reference_of = reference_of or same_config_at_constant_lr(groups)
+    for group in groups:
+        reference = reference_of(group)
+        group.cost_ratio = cost_ratio(group, reference)
+        group.reference = reference.name if group.cost_ratio is not None else None
+
+
+def cost_ratio(group: Group, reference: Group | None) -> float | None:
+    """A step of ``group`` over a step of ``reference`` (mean step times): what the report
+    and the leaderboard call a step's cost. None where either was not measured."""
+    if reference is None or not reference.step_ms or group.step_ms is None:
+        return None
+    return group.step_ms / reference.step_ms
 
 
 def base_key(config: dict[str, Any]) -> tuple:
@@ -270,17 +285,11 @@ def base_key(config: dict[str, Any]) -> tuple:
     return tuple(sorted(kept.items(), key=lambda kv: kv[0]))
 
 
-def _cost_ratios(groups: Sequence[Group]) -> None:
-    """Per-step time relative to the same config with ``lr=constant`` in the same report."""
-    bases = {}
-    for group in groups:
-        if group.config.get("lr.name") == "constant":
-            bases[base_key(group.config)] = group
-    for group in groups:
-        base = bases.get(base_key(group.config))
-        if base is not None and base.step_ms and group.step_ms is not None:
-            group.cost_ratio = group.step_ms / base.step_ms
-            group.reference = base.name
+def same_config_at_constant_lr(groups: Sequence[Group]) -> Callable[[Group], Group | None]:
+    """The group each group's cost is relative to in a report: the same config with
+    ``lr=constant``, where the report has it."""
+    bases = {base_key(g.config): g for g in groups if g.config.get("lr.name") == "constant"}
+    return lambda group: bases.get(base_key(group.config))
 
 
 def default_target(groups: Sequence[Group]) -> Target | None:

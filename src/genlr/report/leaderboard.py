@@ -19,11 +19,13 @@ import csv
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from genlr.messages import duration
 
 from .groups import Group, Stat, Target, summarise, time_to_target
 from .runs import NoRunsError, RunRecord, load_runs
@@ -44,8 +46,12 @@ class Entry:
     metric: str  # the summary's final key: eval_acc, eval_loss or train_loss
     steps_to_target: float = math.inf  # median over the runs (inf: not reached by half)
     time_to_target_s: float = math.inf
-    cost_ratio: float | None = None  # step time over the workload's base optimizer at constant lr
     rank: float | None = None  # 1 = best final metric on this workload
+
+    @property
+    def cost_ratio(self) -> float | None:
+        """Step time over the workload's base optimizer at constant lr (``_reference``)."""
+        return self.group.cost_ratio
 
     @property
     def final(self) -> Stat:
@@ -152,15 +158,14 @@ def _target(entries: list[Entry]) -> Target | None:
     return Target(tag, math.floor(TARGET_FRACTION * max(means) * 1000) / 1000)
 
 
-def _cost_ratios(entries: list[Entry]) -> None:
-    """Step time over the workload's base optimizer (the one most of its rows use) at a
-    constant lr: a row with ``lr=constant`` and that optimizer."""
+def _reference(entries: list[Entry]) -> Callable[[Group], Group | None]:
+    """What a row's step cost is relative to: the workload's base optimizer (the one most
+    of its rows use) at a constant lr, a row with ``lr=constant`` and that optimizer (looked
+    up once the step times are known)."""
     base = Counter(e.group.config.get("optimizer.name") for e in entries).most_common(1)[0][0]
-    reference = next((e for e in entries if e.group.config.get("lr.name") == "constant"
-                      and e.group.config.get("optimizer.name") == base and e.group.step_ms), None)
-    for entry in entries:
-        if reference is not None and entry.group.step_ms is not None:
-            entry.cost_ratio = entry.group.step_ms / reference.group.step_ms
+    return lambda group: next((e.group for e in entries if e.group.step_ms
+                               and e.group.config.get("lr.name") == "constant"
+                               and e.group.config.get("optimizer.name") == base), None)
 
 
 def _tuning(root: Path, workload: str) -> list[Tuning]:
@@ -203,14 +208,13 @@ def build_leaderboard(root: str | Path, out: str | Path | None = None) -> Leader
         metric = _metric([r for rs in cells.values() for r in rs])
         group_entries = [Entry(workload, row, Group(row, rs[0].config, rs), metric)
                          for row, rs in cells.items()]
-        summarise([e.group for e in group_entries], None)
+        summarise([e.group for e in group_entries], None, _reference(group_entries))
         target = _target(group_entries)
         if target is not None:
             targets[workload] = target
             for entry in group_entries:
                 entry.steps_to_target, entry.time_to_target_s = _median_hit(entry.group.runs, target)
         _rank(group_entries)
-        _cost_ratios(group_entries)
         entries += group_entries
         tuning += _tuning(root, workload)
     out = Path(out) if out is not None else root / LEADERBOARD_DIRNAME
@@ -305,10 +309,6 @@ def write_csv(board: Leaderboard, path: Path) -> Path:
     return path
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
-
 def _cell(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
@@ -317,7 +317,7 @@ def _markdown(board: Leaderboard, command: str) -> str:
     lines = [f"# Leaderboard: {board.root}", "", f"Produced by `{command}`.", "",
              f"{len(board.workloads)} workload(s), {len(board.rows)} row(s), "
              f"{sum(len(e.group.runs) for e in board.entries)} run(s); every run here, "
-             f"tuning trials included, took {_duration(board.run_time_s)} of wall time (run "
+             f"tuning trials included, took {duration(board.run_time_s)} of wall time (run "
              "one after another on one machine: the suite's total). Each cell: mean ± std "
              "over the row's completed runs (seeds); `failed` counts the runs that diverged, "
              "failed or did not finish, never dropped. Steps and time to target are medians "

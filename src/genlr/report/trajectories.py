@@ -78,6 +78,7 @@ def trace(task: Mapping[str, Any], optimizer: Mapping[str, Any], lr: Mapping[str
     point that leaves a ball of radius 1e3 or a non-finite loss ends the path as
     ``diverged``; a component that cannot be built gives status ``error``."""
     from genlr.engine import Diverged, RunSpec, TrainerConfig, build_run, training_steps
+    from genlr.messages import one_line
 
     path = Path2D(label or f"{optimizer['name']} + {lr['name']}")
     task = {"steps_per_epoch": steps, **task}
@@ -88,7 +89,7 @@ def trace(task: Mapping[str, Any], optimizer: Mapping[str, Any], lr: Mapping[str
     try:
         run = build_run(spec, torch.device("cpu"))
     except (ValueError, TypeError, ImportError) as err:
-        path.status, path.message = "error", f"{type(err).__name__}: {err}"
+        path.status, path.message = "error", one_line(err, with_type=True)
         return path
     objective, optimum = run.task.objective, run.task.optimum()
     f_star = float(objective(optimum))
@@ -116,7 +117,7 @@ def trace(task: Mapping[str, Any], optimizer: Mapping[str, Any], lr: Mapping[str
     except Diverged as err:
         path.status, path.message = "diverged", f"{err} at step {len(path.points)}"
     except Exception as err:  # a method failing mid-run: draw what it did until then
-        path.status, path.message = "error", f"{type(err).__name__}: {err}"
+        path.status, path.message = "error", one_line(err, with_type=True)
     return path
 
 

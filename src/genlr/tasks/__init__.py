@@ -6,6 +6,7 @@ options (see ``genlr.options``).
 
 from __future__ import annotations
 
+from genlr.options import build
 from genlr.tasks.base import DatasetNotFoundError, Task, epoch_generator
 from genlr.tasks.coordinates import Beale, Coordinates, CoordinateTask, Quadratic, Rosenbrock
 from genlr.tasks.images import CIFAR10, MNIST, FashionMNIST, default_data_root, read_idx
@@ -28,9 +29,7 @@ TASKS: dict[str, type[Task]] = {
 
 def build_task(name: str, **options) -> Task:
     """The task ``name`` with ``options`` (its constructor's keyword-only parameters)."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[name](**options)
+    return build("task", TASKS, name, **options)
 
 
 __all__ = [

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from genlr.messages import one_line
 from genlr.tasks.base import DatasetNotFoundError
 from genlr.tasks.in_memory import InMemoryTask
 
@@ -88,6 +89,9 @@ class ImageClassification(InMemoryTask):
     def __init__(self, *, data_root: Optional[str] = None, download: bool = True,
                  train_size: Optional[int] = None) -> None:
         super().__init__()
+        if data_root is not None and not data_root.strip():
+            raise ValueError(f"task.data_root={data_root!r}: no folder; give the folder that "
+                             f"holds the data, or null for the default ({default_data_root()})")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be a positive number of examples (or null for "
                              f"all of them), got {train_size}")
@@ -123,7 +127,7 @@ class ImageClassification(InMemoryTask):
         except Exception as error:  # the download's many failure types: network, md5, disk
             raise DatasetNotFoundError(
                 f"{self.name}: not found in {looked} and the download into {self.root()} failed "
-                f"({_reason(error)}); {self._how_to_get(downloaded=True)}") from error
+                f"({one_line(error)}); {self._how_to_get(downloaded=True)}") from error
 
     def load(self) -> Splits:
         self.prepare_data()
@@ -158,7 +162,7 @@ class ImageClassification(InMemoryTask):
 
     def _corrupt(self, where: Path, error: BaseException) -> DatasetNotFoundError:
         return DatasetNotFoundError(
-            f"{self.name}: the files in {where} are truncated or corrupt ({_reason(error)}); "
+            f"{self.name}: the files in {where} are truncated or corrupt ({one_line(error)}); "
             f"delete them and {self._how_to_get()}")
 
     def _tensors(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,16 +177,6 @@ class ImageClassification(InMemoryTask):
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float().div_(255) - mean) / std
-
-
-def _reason(error: BaseException) -> str:
-    """An exception in a few words: its first line and, when that only introduces more
-    (torchvision's "Error downloading X:"), its last."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    text = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
-    return f"{type(error).__name__}: {text}"
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -8,6 +8,7 @@ any other UTF-8 text comes in through ``path``.
 
 from __future__ import annotations
 
+import codecs
 import math
 import sysconfig
 from pathlib import Path
@@ -34,6 +35,23 @@ def stdlib_text(max_chars: int) -> str:
         raise DatasetNotFoundError(f"task charlm: no Python sources in {folder}; give a text "
                                    f"file with task.path=FILE")
     return "".join(parts)[:max_chars]
+
+
+def read_text(path: str, max_chars: int) -> str:
+    """The first ``max_chars`` characters of the UTF-8 text file ``path``; ValueError (one
+    line) for a file that is not UTF-8 text, a binary file among them."""
+    limit = 4 * max_chars  # bytes: UTF-8 takes at most 4 a character
+    with open(path, "rb") as f:
+        data = f.read(limit)
+    try:  # a character cut at the end of what was read is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < limit)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"task.path={path}: not UTF-8 text (byte {err.start}: {err.reason}); "
+                         "give a text file") from None
+    if "\x00" in text:
+        raise ValueError(f"task.path={path}: a binary file (it holds NUL characters); give a "
+                         "text file")
+    return text[:max_chars]
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +102,13 @@ class CharLM(Task):
     def _text(self) -> str:
         if self.path is None:
             return stdlib_text(self.max_chars)
-        return Path(self.path).read_text(encoding="utf-8", errors="replace")[:self.max_chars]
+        return read_text(self.path, self.max_chars)
+
+    def prepare_data(self) -> None:
+        """A text given as ``path`` is read (and refused if it is not UTF-8 text) before a
+        run starts."""
+        if self.path is not None:
+            read_text(self.path, self.max_chars)
 
     @property
     def chars(self) -> list[str]:

@@ -55,7 +55,7 @@ REQUIRED_SUBKEYS = {
 
 def build_summary(stats: RunStats, *, components: Mapping[str, str], seed: int, status: str,
                   message: str, steps: int, epochs: float, wall_time_s: float,
-                  peak_memory_mb: float, method_passes: Mapping[str, int], device: str,
+                  peak_memory_mb: float | None, method_passes: Mapping[str, int], device: str,
                   amp: str, torch_version: str, world_size: int,
                   trainer: Mapping[str, Any], checkpoint_step: int | None = None,
                   method_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
