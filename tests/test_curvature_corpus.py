@@ -13,7 +13,6 @@ from torch import nn
 
 import genlr.methods.taylor_rules as taylor_rules
 from genlr import ExactGeN
-from genlr.methods.base import has_active_dropout
 from genlr.methods.curvature import DirectionalDerivatives
 from genlr.models import build_model
 from genlr.tasks import build_task
@@ -303,4 +302,5 @@ def test_probes_switch_off_every_dropout_and_touch_nothing(name):
         model.eval()  # switches their dropout off, and nothing else
         with torch.no_grad():
             assert first == pytest.approx(float(loss_fn(model, batch)), rel=1e-12)
-    assert has_active_dropout(model.train()) == (name != "vit")
+    model.train()
+    assert method.applies_dropout() == (name != "vit")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 import torch
@@ -35,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from genlr.distributed import mean_over_ranks
 from genlr.line_profile import LineProfile
+from genlr.options import check_options, options_of
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -99,6 +101,9 @@ class LRMethod:
     wants_probe_batch: bool = False
     #: points of the profile grid, in units of the method's ``s`` (see each method)
     profile_grid: tuple[float, ...] = tuple(x / 4 for x in range(-4, 13))
+    #: option -> (when it is read, in words; whether the options make it read): an option
+    #: set away from its default where the other options leave it unread is refused
+    READ_WHEN: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {}
 
     def __init__(
         self,
@@ -124,10 +129,27 @@ class LRMethod:
         self.step_count = 0
         self.updates = 0  # calls of the optimizer's step (skipped by a GradScaler or not)
         self.passes: Counter[str] = Counter(forward=0, backward=0, hvp=0)
+        # whether a probe removed a dropout the modules don't show (``F.dropout`` in the
+        # model's own code): then the training loss is not the probes' function
+        self.probes_removed_dropout = False
         self.diagnostics: dict[str, float] = {}
         self.profile_every = profile_every
         self._profile: LineProfile | None = None
         self._profile_pending = False
+
+    def check_options(self, given: Mapping[str, Any]) -> None:
+        """Refuse, one line each, an option value the class's signature does not allow
+        (``genlr.options.check_options``: ``Literal`` choices, tuple lengths, finite numbers)
+        and an option set where the others leave it unread (``READ_WHEN``). ``given``: the
+        constructor's ``locals()``, from which the options are picked."""
+        options = options_of(type(self))
+        values = {o.name: given[o.name] for o in options if o.name in given}
+        check_options("lr", type(self).__name__, options, values)
+        defaults = {o.name: o.default for o in options}
+        for name, (when, read) in self.READ_WHEN.items():
+            value = list(values[name]) if isinstance(values[name], tuple) else values[name]
+            if value != defaults[name] and not read(values):
+                raise ValueError(f"lr.{name}={value!r} is read only {when}")
 
     # ----------------------------------------------------------------- public protocol
     def step(self, batch: Any = None, loss: torch.Tensor | None = None,
@@ -274,8 +296,15 @@ class LRMethod:
 
     def _loss_no_side_effects(self, batch: Any) -> float:
         assert self.model is not None and self.loss_fn is not None
-        with torch.no_grad(), probe_mode(self.model), self.autocast():
-            return self.batch_mean(self.loss_fn(self.model, batch))
+        with torch.no_grad(), probe_mode(self.model) as probe, self.autocast():
+            loss = self.loss_fn(self.model, batch)
+        self.probes_removed_dropout |= probe.removed > 0 and self.model.training
+        return self.batch_mean(loss)
+
+    def applies_dropout(self) -> bool:
+        """Whether the model's training forward applies dropout (``has_active_dropout``, or
+        a dropout this method's probes have removed)."""
+        return has_active_dropout(self.model) or self.probes_removed_dropout
 
     def scale_lrs(self, factor: float) -> None:
         for group in self.optimizer.param_groups:
@@ -290,13 +319,11 @@ def _batchnorm_modules(model: nn.Module) -> Iterator[nn.modules.batchnorm._Batch
     return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
-_DROPOUT_SEEN = "_genlr_dropout_seen"  # set on a model whose probes removed a dropout
-
-
 def has_active_dropout(model: nn.Module) -> bool:
-    """Whether the training forward applies dropout, so that a training loss is not the
-    loss a probe measures: a dropout module or attention/recurrent layer with ``p > 0``, or
-    any dropout a probe of this model has removed (see ``probe_mode``)."""
+    """Whether the model's modules apply dropout in its training forward, so that a training
+    loss is not the loss a probe measures: a dropout module or attention/recurrent layer with
+    ``p > 0`` in training mode (dropout in the model's own code shows only to a probe:
+    ``LRMethod.applies_dropout``)."""
     if not model.training:
         return False
     for m in model.modules():
@@ -304,7 +331,7 @@ def has_active_dropout(model: nn.Module) -> bool:
         if isinstance(p, (int, float)) and p > 0 and isinstance(
                 m, (nn.modules.dropout._DropoutNd, nn.MultiheadAttention, nn.RNNBase)):
             return True
-    return bool(model.__dict__.get(_DROPOUT_SEEN))
+    return False
 
 
 class _NoDropout(TorchFunctionMode):
@@ -340,10 +367,11 @@ class _NoDropout(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def probe_mode(model: nn.Module) -> Iterator[None]:
+def probe_mode(model: nn.Module) -> Iterator[_NoDropout]:
     """BatchNorm normalises with batch statistics as in training, but writes no running
-    statistic; every form of dropout is off (see ``_NoDropout``; recurrent layers' dropout
-    between layers too); the global RNG is untouched. Other modules keep their mode."""
+    statistic; every form of dropout is off (see ``_NoDropout``, which it yields: its
+    ``removed`` counts the dropouts it switched off; recurrent layers' dropout between layers
+    too); the global RNG is untouched. Other modules keep their mode."""
     saved = [
         (m, [b.clone() for b in m.buffers(recurse=False)]) for m in _batchnorm_modules(model)
     ]
@@ -360,14 +388,12 @@ def probe_mode(model: nn.Module) -> Iterator[None]:
     no_dropout = _NoDropout()
     try:
         with torch.random.fork_rng(devices=devices), no_dropout:
-            yield
+            yield no_dropout
     finally:
         for m in tracking:
             m.track_running_stats = True
         for m, p in recurrent:
             m.dropout = p
-        if no_dropout.removed and model.training:
-            model.__dict__[_DROPOUT_SEEN] = True
         with torch.no_grad():
             for m, buffers in saved:
                 for b, old in zip(m.buffers(recurse=False), buffers):

@@ -30,14 +30,6 @@ import torch
 from genlr.methods.base import LRMethod, check_linear_in_lr, finite
 from genlr.methods.schedules import DECAYS
 
-RULES = ("band", "line_search")
-FALLBACKS = ("keep", "shrink")
-PROBES = ("same", "next")
-SCALES = tuple(DECAYS)  # the horizon-aware scale's shapes: constant, linear, cosine
-# What the first accepted s* may do outright: nothing more than any probe ("off"), lower the
-# lr without smoothing or clamp ("down": a start too high can't wreck the model), or set it
-# either way ("any").
-SETTLES = ("off", "down", "any")
 #: the band moves the lr only when its estimate lies this many standard errors beyond an edge
 BAND_MARGIN = 2.0
 
@@ -113,6 +105,11 @@ class GeNBase(LRMethod):
     """
 
     needs_loss_fn = True
+    READ_WHEN = {
+        "window": ("with rule='band'", lambda o: o["rule"] == "band"),
+        "smoothing": ("with rule='line_search'", lambda o: o["rule"] == "line_search"),
+        "shrink": ("with fallback='shrink'", lambda o: o["fallback"] == "shrink"),
+    }
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, rule: str, window: int,
                  lr_min: float, lr_max: Optional[float], every: int, smoothing: float,
@@ -120,8 +117,10 @@ class GeNBase(LRMethod):
                  scale: str, settle: str, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, type(self).__name__)
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if not all(g["lr"] > 0 for g in optimizer.param_groups):
+            raise ValueError(f"optimizer.lr={min(g['lr'] for g in optimizer.param_groups)}: "
+                             f"GeN rescales the optimizer's step, which is zero at lr 0; start "
+                             f"from a positive lr")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if every < 1:
@@ -130,18 +129,10 @@ class GeNBase(LRMethod):
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         if max_factor is not None and max_factor < 1.0:
             raise ValueError(f"max_factor must be >= 1 (or None), got {max_factor}")
-        if fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         if not 0.0 < shrink <= 1.0:
             raise ValueError(f"shrink must be in (0, 1], got {shrink}")
         if lr_min < 0 or (lr_max is not None and lr_max < lr_min):
             raise ValueError(f"need 0 <= lr_min <= lr_max, got {lr_min}, {lr_max}")
-        if probe not in PROBES:
-            raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        if settle not in SETTLES:
-            raise ValueError(f"settle must be one of {SETTLES}, got {settle!r}")
         if scale != "constant" and not (self.total_steps and self.total_steps > 0):
             raise ValueError(f"scale={scale!r} needs the number of training steps (total_steps)")
         self.rule, self.window = rule, LineSearchWindow(window)
@@ -333,16 +324,14 @@ class GeNBase(LRMethod):
         return float(factor)
 
     def state_dict(self) -> dict[str, Any]:
-        # The previous batch is what probe="next" falls back on without a probe_batch.
-        previous = self._previous_batch if self.probe == "next" else None
+        # No training data: a resumed loop that gives no probe_batch probes its first step
+        # on the training batch (probe_source), having no previous one.
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
-                "previous_batch": previous, "settled": self.settled,
-                "window": list(self.window.samples)}
+                "settled": self.settled, "window": list(self.window.samples)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.base_lrs = list(state["base_lrs"])
-        self._previous_batch = state.get("previous_batch")
         self.settled = state.get("settled", True)
         self.window.samples.clear()
         self.window.samples.extend(tuple(sample) for sample in state.get("window", ()))

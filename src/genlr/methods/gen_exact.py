@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 from genlr.methods.base import finite
-from genlr.methods.curvature import CURVATURE_MODES, PATHS, DirectionalDerivatives, batch_fraction
+from genlr.methods.curvature import PATHS, DirectionalDerivatives, batch_fraction
 from genlr.methods.gen_base import GeNBase
 
 #: ``diagnostics["curvature_path"]``: the path that gave the curvature
@@ -51,6 +51,9 @@ class ExactGeN(GeNBase):
             (0: the first only).
     """
 
+    READ_WHEN = {**GeNBase.READ_WHEN,
+                 "check_every": ("with curvature='auto'", lambda o: o["curvature"] == "auto")}
+
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  rule: Literal["band", "line_search"] = "band", window: int = 10,
                  every: int = 4, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
@@ -63,12 +66,11 @@ class ExactGeN(GeNBase):
                                     "forward_over_reverse"] = "auto",
                  curvature_batch: Optional[float] = None, check_every: int = 0,
                  **common) -> None:
+        self.check_options(locals())
         super().__init__(optimizer, model, loss_fn, rule=rule, window=window, lr_min=lr_min,
                          lr_max=lr_max, every=every, smoothing=smoothing,
                          max_factor=max_factor, fallback=fallback, shrink=shrink, probe=probe,
                          scale=scale, settle=settle, **common)
-        if curvature not in CURVATURE_MODES:
-            raise ValueError(f"curvature must be one of {CURVATURE_MODES}, got {curvature!r}")
         if curvature_batch is not None and not 0.0 < curvature_batch <= 1.0:
             raise ValueError(f"curvature_batch must be in (0, 1] or None, got {curvature_batch}")
         if check_every < 0:

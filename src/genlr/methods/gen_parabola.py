@@ -10,13 +10,14 @@ follows from it is the rule's business (``genlr.methods.gen_base``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Literal, Optional
 
 import torch
 from torch.utils import _pytree as pytree
 
-from genlr.methods.base import as_float, finite, has_active_dropout
+from genlr.methods.base import as_float, finite
 from genlr.methods.gen_base import GeNBase
 
 
@@ -74,6 +75,13 @@ class ParabolaGeN(GeNBase):
             (``phi(1) > phi(0)``), "any" always.
     """
 
+    READ_WHEN = {
+        **GeNBase.READ_WHEN,
+        "r2_min": ("with more than three points", lambda o: len(o["points"]) > 3),
+        "defer": ("with probe='next' and 1 in points",
+                  lambda o: o["probe"] == "next" and 1.0 in o["points"]),
+    }
+
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  rule: Literal["band", "line_search"] = "band", window: int = 10,
                  every: int = 16, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
@@ -84,6 +92,7 @@ class ParabolaGeN(GeNBase):
                  fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
                  points: list[float] = (-1.0, 0.0, 1.0), r2_min: float = 0.9,
                  defer: bool = True, **common) -> None:
+        self.check_options(locals())
         super().__init__(optimizer, model, loss_fn, rule=rule, window=window, lr_min=lr_min,
                          lr_max=lr_max, every=every, smoothing=smoothing,
                          max_factor=max_factor, fallback=fallback, shrink=shrink, probe=probe,
@@ -121,7 +130,7 @@ class ParabolaGeN(GeNBase):
         for s in sorted(self.points, key=lambda p: abs(p - 1.0)):  # start where we are
             if not free.get(s):
                 probe(s)
-        dropout = has_active_dropout(self.model)
+        dropout = self.applies_dropout()
         if free[0.0] and 0.0 in self.points:
             if dropout:
                 probe(0.0)
@@ -133,7 +142,7 @@ class ParabolaGeN(GeNBase):
         self.shift(params, d, 1.0, current=at)
         if defer:
             losses[1.0] = math.nan
-            self._deferred = {"losses": losses, "batch": batch}
+            self._deferred = {"losses": losses, "batch": batch, "digest": batch_digest(batch)}
             return None
         return self.fit(losses)
 
@@ -189,12 +198,14 @@ class ParabolaGeN(GeNBase):
     def complete_deferred(self, batch, loss) -> bool:
         if self._deferred is None:
             return False
-        losses, probed = self._deferred["losses"], self._deferred["batch"]
-        self._deferred = None
-        if loss is not None and same_batch(batch, probed):
+        deferred, self._deferred = self._deferred, None
+        losses, probed = deferred["losses"], deferred.get("batch")
+        if loss is not None and (batch is probed or batch_digest(batch) == deferred["digest"]):
             losses[1.0] = self.batch_mean(as_float(loss))
-        else:  # trained on another batch: the parameters are still at s = 1, probe there
+        elif probed is not None:  # trained on another batch: still at s = 1, probe there
             losses[1.0] = self.probe_loss(probed)
+        else:  # resumed, and trained on another batch, which a checkpoint does not hold
+            return False
         s_star, diag, _ = self.fit(losses)
         self.scale_lrs(self.adopt(s_star, diag))
         return True
@@ -215,31 +226,26 @@ class ParabolaGeN(GeNBase):
         return s_star, diag, model
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "deferred": self._deferred}
+        # No training data in a checkpoint: the probe batch goes as its digest.
+        deferred = self._deferred and {k: v for k, v in self._deferred.items() if k != "batch"}
+        return {**super().state_dict(), "deferred": deferred}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._deferred = state.get("deferred")
 
 
-def same_batch(a: Any, b: Any) -> bool:
-    """Whether two batches hold the same data (the same objects, or equal values: a
-    re-sliced shard, a batch restored from a checkpoint)."""
-    if a is b:
-        return True
-    leaves_a, spec_a = pytree.tree_flatten(a)
-    leaves_b, spec_b = pytree.tree_flatten(b)
-    if spec_a != spec_b:
-        return False
-    for x, y in zip(leaves_a, leaves_b):
-        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-            if (x.shape, x.dtype, x.device) != (y.shape, y.dtype, y.device) or not (
-                    (x.data_ptr(), x.stride()) == (y.data_ptr(), y.stride()) or torch.equal(x, y)):
-                return False
-        elif x is not y:
-            try:
-                if not bool(x == y):
-                    return False
-            except (TypeError, ValueError, RuntimeError):  # arrays, tensor vs non-tensor
-                return False
-    return True
+def batch_digest(batch: Any) -> str:
+    """A digest of a batch's data (its tensors' bytes, shapes and dtypes, its other leaves'
+    reprs): equal for the same data wherever it lies, so that a checkpoint need not hold
+    the batch to recognise it."""
+    digest = hashlib.sha256()
+    leaves, spec = pytree.tree_flatten(batch)
+    digest.update(str(spec).encode())
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            digest.update(f"{tuple(leaf.shape)}{leaf.dtype}".encode())
+            digest.update(leaf.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(leaf).encode())
+    return digest.hexdigest()

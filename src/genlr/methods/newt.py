@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from genlr.methods.base import LRMethod, as_float, check_linear_in_lr, dot, finite, has_active_dropout, probe_mode
+from genlr.methods.base import LRMethod, as_float, check_linear_in_lr, dot, finite, probe_mode
 from genlr.methods.curvature import batch_fraction
 from genlr.options import options_of
 
@@ -359,7 +359,7 @@ class Newt(LRMethod):
 
     def _current_loss(self, params, d, batch, loss) -> float:
         """``L(theta_t)`` on the batch: the training loss when it is the probes' function."""
-        if loss is not None and not has_active_dropout(self.model):
+        if loss is not None and not self.applies_dropout():
             return self.batch_mean(as_float(loss))
         self.shift(params, d, 0.0, current=1.0)
         try:
