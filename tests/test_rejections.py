@@ -106,11 +106,8 @@ TABLE: list[tuple[list[str], str]] = [
     (["lr=newt", "lr.approx=exact"], "lr.approx='exact': choose one of: secant, taylor"),
     (["lr=step", "lr.milestones=abc"], "lr.milestones"),
     (["optimizer=prodigy", "lr=gen_parabola"], "linear in lr"),
-    pytest.param(["lr=newt", "optimizer.lr=0"], "optimizer.lr=0", marks=pytest.mark.xfail(
-        strict=True, reason="GeN and Newt scale the optimizer's step: their constructors (the "
-                            "lead's src/genlr/methods) are to refuse a start from lr 0")),
-    pytest.param(["lr=gen_exact", "optimizer.lr=0"], "optimizer.lr=0", marks=pytest.mark.xfail(
-        strict=True, reason="as for Newt")),
+    (["lr=newt", "optimizer.lr=0"], "optimizer.lr=0.0: Newt rescales the optimizer's step"),
+    (["lr=gen_exact", "optimizer.lr=0"], "optimizer.lr=0.0: ExactGeN rescales the optimizer's step"),
     # tasks and models
     (["task=quadratic", "model=cnn"], "model=cnn: model 'cnn' needs images"),
     (["model=coords"], "model"),
@@ -278,10 +275,9 @@ def test_data_found_corrupt_when_read_fails_its_run_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_every_row_through_the_real_cli(tmp_path):
-    rows = [row for row in TABLE if not hasattr(row, "marks")]  # not the xfail rows
-    assert len(rows) >= 60
+    assert len(TABLE) >= 60
     with ThreadPoolExecutor(max_workers=4) as pool:
-        found = sum(pool.map(lambda row: problems(*row, tmp_path), rows), [])
+        found = sum(pool.map(lambda row: problems(*row, tmp_path), TABLE), [])
     assert found == [], "\n".join(found)
 
 

@@ -68,6 +68,15 @@ def check_linear_in_lr(optimizer: torch.optim.Optimizer, method: str) -> None:
         )
 
 
+def check_positive_lr(optimizer: torch.optim.Optimizer, method: str) -> None:
+    """Raise a one-line error unless every group starts from a positive lr: a method that
+    rescales the optimizer's step learns nothing from a step of zero."""
+    lowest = min(g["lr"] for g in optimizer.param_groups)
+    if not lowest > 0:
+        raise ValueError(f"optimizer.lr={lowest}: {method} rescales the optimizer's step, "
+                         f"which is zero at lr 0; start from a positive lr")
+
+
 class LRMethod:
     """Decides how big each optimizer step is, and applies it.
 

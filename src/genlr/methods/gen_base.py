@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import torch
 
-from genlr.methods.base import LRMethod, check_linear_in_lr, finite
+from genlr.methods.base import LRMethod, check_linear_in_lr, check_positive_lr, finite
 from genlr.methods.schedules import DECAYS
 
 #: the band moves the lr only when its estimate lies this many standard errors beyond an edge
@@ -117,10 +117,7 @@ class GeNBase(LRMethod):
                  scale: str, settle: str, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, type(self).__name__)
-        if not all(g["lr"] > 0 for g in optimizer.param_groups):
-            raise ValueError(f"optimizer.lr={min(g['lr'] for g in optimizer.param_groups)}: "
-                             f"GeN rescales the optimizer's step, which is zero at lr 0; start "
-                             f"from a positive lr")
+        check_positive_lr(optimizer, type(self).__name__)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if every < 1:

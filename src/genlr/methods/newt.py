@@ -23,17 +23,10 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from genlr.methods.base import LRMethod, as_float, check_linear_in_lr, dot, finite, probe_mode
+from genlr.methods.base import (LRMethod, as_float, check_linear_in_lr, check_positive_lr, dot,
+                               finite, probe_mode)
 from genlr.methods.curvature import batch_fraction
-from genlr.options import options_of
 
-LOOKAHEADS = ("probe", "next_step", "window")
-# The options each lookahead reads besides lr_min, lr_max and per_group (which all read);
-# another option set away from its default is refused, never silently ignored.
-_NEWTON_STEP = ("gamma", "approx", "factor_min", "factor_max", "scale_back", "eps")
-LOOKAHEAD_OPTIONS = {"probe": (*_NEWTON_STEP, "lookahead_batch"), "next_step": _NEWTON_STEP,
-                     "window": ("window", "window_gamma")}
-APPROXIMATIONS = ("secant", "taylor")
 NOT_PSD_FACTOR = 1.0  # reference: a curvature that is not positive leaves the lr as it is
 
 
@@ -64,8 +57,8 @@ class Newt(LRMethod):
         part, ``lr *= 1 + window_gamma <u_old, u_new> / (<u_old, u_old> - <u_old, u_new>)``.
         Zero extra passes; only ``lr_min``/``lr_max`` and the not-positive guard apply.
 
-      Each reads only its own options (``LOOKAHEAD_OPTIONS``; all read ``lr_min``,
-      ``lr_max`` and ``per_group``): any other option away from its default is refused.
+      Each reads only its own options (``READ_WHEN``; all read ``lr_min``, ``lr_max`` and
+      ``per_group``): any other option away from its default is refused.
     * Raises ``IncompatibleOptimizerError`` for an optimizer whose step is not linear in lr.
     * A step the GradScaler skipped changes neither parameters nor lr; a non-finite
       lookahead never reaches the lr (``diagnostics["fallback"] = 1``).
@@ -95,6 +88,14 @@ class Newt(LRMethod):
     """
 
     needs_loss_fn = True
+    # Each lookahead reads only its own options (all read lr_min, lr_max and per_group).
+    READ_WHEN = {
+        **{name: ("with lookahead='probe' or 'next_step'", lambda o: o["lookahead"] != "window")
+           for name in ("gamma", "approx", "factor_min", "factor_max", "scale_back", "eps")},
+        "lookahead_batch": ("with lookahead='probe'", lambda o: o["lookahead"] == "probe"),
+        **{name: ("with lookahead='window'", lambda o: o["lookahead"] == "window")
+           for name in ("window", "window_gamma")},
+    }
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  gamma: float = 1e-3, approx: Literal["secant", "taylor"] = "secant",
@@ -108,27 +109,14 @@ class Newt(LRMethod):
             self.needs_loss_fn = False  # zero-pass variants never call the loss
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, "Newt")
-        if approx not in APPROXIMATIONS:
-            raise ValueError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
-        if lookahead not in LOOKAHEADS:
-            raise ValueError(f"lookahead must be one of {LOOKAHEADS}, got {lookahead!r}")
+        check_positive_lr(optimizer, "Newt")
+        self.check_options(locals())
         if gamma <= 0 or eps < 0:
             raise ValueError(f"need gamma > 0 and eps >= 0, got {gamma}, {eps}")
         if lookahead_batch is not None and not 0.0 < lookahead_batch <= 1.0:
             raise ValueError(f"lookahead_batch must be in (0, 1] or None, got {lookahead_batch}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        given = {"gamma": gamma, "approx": approx, "factor_min": factor_min,
-                 "factor_max": factor_max, "scale_back": scale_back, "eps": eps,
-                 "lookahead_batch": lookahead_batch, "window": window,
-                 "window_gamma": window_gamma}
-        defaults = {o.name: o.default for o in options_of(Newt) if o.name in given}
-        ignored = [f"{name}={value!r}" for name, value in given.items()
-                   if name not in LOOKAHEAD_OPTIONS[lookahead] and value != defaults[name]]
-        if ignored:
-            raise ValueError(f"lookahead={lookahead!r} does not use {', '.join(ignored)}; it "
-                             f"reads {', '.join(LOOKAHEAD_OPTIONS[lookahead])}, lr_min, lr_max "
-                             f"and per_group")
         self.gamma, self.approx, self.eps = gamma, approx, eps
         self.factor_min, self.factor_max, self.scale_back = factor_min, factor_max, scale_back
         self.lr_min, self.lr_max = lr_min, lr_max
@@ -348,8 +336,9 @@ class Newt(LRMethod):
         self.passes["forward"] += 1
         self.passes["backward"] += 1
         with torch.enable_grad():
-            with probe_mode(self.model), self.autocast():
+            with probe_mode(self.model) as probe, self.autocast():
                 loss = self.loss_fn(self.model, batch)
+            self.probes_removed_dropout |= probe.removed > 0 and self.model.training
             scale = self.scaler.get_scale() if self.scaler is not None else 1.0
             grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, params,
                                         allow_unused=True)
