@@ -125,12 +125,10 @@ def bilinear(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: Any,
         for p, q, k in terms:
             if p is None or q is None:
                 continue
-            if out is None:
-                out = call(p, q)
-                if k != 1.0:
-                    out.mul_(k)
-            else:
-                out.add_(call(p, q), alpha=k)
+            if k != 1.0:  # on the smaller operand: never ``add(B, B, alpha=k)``, which
+                # inductor's mm_plus_mm pattern (torch 2.14) compiles as if alpha were 1
+                p, q = (p * k, q) if p.numel() <= q.numel() else (p, q * k)
+            out = call(p, q) if out is None else out.add_(call(p, q))
         if b is not None:
             out = view(b).expand_as(v).clone() if out is None else out.add_(view(b))
         return out
@@ -325,6 +323,23 @@ def _addmm(op, args, kwargs, donated):
     base = aten.mm.default if op is aten.addmm.default else aten.bmm.default
     product = base if alpha == 1 else (lambda p, q: base(p, q).mul_(alpha))
     return bilinear(product, x, w, bias)
+
+
+@rule(aten._grouped_mm.default)
+def _grouped_mm(op, args, kwargs, donated):
+    """Per group ``g``, ``x_g @ w_g``: bilinear in the two operands, the groups' offsets
+    constant (the routing is piecewise constant along the path)."""
+    names = ("offs", "bias", "out_dtype")
+    extra = dict(zip(names, args[2:]), **kwargs)
+    offs, bias, out_dtype = (plain(extra.get(n)) for n in names)
+    if bias is not None:
+        raise TaylorUnsupported("grouped_mm with a bias")
+
+    def product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        # a component may be a broadcast view (stride 0), which the kernel refuses
+        p, q = (c if 0 not in c.stride() else c.contiguous() for c in (p, q))
+        return op(p, q, offs, None, out_dtype)
+    return bilinear(product, args[0], args[1])
 
 
 @rule(aten.convolution.default)
@@ -591,17 +606,38 @@ def _embedding_bag(op, args, kwargs, donated):
 
 
 # -------------------------------------------------------------------- normalisations
+# A normalisation's kernel accumulates the statistics of a half-precision input in float32
+# and returns the input's dtype; the composed rules do the same (the statistics of a bf16
+# jet taken in bf16 would lose the curvature to rounding).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _wide(x: Any) -> Any:
+    """``x`` (a jet or a tensor) in float32 if it is in half precision."""
+    if x is None or value(x).dtype not in LOW_PRECISION:
+        return x
+    return map_jet(lambda c: c.float(), x) if is_jet(x) else x.float()
+
+
+def _as_input(out: Jet, x: Any) -> Jet:
+    """The normalised jet in the input's dtype, as the kernel returns it."""
+    dtype = value(x).dtype
+    return out if out.v.dtype == dtype else map_jet(lambda c: c.to(dtype), out)
+
+
 def _affine(xn: Jet, w: Any, b: Any, shape) -> Jet:
     out = xn
     if w is not None:
-        out = apply(aten.mul.Tensor, out, apply(aten.view.default, w, shape))
+        out = apply(aten.mul.Tensor, out, apply(aten.view.default, _wide(w), shape))
     if b is not None:
-        out = apply(aten.add.Tensor, out, apply(aten.view.default, b, shape))
-    return out
+        out = apply(aten.add.Tensor, out, apply(aten.view.default, _wide(b), shape))
+    return as_jet(out)
 
 
 def _normalise(x: Any, dims: list[int], eps: float) -> tuple[Jet, Jet, Jet]:
-    """``(x - mean) * rsqrt(var + eps)`` over ``dims`` (biased variance), with mean and rstd."""
+    """``(x - mean) * rsqrt(var + eps)`` over ``dims`` (biased variance), with mean and rstd,
+    in float32 at least."""
+    x = _wide(x)
     mean = apply(aten.mean.dim, x, dims, True)
     centred = apply(aten.sub.Tensor, x, mean)
     var = apply(aten.mean.dim, apply(aten.mul.Tensor, centred, centred), dims, True)
@@ -614,7 +650,7 @@ def _layer_norm(op, args, kwargs, donated):
     x, normalized_shape, w, b, eps = args
     dims = list(range(value(x).dim() - len(normalized_shape), value(x).dim()))
     xn, mean, rstd = _normalise(x, dims, eps)
-    return _affine(xn, w, b, tuple(normalized_shape)), mean.v, rstd.v
+    return _as_input(_affine(xn, w, b, tuple(normalized_shape)), x), mean.v, rstd.v
 
 
 @rule(aten.native_group_norm.default)
@@ -624,22 +660,23 @@ def _group_norm(op, args, kwargs, donated):
     xn, mean, rstd = _normalise(grouped, [2], eps)
     xn = apply(aten.view.default, xn, list(value(x).shape))
     shape = (1, -1) + (1,) * (value(x).dim() - 2)
-    return _affine(xn, w, b, shape), mean.v.view(n, groups), rstd.v.view(n, groups)
+    return _as_input(_affine(xn, w, b, shape), x), mean.v.view(n, groups), rstd.v.view(n, groups)
 
 
 def _batch_norm_running_stats(x, w, b, rm, rv, eps):
     shape = (1, -1) + (1,) * (value(x).dim() - 2)
-    invstd = torch.rsqrt(plain(rv) + eps).view(shape)
-    centred = apply(aten.sub.Tensor, x, plain(rm).view(shape))
+    invstd = torch.rsqrt(_wide(plain(rv)) + eps).view(shape)
+    centred = apply(aten.sub.Tensor, _wide(x), _wide(plain(rm)).view(shape))
     xn = apply(aten.mul.Tensor, centred, invstd)
-    return _affine(as_jet(xn), w, b, shape), torch.empty(0), torch.empty(0)
+    empty = value(x).new_empty(0)
+    return _as_input(_affine(as_jet(xn), w, b, shape), x), empty, empty
 
 
 def _batch_norm_batch_stats(x, w, b, eps):
     dims = [0] + list(range(2, value(x).dim()))
     shape = (1, -1) + (1,) * (value(x).dim() - 2)
     xn, mean, invstd = _normalise(x, dims, eps)
-    return _affine(xn, w, b, shape), mean.v.flatten(), invstd.v.flatten()
+    return _as_input(_affine(xn, w, b, shape), x), mean.v.flatten(), invstd.v.flatten()
 
 
 @rule(aten._native_batch_norm_legit.no_stats)
