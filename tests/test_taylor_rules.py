@@ -159,6 +159,14 @@ SAMPLES = {
     aten._native_batch_norm_legit_no_training.default: lambda: (
         (j(5, 3), j(3), j(3), t(3), t(3).abs() + 0.5, 0.1, 1e-5), {}),
     aten.native_batch_norm.default: lambda: ((j(5, 3), j(3), j(3), None, None, True, 0.1, 1e-5), {}),
+    aten.maximum.default: lambda: ((j(3, 5), j(3, 5)), {}),
+    aten.minimum.default: lambda: ((t(1, 5), j(3, 5)), {}),
+    aten.amax.default: lambda: ((j(3, 5), [1]), {}),
+    aten.amin.default: lambda: ((j(3, 4, 5), [0, 2], True), {}),
+    aten.max.default: lambda: ((j(3, 5),), {}),
+    aten.min.default: lambda: ((j(3, 5),), {}),
+    aten.max.dim: lambda: ((j(3, 5), 1), {}),
+    aten.min.dim: lambda: ((j(3, 5), 0, True), {}),
     aten.max_pool2d_with_indices.default: lambda: ((j(2, 2, 4, 4), [2, 2]), {}),
     aten.max_pool3d_with_indices.default: lambda: ((j(1, 2, 4, 4, 4), [2, 2, 2]), {}),
 }
@@ -169,9 +177,6 @@ FLOAT32_BILINEAR = {
 }
 # Ops without a rule, through the generic rule (nested forward-mode AD of the op).
 GENERIC = {
-    aten.amax.default: lambda: ((j(3, 5), [1]), {}),
-    aten.maximum.default: lambda: ((j(3, 5), j(3, 5)), {}),
-    aten.max.dim: lambda: ((j(3, 5), 1), {}),
     aten.logsumexp.default: lambda: ((j(3, 5), [1]), {}),
     aten.var.correction: lambda: ((j(3, 5), [1]), {"correction": 1}),
     aten.linalg_vector_norm.default: lambda: ((j(3, 5), 2, [1]), {}),
@@ -298,3 +303,22 @@ def test_relu_in_place_gives_the_same_jet():
         aten.relu.default, (Jet(x.v.clone(), x.t.clone(), x.a.clone()),), {}, True)
     for field in "vta":
         torch.testing.assert_close(getattr(donated, field), getattr(fresh, field))
+
+
+@pytest.mark.parametrize("op,make", [
+    (aten.maximum.default, lambda x: (x, x.flip(1))),
+    (aten.amax.default, lambda x: (x, [1])),
+    (aten.max.default, lambda x: (x,)),
+])
+def test_ties_share_the_derivative_as_autograd_does(op, make):
+    """At a tie the extremum is not differentiable; the rules take autograd's convention
+    (an even share), so the Taylor pass and double backward agree there too."""
+    v = torch.tensor([[1.0, 3.0, 3.0, 1.0]], dtype=torch.float64)
+    tangent, curvature = t(1, 4), t(1, 4)
+    parts = zip(*(make(c) for c in (v, tangent, curvature)))
+    args = tuple(Jet(*p) if isinstance(p[0], torch.Tensor) else p[0] for p in parts)
+    got = first_jet(RULES[op](op, args, {}, False))
+    x = v.clone().requires_grad_(True)
+    first = torch.autograd.grad(op(*make(x)).sum(), x)[0]
+    torch.testing.assert_close(got.t.sum(), (first * tangent).sum())
+    torch.testing.assert_close(got.a.sum(), (first * curvature).sum())

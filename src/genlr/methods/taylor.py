@@ -296,6 +296,7 @@ class _Request:
         self.tangents, self.compile = tangents, compile
         self.values: list[Any] | None = None
         self.mode = ""
+        self.error: TaylorUnsupported | None = None
         self.slopes: list[torch.Tensor] = []
         self.curvatures: list[torch.Tensor] = []
 
@@ -323,8 +324,13 @@ class _JetGraph:
         if key not in self.runners:
             self.runners[key], self.modes[key] = self._build(moving, list(args), tangents,
                                                              request.compile)
-        with torch.no_grad(), _no_autocast():
-            out = self.runners[key](*args, *tangents)
+        try:
+            with torch.no_grad(), _no_autocast():
+                out = self.runners[key](*args, *tangents)
+        except Exception as err:  # the jet itself can't (not the capture): no eager retry
+            request.error = err if isinstance(err, TaylorUnsupported) else TaylorUnsupported(
+                f"the jet of the captured graph failed ({_first_line(err)})")
+            raise request.error from err
         request.mode = self.modes[key]
         k = self.count
         request.values, request.slopes, request.curvatures = \
@@ -521,6 +527,8 @@ class TaylorPass:
         if not self.uncaptured:
             try:
                 result = self._run_captured(tangents, batch, compile and self.compile)
+            except TaylorUnsupported:
+                raise
             except Exception as err:
                 self._not_captured(_first_line(err))
             else:
@@ -560,6 +568,10 @@ class TaylorPass:
         try:
             with torch._dynamo.config.patch(allow_rnn=True, fail_on_recompile_limit_hit=True):
                 loss = self._captured(batch)
+        except Exception:
+            if request.error is not None:
+                raise request.error from None
+            raise
         finally:
             self.request = None
         if request.values is None:  # dynamo ran the loss itself (compiling disabled?)

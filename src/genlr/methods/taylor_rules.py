@@ -553,6 +553,68 @@ def _elu(op, args, kwargs, donated):
     return unary(x, op(x.v, alpha, scale_, input_scale), d1, d2)
 
 
+# ------------------------------------------------------------------- extrema
+# Piecewise: the jet of the argument that wins. At ties autograd's conventions, so that the
+# Taylor pass and double backward agree there too: ``maximum``/``minimum`` and the value
+# reductions (``amax``, ``max()``) share the derivative evenly among the tied arguments;
+# ``max.dim`` takes the one its index names.
+def _share(mask: torch.Tensor, c: torch.Tensor | None, dims: list[int], keepdim: bool,
+           count: torch.Tensor) -> torch.Tensor | None:
+    if c is None:
+        return None
+    return (c * mask).sum(dims, keepdim=keepdim) / count
+
+
+@rule(aten.maximum.default, aten.minimum.default)
+def _pairwise_extremum(op, args, kwargs, donated):
+    a, b = as_jet(args[0]), as_jet(args[1])
+    v = op(a.v, b.v)
+    wins = a.v > b.v if op is aten.maximum.default else a.v < b.v
+    tie = a.v == b.v
+
+    def pick(p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor | None:
+        if p is None and q is None:
+            return None
+        p, q = (0.0 if c is None else c for c in (p, q))
+        return torch.where(tie, (p + q) * 0.5, torch.where(wins, p, q))
+    return Jet(v, pick(a.t, b.t), pick(a.a, b.a))
+
+
+@rule(aten.amax.default, aten.amin.default, aten.max.default, aten.min.default)
+def _reduced_extremum(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    if op in (aten.max.default, aten.min.default):
+        dims, keepdim = list(range(x.v.dim())), False
+    else:
+        dims = list(plain(args[1]) if len(args) > 1 else kwargs.get("dim", []))
+        keepdim = plain(args[2]) if len(args) > 2 else kwargs.get("keepdim", False)
+        dims = [d % max(x.v.dim(), 1) for d in dims] or list(range(x.v.dim()))
+    v = op(x.v, *args[1:], **kwargs)
+    kept = v
+    if not keepdim:
+        for d in sorted(dims):
+            kept = kept.unsqueeze(d)
+    mask = (x.v == kept).to(x.v.dtype)
+    count = mask.sum(dims, keepdim=keepdim)
+    return Jet(v, _share(mask, x.t, dims, keepdim, count), _share(mask, x.a, dims, keepdim, count))
+
+
+@rule(aten.max.dim, aten.min.dim)
+def _extremum_along(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    dim = plain(args[1])
+    keepdim = plain(args[2]) if len(args) > 2 else kwargs.get("keepdim", False)
+    v, idx = op(x.v, dim, keepdim)
+    kept = idx if keepdim else idx.unsqueeze(dim)
+
+    def take(c: torch.Tensor | None) -> torch.Tensor | None:
+        if c is None:
+            return None
+        out = c.gather(dim, kept)
+        return out if keepdim else out.squeeze(dim)
+    return Jet(v, take(x.t), take(x.a)), idx
+
+
 # ----------------------------------------------------------------- softmax and losses
 def _softmax_jet(x: Jet, dim: int, p: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The jet of ``log softmax(x)`` given ``p = softmax(x)``: ``u = x' - E_p[x']`` and
