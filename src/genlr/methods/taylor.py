@@ -160,6 +160,9 @@ def _no_autocast() -> Iterator[None]:
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
+    inner = getattr(err, "inner_exception", None)  # what a Dynamo backend raised
+    if inner is not None:
+        err = inner
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:limit]}" if text else type(err).__name__
 
@@ -378,9 +381,9 @@ class _JetMode(TorchDispatchMode):
     beside them (``jets``: value tensor -> ``(x', x'')``), so the loss's own code sees plain
     tensors with their real values and may read them (``.item()``, ``nonzero``, branches).
     Runs below functionalization, so the loss's in-place ops and views arrive as pure ops.
-    An op without a rule goes through the generic rule, or, without a forward-mode
-    derivative either, through its decomposition (PyTorch's tables or its composite
-    kernel), whose ops come back here."""
+    An op without a rule is decomposed where the traced pass decomposes it (PyTorch's
+    tables, or its composite kernel), its ops coming back here; any other goes through the
+    generic rule."""
 
     def __init__(self, jets: WeakIdKeyDictionary) -> None:
         super().__init__()
@@ -414,22 +417,19 @@ class _JetMode(TorchDispatchMode):
     def _moving(self, func, args, kwargs, jargs, jkwargs):
         if func in RULES or func in CONSTANT_RESULT:
             return self._lower(jet_of(func, jargs, jkwargs))
+        decomposition = decompositions().get(func)
+        if decomposition is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+                func.name(), "CompositeImplicitAutograd"):
+            decomposition = func.decompose
+        if decomposition is not None:
+            with self:  # the decomposition's ops come back here
+                return decomposition(*args, **kwargs)
         plain = func(*args, **kwargs)
         if not any(isinstance(x, torch.Tensor) and x.is_floating_point()
                    for x in pytree.tree_leaves(plain)):
             return plain  # a comparison, an index, a scalar read off a value
-        try:
-            with torch._C._ForceDispatchKeyGuard(*self.outside):
-                return self._lower(jet_of(func, jargs, jkwargs, val=plain))
-        except TaylorUnsupported:
-            decomposition = decompositions().get(func)
-            if decomposition is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-                    func.name(), "CompositeImplicitAutograd"):
-                decomposition = func.decompose
-            if decomposition is None:
-                raise
-        with self:  # the decomposition's ops come back here
-            return decomposition(*args, **kwargs)
+        with torch._C._ForceDispatchKeyGuard(*self.outside):
+            return self._lower(jet_of(func, jargs, jkwargs, val=plain))
 
     def _in_place(self, func, args, kwargs, jargs, jkwargs):
         """``x.op_(...)`` as ``x.copy_(op(x, ...))``. Functionalization turns the loss's own
@@ -439,13 +439,15 @@ class _JetMode(TorchDispatchMode):
         schema = func._schema
         written = [i for i, a in enumerate(schema.arguments)
                    if a.alias_info is not None and a.alias_info.is_write]
-        name = schema.name.split("::")[-1]
-        pure = getattr(getattr(aten, name[:-1], None), func._overloadname, None) \
-            if name.endswith("_") else None
-        if written != [0] or pure is None or pure._schema.is_mutable:
+        pure = _functional_variant(func)
+        if written != [0] or pure is None:
             raise TaylorUnsupported(f"the eager jet met an in-place op ({func}) on a moving value")
         out = self._moving(pure, args, kwargs, jargs, jkwargs)
         x = args[0]
+        if torch.Tag.inplace_view in func.tags:  # transpose_, squeeze_...: x's shape changes
+            func(*args, **kwargs)
+            self.jets[x] = self.jets[out] if out in self.jets else (None, None)
+            return x
         x.copy_(out)
         if out in self.jets:
             self._stale_aliases(x)
@@ -456,9 +458,14 @@ class _JetMode(TorchDispatchMode):
 
     def _stale_aliases(self, x: torch.Tensor) -> None:
         storage = x.untyped_storage().data_ptr()
+        written = None
         for ref in self.by_storage.get(storage, []):
             alias = ref()
-            if alias is not None and alias is not x and alias in self.jets:
+            if alias is None or alias is x or alias not in self.jets:
+                continue
+            if written is None:
+                written = _elements(x)
+            if written is _ALL or _overlap(written, alias):
                 self.jets[alias] = _STALE
 
     def _lower(self, out: Any) -> Any:
@@ -485,6 +492,46 @@ class _ReadThrough(torch.overrides.TorchFunctionMode):
             torch._sync(args[0])
             args = (torch._from_functional_tensor(args[0]), *args[1:])
         return func(*args, **kwargs)
+
+
+def _functional_variant(func: Any) -> Any:
+    """``aten.op.overload`` for ``aten.op_.overload``: the same overload name, else the
+    overload taking the same argument types (``transpose_.default`` -> ``transpose.int``)."""
+    name = func._schema.name.split("::")[-1]
+    packet = getattr(aten, name[:-1], None) if name.endswith("_") else None
+    if packet is None:
+        return None
+    types_ = [str(a.type) for a in func._schema.arguments]
+    candidates = [getattr(packet, func._overloadname, None)] + [
+        getattr(packet, o) for o in packet.overloads()]
+    for op in candidates:
+        if op is not None and not op._schema.is_mutable and \
+                [str(a.type) for a in op._schema.arguments] == types_:
+            return op
+    return None
+
+
+_ALL = object()
+#: storages larger than this (elements) count as overlapping whole, rather than compared
+_OVERLAP_LIMIT = 1 << 24
+
+
+def _elements(x: torch.Tensor) -> Any:
+    """Which elements of its storage ``x`` covers, as a boolean mask (``_ALL``: too large
+    to tell, count it all): views of one storage that cover disjoint parts (the gates of a
+    recurrent cell, chunked) do not see each other's writes."""
+    n = x.untyped_storage().nbytes() // x.element_size()
+    if n > _OVERLAP_LIMIT:
+        return _ALL
+    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+    mask.as_strided(x.shape, x.stride(), x.storage_offset()).fill_(True)
+    return mask
+
+
+def _overlap(mask: torch.Tensor, y: torch.Tensor) -> bool:
+    if y.element_size() * mask.numel() != y.untyped_storage().nbytes():
+        return True  # another dtype's view of the bytes: count it as overlapping
+    return bool(mask.as_strided(y.shape, y.stride(), y.storage_offset()).any())
 
 
 class _Stale(tuple):
@@ -530,12 +577,15 @@ class TaylorPass:
             except TaylorUnsupported:
                 raise
             except Exception as err:
+                # Dynamo can't capture this loss, or this batch is one the loss itself
+                # can't take: only an eager pass that works says the loss needs one.
+                result = self._run_eager(tangents, batch)
                 self._not_captured(_first_line(err))
-            else:
-                if result is not None:
-                    return result
-        self.mode = "eager"
-        return self._run_eager(params, tangents, batch)
+                return result
+            if result is not None:
+                return result
+            self._not_captured("torch.compile ran the loss without the jet graph")
+        return self._run_eager(tangents, batch)
 
     # ------------------------------------------------------------------ captured
     def _capture_function(self) -> Callable[[Any], torch.Tensor]:
@@ -575,7 +625,6 @@ class TaylorPass:
         finally:
             self.request = None
         if request.values is None:  # dynamo ran the loss itself (compiling disabled?)
-            self._not_captured("torch.compile ran the loss without the jet graph")
             return None
         for i, v in enumerate(request.values):
             if v is loss:
@@ -595,8 +644,7 @@ class TaylorPass:
                       "jet runs eagerly, op by op", RuntimeWarning, stacklevel=3)
 
     # --------------------------------------------------------------------- eager
-    def _run_eager(self, params: list[torch.Tensor], tangents: dict[int, torch.Tensor],
-                   batch: Any) -> tuple[float, float]:
+    def _run_eager(self, tangents: dict[int, torch.Tensor], batch: Any) -> tuple[float, float]:
         state = dict(self.bound.named_parameters())
         state.update(dict(self.bound.named_buffers()))
         names = list(state)
@@ -620,6 +668,7 @@ class TaylorPass:
         except Exception as err:
             raise TaylorUnsupported(f"the eager jet failed ({_first_line(err)})") from err
         t, a = jets.get(loss, (None, None)) if isinstance(loss, torch.Tensor) else (None, None)
+        self.mode = "eager"
         return _total(t), _total(a)
 
 
