@@ -309,6 +309,8 @@ class DirectionalDerivatives:
 
     def _check_compiled(self, params, d, batch, compiled: tuple[float, float]) -> tuple[float, float]:
         interpreted = self.run("taylor", params, d, batch, compile=False)
+        if not all(map(math.isfinite, interpreted)):  # nothing to learn here
+            return compiled
         error = _disagreement(compiled, interpreted)
         tolerance = self._tolerance(params) if not self._autocasts() else \
             LOW_PRECISION_ULPS * torch.finfo(self._autocast_dtype()).eps

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import operator
 import os
 import types
@@ -279,8 +280,10 @@ def _moves(args: Any, kwargs: Any) -> bool:
     return any(is_jet(x) for x in pytree.tree_leaves((args, kwargs), is_leaf=is_jet))
 
 
-def _totals(outputs: list[Any]) -> list[torch.Tensor]:
-    """Per output: its value, then the sums of its first and second derivative (float64)."""
+def _totals(outputs: list[Any], order: int) -> list[torch.Tensor]:
+    """Per output: its value, then the sums of its first and (``order`` 2) second derivative
+    (float64). With ``order`` 1 nothing reads the second derivatives, so a compiled graph
+    drops them: a forward pass with its tangent, three products a layer."""
     values, slopes, curvatures = [], [], []
     for out in outputs:
         jet = out if is_jet(out) else None
@@ -288,15 +291,15 @@ def _totals(outputs: list[Any]) -> list[torch.Tensor]:
         for component, into in ((jet and jet.t, slopes), (jet and jet.a, curvatures)):
             into.append(torch.zeros((), dtype=torch.float64) if component is None
                         else component.sum(dtype=torch.float64))
-    return [*values, *slopes, *curvatures]
+    return [*values, *slopes, *curvatures[:len(curvatures) if order == 2 else 0]]
 
 
 # -------------------------------------------------------- the captured graph's jet
 class _Request:
     """One pass's tangents (by the identity of the tensors they move) and its results."""
 
-    def __init__(self, tangents: dict[int, torch.Tensor], compile: bool) -> None:
-        self.tangents, self.compile = tangents, compile
+    def __init__(self, tangents: dict[int, torch.Tensor], compile: bool, order: int) -> None:
+        self.tangents, self.compile, self.order = tangents, compile, order
         self.values: list[Any] | None = None
         self.mode = ""
         self.error: TaylorUnsupported | None = None
@@ -323,10 +326,10 @@ class _JetGraph:
                 return tuple(interpret(self.graph, list(args)))
         moving = tuple(i for i, x in enumerate(args) if id(x) in request.tangents)
         tangents = [request.tangents[id(args[i])] for i in moving]
-        key = (moving, request.compile)
+        key = (moving, request.compile, request.order)
         if key not in self.runners:
             self.runners[key], self.modes[key] = self._build(moving, list(args), tangents,
-                                                             request.compile)
+                                                             request.compile, request.order)
         try:
             with torch.no_grad(), _no_autocast():
                 out = self.runners[key](*args, *tangents)
@@ -336,23 +339,23 @@ class _JetGraph:
             raise request.error from err
         request.mode = self.modes[key]
         k = self.count
-        request.values, request.slopes, request.curvatures = \
-            list(out[:k]), list(out[k:2 * k]), list(out[2 * k:3 * k])
+        request.values, request.slopes = list(out[:k]), list(out[k:2 * k])
+        request.curvatures = list(out[2 * k:3 * k]) if request.order == 2 else []
         return tuple(out[:k])
 
-    def _jet(self, moving: tuple[int, ...]) -> Callable[..., list[Any]]:
+    def _jet(self, moving: tuple[int, ...], order: int) -> Callable[..., list[Any]]:
         n, graph = len(self.graph.graph.find_nodes(op="placeholder")), self.graph
 
         def jet(*flat: Any) -> list[Any]:
             inputs = list(flat[:n])
             for k, i in enumerate(moving):
                 inputs[i] = Jet(inputs[i], flat[n + k], None)
-            return _totals(interpret(graph, inputs))
+            return _totals(interpret(graph, inputs), order)
         return jet
 
     def _build(self, moving: tuple[int, ...], args: list[Any], tangents: list,
-               compile: bool) -> tuple[Callable, str]:
-        jet = self._jet(moving)
+               compile: bool, order: int) -> tuple[Callable, str]:
+        jet = self._jet(moving, order)
         if not compile:
             return jet, "interpreted"
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -568,12 +571,18 @@ class TaylorPass:
 
     def __call__(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
                  compile: bool = True) -> tuple[float, float]:
-        """``compile=False``: the captured graph's jet interpreted (what the check compares
-        a compiled pass with)."""
+        """``(<grad L, d>, d^T H d)``; ``compile=False``: the captured graph's jet
+        interpreted (what the check compares a compiled pass with)."""
+        return self.jet(params, d, batch, compile)[1:]
+
+    def jet(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
+            compile: bool = True, order: int = 2) -> tuple[float, float, float]:
+        """``(L, <grad L, d>, d^T H d)`` at the current parameters; with ``order`` 1 the
+        curvature is not computed (NaN) where the pass is compiled."""
         tangents = {id(p): v.to(p.dtype) for p, v in zip(params, d)}
         if not self.uncaptured:
             try:
-                result = self._run_captured(tangents, batch, compile and self.compile)
+                result = self._run_captured(tangents, batch, compile and self.compile, order)
             except TaylorUnsupported:
                 raise
             except Exception as err:
@@ -611,10 +620,11 @@ class TaylorPass:
         count = len(graph.graph.output_node().args[0])
         return _JetGraph(self, graph, count)
 
-    def _run_captured(self, tangents: dict[int, torch.Tensor], batch: Any, compile: bool):
+    def _run_captured(self, tangents: dict[int, torch.Tensor], batch: Any, compile: bool,
+                      order: int):
         import torch._dynamo
 
-        self.request = request = _Request(tangents, compile)
+        self.request = request = _Request(tangents, compile, order)
         try:
             with torch._dynamo.config.patch(allow_rnn=True, fail_on_recompile_limit_hit=True):
                 loss = self._captured(batch)
@@ -629,7 +639,8 @@ class TaylorPass:
         for i, v in enumerate(request.values):
             if v is loss:
                 self.mode = request.mode
-                return float(request.slopes[i]), float(request.curvatures[i])
+                curvature = float(request.curvatures[i]) if request.curvatures else math.nan
+                return float(v), float(request.slopes[i]), curvature
         raise TaylorUnsupported("the loss is none of the captured graph's outputs")
 
     def compile_failed(self, err: BaseException) -> None:
@@ -669,7 +680,7 @@ class TaylorPass:
             raise TaylorUnsupported(f"the eager jet failed ({_first_line(err)})") from err
         t, a = jets.get(loss, (None, None)) if isinstance(loss, torch.Tensor) else (None, None)
         self.mode = "eager"
-        return _total(t), _total(a)
+        return float(loss), _total(t), _total(a)
 
 
 def _total(x: torch.Tensor | None) -> float:
