@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils import _pytree as pytree
 
+from genlr.methods import taylor_rules
 from genlr.methods.taylor_rules import RULES, Jet, generic_rule, is_jet
 
 aten = torch.ops.aten
@@ -322,3 +323,19 @@ def test_ties_share_the_derivative_as_autograd_does(op, make):
     first = torch.autograd.grad(op(*make(x)).sum(), x)[0]
     torch.testing.assert_close(got.t.sum(), (first * tangent).sum())
     torch.testing.assert_close(got.a.sum(), (first * curvature).sum())
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 3, 6, 6), [2, 2]), ((2, 3, 7, 5), [3, 2]), ((1, 2, 4, 4), [2])])
+def test_max_pool_traced_for_the_compiler_is_the_same_jet(shape, kernel):
+    """The form the compiler gets (a running selection over the windows' slices) gives the
+    kernel's values, indices and the same jet, ties and all."""
+    op = aten.max_pool2d_with_indices.default
+    x = j(*shape)
+    x.v[0, 0, 0, :2] = 1.0  # a tie in the first window: the first maximum wins
+    x.v[0, 0, 1, :2] = 1.0
+    plain_jet, plain_idx = RULES[op](op, (x, kernel), {}, False)
+    with taylor_rules.for_compiler():
+        traced_jet, traced_idx = RULES[op](op, (x, kernel), {}, False)
+    assert torch.equal(plain_idx, traced_idx)
+    for field in "vta":
+        assert torch.equal(getattr(plain_jet, field), getattr(traced_jet, field)), field

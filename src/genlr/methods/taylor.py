@@ -55,7 +55,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from genlr.methods.taylor_rules import (
-    RULES, Jet, TaylorUnsupported, generic_rule, is_jet, map_jet, value)
+    RULES, Jet, TaylorUnsupported, for_compiler, generic_rule, is_jet, map_jet, value)
 
 __all__ = ["TaylorPass", "TaylorUnsupported", "eager_math_kernels", "supported_ops"]
 
@@ -361,7 +361,7 @@ class _JetGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         try:
-            with torch.no_grad(), _no_autocast():
+            with torch.no_grad(), _no_autocast(), for_compiler():
                 # One ATen graph of the three streams: the interpreter, traced over jets.
                 traced = make_fx(jet, tracing_mode="fake", _allow_non_fake_inputs=True)(
                     *args, *tangents)

@@ -19,14 +19,30 @@ PyTorch's core ATen operations by its own decomposition tables, so the list is s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils import _pytree as pytree
 
 aten = torch.ops.aten
+
+
+#: True while a jet is traced for inductor (``genlr.methods.taylor``): a rule may then take
+#: a form the compiler fuses well rather than the one fastest op by op (max pooling).
+FOR_COMPILER = False
+
+
+@contextlib.contextmanager
+def for_compiler() -> Iterator[None]:
+    global FOR_COMPILER
+    saved, FOR_COMPILER = FOR_COMPILER, True
+    try:
+        yield
+    finally:
+        FOR_COMPILER = saved
 
 
 class TaylorUnsupported(RuntimeError):
@@ -772,9 +788,46 @@ def _bn(op, args, kwargs, donated):
 
 
 # ------------------------------------------------------------------------- pooling
+def _window_max(x: Jet, op, args) -> Jet | None:
+    """Max pooling over non-overlapping windows as a running selection over the windows'
+    strided slices, the first maximum winning as in the kernel (NaN wins): elementwise
+    ops that a compiler fuses, where gathering the components by the kernel's indices
+    became one slow loop in inductor's CPU code. None for other poolings."""
+    kernel = list(plain(args[1]))
+    stride = list(plain(args[2])) if len(args) > 2 and plain(args[2]) else kernel
+    padding, dilation = (list(plain(args[i])) if len(args) > i else [default]
+                         for i, default in ((3, 0), (4, 1)))
+    if len(kernel) == 1:
+        kernel = kernel * 2
+    if len(stride) == 1:
+        stride = stride * 2
+    ceil = bool(plain(args[5])) if len(args) > 5 else False
+    if stride != kernel or any(padding) or any(d != 1 for d in dilation) or ceil:
+        return None
+    kh, kw = kernel
+    ho, wo = x.v.shape[-2] // kh, x.v.shape[-1] // kw
+
+    def window(c: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        return c[..., i::kh, j::kw][..., :ho, :wo]
+    best = [None if c is None else window(c, 0, 0) for c in (x.v, x.t, x.a)]
+    for i in range(kh):
+        for j in range(kw):
+            if i == j == 0:
+                continue
+            candidate = window(x.v, i, j)
+            take = (candidate > best[0]) | candidate.isnan()
+            best = [None if c is None else torch.where(take, window(c, i, j), b)
+                    for c, b in zip((x.v, x.t, x.a), best)]
+    return Jet(*best)
+
+
 @rule(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
 def _max_pool(op, args, kwargs, donated):
     x = as_jet(args[0])
+    if FOR_COMPILER and op is aten.max_pool2d_with_indices.default and not kwargs:
+        jet = _window_max(x, op, args)
+        if jet is not None:  # the indices, if anything reads them: the kernel's
+            return jet, op(x.v, *_constant_args(args))[1]
     v = x.v
     if op is aten.max_pool2d_with_indices.default and v.device.type == "cpu" and v.dim() == 4:
         # The CPU kernel is 2x faster on channels-last input (same values and indices).
