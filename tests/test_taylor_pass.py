@@ -344,3 +344,30 @@ def test_grouped_mm_experts_match_the_per_expert_matmuls():
     want = double_backward(reference, loss_fn, list(reference.parameters()),
                            [v.double() for v in d], x.double())
     assert disagreement(got, want) < 1e-4
+
+
+# ------------------------------------------------------------------- Newt's lookahead
+@pytest.mark.parametrize("lookahead_batch", [None, 0.5])
+def test_newt_lookahead_slopes_by_jets_match_the_gradients(lookahead_batch):
+    """Newt reads the lookahead gradient only as ``<g, d>``: its first-order jet gives the
+    same lr as the forward and backward passes it replaces, with no backward pass."""
+    from genlr import Newt
+
+    runs = {}
+    for jets in (True, False):
+        c = build("gpt", torch.float64)
+        opt = torch.optim.AdamW(c.param_groups, lr=1e-3)
+        method = Newt(opt, c.model, c.loss_fn, gamma=0.5, lookahead_batch=lookahead_batch)
+        if not jets:
+            method._jet = None
+        lrs = []
+        for batch in (c.batch, c.probe_batch, c.batch):
+            opt.zero_grad()
+            loss = c.loss_fn(c.model, batch)
+            loss.backward()
+            lrs.append(method.step(batch, loss=loss))
+        runs[jets] = (lrs, dict(method.passes))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-9)
+    probes = 3 * (1 if lookahead_batch is None else 2)
+    assert runs[False][1]["backward"] == probes
+    assert runs[True][1]["backward"] == 1  # the one check, at the first probe
