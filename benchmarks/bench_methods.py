@@ -161,6 +161,12 @@ def interpreted(method: ExactGeN) -> ExactGeN:
     return method
 
 
+def without_jets(method: Newt) -> Newt:
+    """Newt's lookahead slopes by a forward and backward pass (before issue 21), not jets."""
+    method._jet = None
+    return method
+
+
 CONFIGS: dict[str, Callable[[Any, nn.Module, Callable, dict], Any] | None] = {
     "adamw": None,
     # A second plain AdamW: its ratio is the measurement's own floor and spread.
@@ -182,6 +188,7 @@ CONFIGS: dict[str, Callable[[Any, nn.Module, Callable, dict], Any] | None] = {
     "gen_parabola (defaults)": lambda o, m, f, a: ParabolaGeN(o, m, f, **a),
     "newt full-batch lookahead": lambda o, m, f, a: Newt(o, m, f, **a, lookahead_batch=None),
     "newt (defaults)": lambda o, m, f, a: Newt(o, m, f, **a),
+    "newt (defaults) by forward and backward": lambda o, m, f, a: without_jets(Newt(o, m, f, **a)),
     "newt next_step (zero-pass)": lambda o, m, f, a: Newt(o, m, f, **a, lookahead="next_step"),
     "newt window (zero-pass)": lambda o, m, f, a: Newt(o, m, f, **a, lookahead="window"),
 }

@@ -372,10 +372,10 @@ class _JetGraph:
 
 
 def _compile(graph: torch.fx.GraphModule, example: list[Any]) -> Callable[..., Any]:
+    """Inductor, as ``torch.compile`` would call it on a captured graph."""
     from torch._inductor.compile_fx import compile_fx
 
-    compiled = compile_fx(graph, example)
-    return compiled
+    return compile_fx(graph, example)
 
 
 # ------------------------------------------------------------------- the eager jet
@@ -393,9 +393,11 @@ class _JetMode(TorchDispatchMode):
         self.jets = jets
         self.by_storage: dict[int, list[weakref.ref]] = {}  # for ``_stale_aliases``
         # The dispatch state outside this handler, where forward mode works (inside it,
-        # autograd's keys are off): the generic rule runs in it.
-        self.outside = (torch._C._dispatch_tls_local_include_set(),
-                        torch._C._dispatch_tls_local_exclude_set())
+        # autograd's keys are off), without autocast (the loss's casts arrive as ops): the
+        # generic rule runs in it.
+        with _no_autocast():
+            self.outside = (torch._C._dispatch_tls_local_include_set(),
+                            torch._C._dispatch_tls_local_exclude_set())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
