@@ -314,6 +314,36 @@ def peak_memory(name: str, steps: int, work) -> int:
     return meter.peak
 
 
+def newt_breakdown(work, steps: int, clock: Callable[[], float]) -> None:
+    """Where Newt's step (its defaults) spends its time: each part of ``Newt.step`` timed,
+    against a plain AdamW step, over ``steps`` steps after a warm-up."""
+    model, opt, method, loss_fn = build("newt (defaults)", work)
+    parts: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def run(*args, **kwargs):
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                parts[name] = parts.get(name, 0.0) + clock() - t0
+        return run
+
+    method._slopes_at = timed("lookahead slopes (2 per step)", method._slopes_at)
+    method.capture_direction = timed("optimizer step and direction", method.capture_direction)
+    method.shift = timed("parameter moves", method.shift)
+    method._group_dots = timed("inner products", method._group_dots)
+    base = build("adamw", work)
+    run_steps(base, work[2], 4)
+    run_steps((model, opt, method, loss_fn), work[2], 4)
+    parts.clear()
+    adamw = statistics.fmean(run_steps(base, work[2], steps, clock=clock))
+    newt = statistics.fmean(run_steps((model, opt, method, loss_fn), work[2], steps, clock=clock))
+    print(f"Newt (defaults) {newt / adamw:.2f} x AdamW ({adamw * 1e3:.1f} ms); of its step:")
+    for name, total in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:32s} {total / steps / adamw:5.2f} of an AdamW step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", type=int, default=16,
@@ -334,6 +364,8 @@ def main() -> None:
                         help="the workload's size (gpu: batches that keep a GPU busy, see above)")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none",
                         help="bf16: every forward under bfloat16 autocast")
+    parser.add_argument("--newt-breakdown", type=int, default=0, metavar="STEPS",
+                        help="time the parts of Newt's step over STEPS steps, and nothing else")
     args = parser.parse_args()
     if args.device == "cuda" and (args.clock == "cpu" or not torch.cuda.is_available()):
         parser.error("--device cuda needs a CUDA device and the wall clock")
@@ -345,6 +377,8 @@ def main() -> None:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.device == "cuda":
         clock = synchronised(clock)
+    if args.newt_breakdown:
+        return newt_breakdown(work, args.newt_breakdown, clock)
     result = time_configs(names, args.block, args.rounds, work, clock) if timed else {}
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, model {args.model}, "
           f"size {args.size}, batch {len(work[2][0][1])}, amp {args.amp}"
