@@ -1,5 +1,7 @@
 """GPU runs (``pytest -m gpu``; skipped without CUDA): every LR method under bf16 autocast
-and under fp16 with a GradScaler, on the CNN, a few steps each; the Taylor pass on the zoo."""
+and under fp16 with a GradScaler, on the CNN, a few steps each; the Taylor pass on the zoo
+(compiled for CUDA), under bf16 autocast, eagerly for a routed mixture of experts, and
+through ``_grouped_mm`` in bf16."""
 
 from __future__ import annotations
 
@@ -112,3 +114,22 @@ def test_grouped_mm_experts_in_bf16_on_cuda_are_compiled():
     want = DirectionalDerivatives(reference, loss_fn).derivatives(
         list(reference.parameters()), [v.double() for v in d], x.double(), "double_backward")
     assert disagreement(got, want) < 0.1  # bf16 parameters and products
+
+
+def test_the_compiled_pass_under_tf32_passes_its_check():
+    """Users switch TF32 on for training: the check compares the compiled pass with the
+    interpreted one in the precision it ran in, so TF32 rounding is no disagreement."""
+    import warnings
+
+    case, params, d, batch = _zoo_on_cuda("gpt", torch.float32)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        dd = DirectionalDerivatives(case.model, case.loss_fn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            dd.derivatives(params, d, batch)
+        assert dd.path == "taylor" and dd.taylor_mode == "compiled"
+        assert dd._taylor_pass.compile
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved

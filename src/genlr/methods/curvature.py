@@ -20,6 +20,10 @@ reference path that works, on a few examples of the first batch it sees (and eve
 ``check_every``-th time after, if set), the way ``torch.autograd.gradcheck`` checks a
 gradient: on disagreement it is dropped for this model, with a warning giving both values.
 
+The Taylor pass runs compiled where the loss is one graph (``genlr.methods.taylor``), and
+the check also compares it with the same graph interpreted, and, under autocast, its low
+precision with float32 (``DirectionalDerivatives._check``).
+
 Every path evaluates the loss under ``probe_mode`` (BatchNorm normalises with the batch
 statistics and writes no buffer, every dropout off, RNG untouched), the training autocast,
 and on the model's eager code (a compiled model's original module: same weights).
@@ -205,8 +209,7 @@ class DirectionalDerivatives:
                 if path == "taylor":
                     self.taylor_mode = self._taylor_pass.mode
                     if self._check_due():
-                        with full_float32():
-                            value = self._check(params, d, batch, value)
+                        value = self._check(params, d, batch, value)
             except Exception as err:  # this path can't, for this model: the next one takes over
                 self._give_up(path, err)
                 continue
@@ -275,8 +278,12 @@ class DirectionalDerivatives:
         The few examples are the whole batch when they can't be cut out of it (a batch of
         bags with offsets, say)."""
         self._checks += 1
-        if self.taylor_mode == "compiled":
+        if self.taylor_mode == "compiled":  # in the precision the pass ran in (TF32 or not)
             full = self._check_compiled(params, d, batch, full)
+        with full_float32():
+            return self._check_rules(params, d, batch, full)
+
+    def _check_rules(self, params, d, batch, full: tuple[float, float]) -> tuple[float, float]:
         sub = first_examples(batch, CHECK_EXAMPLES)
         try:
             taylor = self.run("taylor", params, d, sub, autocast=False, compile=False)
