@@ -46,6 +46,11 @@ def test_peak_memory_is_per_run_on_cuda(tmp_path, fake_mnist):
     assert train(spec, tmp_path / "a")["peak_memory_mb"] > 0
 
 
+# Compiled for CUDA (Triton) in this check; the other cases' jets run interpreted on CUDA,
+# so that the whole GPU check fits its time (each compile takes seconds).
+COMPILED_ON_CUDA = {"gpt", "vit", "resnet18", "conv_variants", "label_smoothing_class_weights"}
+
+
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_taylor_pass_on_cuda_matches_the_cpu_reference(name):
     """The Taylor pass on CUDA against the CPU corpus test's float64 reference (double backward,
@@ -57,8 +62,12 @@ def test_taylor_pass_on_cuda_matches_the_cpu_reference(name):
     want = reference(DirectionalDerivatives(case.model, case.loss_fn), name, params, d, case.probe_batch)
     case.model.to("cuda")
     batch = pytree.tree_map(lambda x: x.cuda() if isinstance(x, torch.Tensor) else x, case.probe_batch)
-    got = DirectionalDerivatives(case.model, case.loss_fn).derivatives(
-        params, [v.cuda() for v in d], batch, "taylor")
+    dd = DirectionalDerivatives(case.model, case.loss_fn)
+    dd._taylor_pass.compile = name in COMPILED_ON_CUDA
+    got = dd.derivatives(params, [v.cuda() for v in d], batch, "taylor")
+    expected = "eager" if dd._taylor_pass.uncaptured else \
+        "compiled" if name in COMPILED_ON_CUDA else "interpreted"
+    assert dd.taylor_mode == expected
     assert disagreement(got, want) <= 1e-6
 
 
