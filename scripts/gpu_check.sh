@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one command, its results in one file (about 9 minutes on one H200):
+# The GPU check in one command, its results in one file (at most 14 minutes on one H200):
 #   1. the GPU tests (pytest -m gpu);
 #   2. a short bf16 and fp16 run of every LR method (40 steps of the character transformer,
 #      task=charlm model=gpt, on CUDA), one line each: status, loss, lr, step time;
@@ -60,7 +60,7 @@ if part 1; then
 log "## 1. GPU tests (pytest -m gpu)"
 tests=tests
 $PY -c "import hydra, omegaconf" 2>/dev/null || { tests=tests/test_gpu.py; log "hydra-core not importable: tests/test_gpu.py alone"; }
-timeout 200 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m gpu -rs "$tests" 2>&1 | tail -n 40 | tee -a "$RESULTS"
+timeout 240 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m gpu -rs "$tests" 2>&1 | tail -n 40 | tee -a "$RESULTS"
 fi
 
 if part 2; then
@@ -106,7 +106,7 @@ if [ -n "$cuda" ]; then
   for run in "gpt none" "gpt bf16" "resnet18 none"; do
     set -- $run
     log "### --model $1 --amp $2"
-    timeout 170 $PY benchmarks/bench_methods.py --device cuda --size gpu --model "$1" --amp "$2" \
+    timeout 150 $PY benchmarks/bench_methods.py --device cuda --size gpu --model "$1" --amp "$2" \
       --rounds 3 --block 8 --memory --only "$CONFIGS" 2>&1 | grep -v Warning | tee -a "$RESULTS"
   done
 else
