@@ -22,7 +22,10 @@ pre-LayerNorm form, the Transformer (Vaswani et al., 2017), the vision transform
 GroupNorm (Wu & He, ECCV 2018), RMSNorm (Zhang & Sennrich, NeurIPS 2019), LSTM and GRU
 (Hochreiter & Schmidhuber, 1997; Cho et al., 2014), label smoothing (Szegedy et al., CVPR
 2016), knowledge distillation (Hinton et al., 2015), weight normalization (Salimans &
-Kingma, NeurIPS 2016) and a softly gated mixture of experts (Jacobs et al., 1991).
+Kingma, NeurIPS 2016), a softly gated mixture of experts (Jacobs et al., 1991) and a sparsely
+routed one (Shazeer et al., ICLR 2017; Mixtral, Jiang et al., 2024; the load-balancing loss
+of Fedus et al., JMLR 2022). Two cases read tensor values in Python (``routed_experts``,
+``trimmed_by_item``): no fixed trace of them exists.
 """
 
 from __future__ import annotations
