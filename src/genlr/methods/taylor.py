@@ -580,7 +580,7 @@ class TaylorPass:
     def jet(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
             compile: bool = True, order: int = 2) -> tuple[float, float, float]:
         """``(L, <grad L, d>, d^T H d)`` at the current parameters; with ``order`` 1 the
-        curvature is not computed (NaN) where the pass is compiled."""
+        curvature is not computed (NaN) unless the jet runs eagerly."""
         tangents = {id(p): v.to(p.dtype) for p, v in zip(params, d)}
         if not self.uncaptured:
             try:
