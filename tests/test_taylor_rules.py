@@ -167,6 +167,7 @@ SAMPLES = {
     aten.max.default: lambda: ((j(3, 5),), {}),
     aten.min.default: lambda: ((j(3, 5),), {}),
     aten.max.dim: lambda: ((j(3, 5), 1), {}),
+    aten.topk.default: lambda: ((j(3, 6), 2, 1), {}),
     aten.min.dim: lambda: ((j(3, 5), 0, True), {}),
     aten.max_pool2d_with_indices.default: lambda: ((j(2, 2, 4, 4), [2, 2]), {}),
     aten.max_pool3d_with_indices.default: lambda: ((j(1, 2, 4, 4, 4), [2, 2, 2]), {}),

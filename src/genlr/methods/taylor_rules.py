@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -631,6 +632,16 @@ def _extremum_along(op, args, kwargs, donated):
     return Jet(v, take(x.t), take(x.a)), idx
 
 
+@rule(aten.topk.default)
+def _topk(op, args, kwargs, donated):
+    """The k values are the input's at the kernel's indices (a mixture of experts' router)."""
+    x = as_jet(args[0])
+    v, idx = op(x.v, *_constant_args(args), **kwargs)
+    dim = plain(args[2]) if len(args) > 2 else kwargs.get("dim", -1)
+    take = (lambda c: None if c is None else c.gather(dim, idx))
+    return Jet(v, take(x.t), take(x.a)), idx
+
+
 # ----------------------------------------------------------------- softmax and losses
 def _softmax_jet(x: Jet, dim: int, p: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The jet of ``log softmax(x)`` given ``p = softmax(x)``: ``u = x' - E_p[x']`` and
@@ -873,8 +884,10 @@ def generic_rule(op, args, kwargs, donated):
         return torch.func.jvp(lambda u: floating(along(u)), (s,), (one,))[1]
 
     try:
-        out_v, out_t = torch.func.jvp(lambda u: floating(along(u)), (s0,), (one,))
-        _, out_a = torch.func.jvp(first, (s0,), (one,))
+        with warnings.catch_warnings():  # torch's own, on its first jvp: torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            out_v, out_t = torch.func.jvp(lambda u: floating(along(u)), (s0,), (one,))
+            _, out_a = torch.func.jvp(first, (s0,), (one,))
     except Exception as err:  # no forward-mode formula, or not differentiable
         raise TaylorUnsupported(f"no Taylor rule for {op} and no forward-mode derivative "
                                 f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
