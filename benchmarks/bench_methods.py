@@ -1,32 +1,42 @@
 """Per-step cost of the GeN and Newt methods relative to plain AdamW, in one process.
 
-Workloads (``--model``), on the CPU (``--device cuda``: on the GPU):
+Workloads (``--model``), on the CPU (``--device cuda``: on the GPU), at ``--size cpu``:
 
 * ``cnn`` (default): the registry's Fashion-MNIST CNN (2 conv + 2 fc, with dropout), batch
   128; real Fashion-MNIST images where /usr/share/datasets/fashion-mnist is (timing does not
   depend on the values; random tensors of the same shape otherwise). ``small``: a lighter
   CNN without dropout.
 * ``gpt``: the registry's GPT (``task=charlm model=gpt`` at their defaults, dropout 0: SDPA,
-  tied embeddings), batch 32 of 64 characters of the standard-library sources.
+  tied embeddings; width 128, 4 blocks of 4 heads), batch 32 of 64 characters of the
+  standard-library sources.
 * ``resnet18``: the registry's ResNet-18 (BatchNorm) on random 3x32x32 images, batch 32.
+
+``--size gpu``: the sizes at which a GPU is busy (launch overhead no longer decides): the GPT
+at 6 blocks of width 384 with 6 heads, context 256, batch 64; ResNet-18 at batch 256; the CNN
+at batch 512. ``--amp bf16``: the training forward and every method's passes under bfloat16
+autocast, as ``gen-train trainer.amp=bf16`` runs them.
 
     python benchmarks/bench_methods.py              # time ratios (and memory with --memory)
     python benchmarks/bench_methods.py --model gpt --only "gen_exact|gen_parabola (defaults)"
+    python benchmarks/bench_methods.py --device cuda --size gpu --model gpt --amp bf16 --memory
 
 Time: a step is zero_grad, forward, backward and method.step. After warm-up, each
 configuration runs ``--rounds`` blocks of ``--block`` steps, each right after a block of
 plain AdamW; the printed ratio is the median over blocks of method / AdamW (mean step time
-per block), with its quartiles. Memory (``--memory``):
-the peak of the bytes held by live tensors during training steps (parameters, gradients,
-optimizer state, activations, the method's own tensors), counted per storage by a
-``TorchDispatchMode`` (``PeakTensorMemory``), divided by the same for plain AdamW. On a GPU
-this is what ``torch.cuda.max_memory_allocated`` would show, without the allocator's
-rounding; process RSS, tried first, hides a step's tensors at this model size.
+per block), with its quartiles. Memory (``--memory``): on a GPU,
+``torch.cuda.max_memory_allocated`` over a few training steps after the warm-up, divided by
+the same for plain AdamW. On the CPU the peak of the bytes held by live tensors during
+training steps (parameters, gradients, optimizer state, activations, the method's own
+tensors), counted per storage by a ``TorchDispatchMode`` (``PeakTensorMemory``; process RSS,
+tried first, hides a step's tensors at this model size). Under that mode ``torch.compile``
+does not run, so the CPU figure of the Taylor pass is that of its eager jet: an upper bound
+of the compiled pass's, which fuses away most intermediates.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import statistics
 import sys
@@ -51,6 +61,13 @@ from genlr.tasks import build_task  # noqa: E402
 DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
 MODELS = ("cnn", "small", "gpt", "resnet18")
+#: per ``--size``: the GPT's task and model options and batch size; the image models' batch
+SIZES = {
+    "cpu": {"gpt": ({"block_size": 64}, {}, 32), "resnet18": 32, "cnn": 128, "small": 128},
+    "gpu": {"gpt": ({"block_size": 256, "max_chars": 1_000_000},
+                    {"width": 384, "depth": 6, "heads": 6}, 64),
+            "resnet18": 256, "cnn": 512, "small": 512},
+}
 
 
 def classification_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -58,22 +75,24 @@ def classification_loss(model: nn.Module, batch) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-def workload(kind: str, count: int = 16) -> tuple[Callable[[], nn.Module], Callable, list]:
-    """``(make_model, loss_fn, batches)`` of a ``--model`` choice; every ``make_model()``
-    call gives the same initial weights."""
+def workload(kind: str, count: int = 16, size: str = "cpu") -> tuple[Callable[[], nn.Module], Callable, list]:
+    """``(make_model, loss_fn, batches)`` of a ``--model`` choice at a ``--size``; every
+    ``make_model()`` call gives the same initial weights."""
     if kind == "gpt":
-        task = build_task("charlm")
+        task_options, model_options, batch_size = SIZES[size]["gpt"]
+        task = build_task("charlm", **task_options)
         task.setup("cpu")
-        batches = [b for _, b in zip(range(count), task.train_batches(32, epoch=0, seed=0))]
-        return seeded(lambda: build_model("gpt", task)), task.loss, batches
+        batches = [b for _, b in zip(range(count), task.train_batches(batch_size, epoch=0, seed=0))]
+        return seeded(lambda: build_model("gpt", task, **model_options)), task.loss, batches
+    batch_size = SIZES[size][kind]
     if kind == "resnet18":
         task = SimpleNamespace(name="cifar10", input_shape=(3, 32, 32), num_outputs=10,
                                tokens=False)
         g = torch.Generator().manual_seed(0)
-        batches = [(torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g))
-                   for _ in range(count)]
+        batches = [(torch.randn(batch_size, 3, 32, 32, generator=g),
+                    torch.randint(0, 10, (batch_size,), generator=g)) for _ in range(count)]
         return seeded(lambda: build_model("resnet18", task)), classification_loss, batches
-    return seeded(lambda: image_model(kind)), classification_loss, fashion_batches(count)
+    return seeded(lambda: image_model(kind)), classification_loss, fashion_batches(count, batch_size)
 
 
 def on_device(work, device: torch.device):
@@ -136,28 +155,53 @@ class NestedForwardGeN(ExactGeN):
         self.derivatives._taylor = self.derivatives.forward_forward
 
 
-CONFIGS: dict[str, Callable[[Any, nn.Module, Callable], Any] | None] = {
+def interpreted(method: ExactGeN) -> ExactGeN:
+    """The Taylor pass's jet graph interpreted op by op instead of compiled."""
+    method.derivatives._taylor_pass.compile = False
+    return method
+
+
+def without_jets(method: Newt) -> Newt:
+    """Newt's lookahead slopes by a forward and backward pass (before issue 21), not jets."""
+    method._jet = None
+    return method
+
+
+CONFIGS: dict[str, Callable[[Any, nn.Module, Callable, dict], Any] | None] = {
     "adamw": None,
     # A second plain AdamW: its ratio is the measurement's own floor and spread.
-    "adamw again (control)": lambda o, m, f: None,
-    "gen_exact every=1 taylor": lambda o, m, f: ExactGeN(o, m, f, every=1, curvature="taylor"),
-    "gen_exact every=1 double_backward": lambda o, m, f: ExactGeN(o, m, f, every=1,
+    "adamw again (control)": lambda o, m, f, a: None,
+    "gen_exact every=1 taylor": lambda o, m, f, a: ExactGeN(o, m, f, **a, every=1, curvature="taylor"),
+    "gen_exact every=1 taylor interpreted": lambda o, m, f, a: interpreted(
+        ExactGeN(o, m, f, **a, every=1, curvature="taylor")),
+    "gen_exact every=1 double_backward": lambda o, m, f, a: ExactGeN(o, m, f, **a, every=1,
                                                                   curvature="double_backward"),
-    "gen_exact every=1 forward_over_reverse": lambda o, m, f: ExactGeN(
-        o, m, f, every=1, curvature="forward_over_reverse"),
-    "gen_exact every=1 forward_forward": lambda o, m, f: NestedForwardGeN(o, m, f, every=1),
-    "gen_exact every=1 taylor sub-batch 1/4": lambda o, m, f: ExactGeN(
-        o, m, f, every=1, curvature="taylor", curvature_batch=0.25),
-    "gen_exact (defaults)": lambda o, m, f: ExactGeN(o, m, f),
-    "gen_parabola every=1": lambda o, m, f: ParabolaGeN(o, m, f, every=1),
-    "gen_parabola every=4": lambda o, m, f: ParabolaGeN(o, m, f, every=4),
-    "gen_parabola every=8": lambda o, m, f: ParabolaGeN(o, m, f, every=8),
-    "gen_parabola (defaults)": lambda o, m, f: ParabolaGeN(o, m, f),
-    "newt full-batch lookahead": lambda o, m, f: Newt(o, m, f, lookahead_batch=None),
-    "newt (defaults)": lambda o, m, f: Newt(o, m, f),
-    "newt next_step (zero-pass)": lambda o, m, f: Newt(o, m, f, lookahead="next_step"),
-    "newt window (zero-pass)": lambda o, m, f: Newt(o, m, f, lookahead="window"),
+    "gen_exact every=1 forward_over_reverse": lambda o, m, f, a: ExactGeN(
+        o, m, f, **a, every=1, curvature="forward_over_reverse"),
+    "gen_exact every=1 forward_forward": lambda o, m, f, a: NestedForwardGeN(o, m, f, **a, every=1),
+    "gen_exact every=1 taylor sub-batch 1/4": lambda o, m, f, a: ExactGeN(
+        o, m, f, **a, every=1, curvature="taylor", curvature_batch=0.25),
+    "gen_exact (defaults)": lambda o, m, f, a: ExactGeN(o, m, f, **a),
+    "gen_parabola every=1": lambda o, m, f, a: ParabolaGeN(o, m, f, **a, every=1),
+    "gen_parabola every=4": lambda o, m, f, a: ParabolaGeN(o, m, f, **a, every=4),
+    "gen_parabola every=8": lambda o, m, f, a: ParabolaGeN(o, m, f, **a, every=8),
+    "gen_parabola (defaults)": lambda o, m, f, a: ParabolaGeN(o, m, f, **a),
+    "newt full-batch lookahead": lambda o, m, f, a: Newt(o, m, f, **a, lookahead_batch=None),
+    "newt (defaults)": lambda o, m, f, a: Newt(o, m, f, **a),
+    "newt (defaults) by forward and backward": lambda o, m, f, a: without_jets(Newt(o, m, f, **a)),
+    "newt next_step (zero-pass)": lambda o, m, f, a: Newt(o, m, f, **a, lookahead="next_step"),
+    "newt window (zero-pass)": lambda o, m, f, a: Newt(o, m, f, **a, lookahead="window"),
 }
+
+
+#: ``--amp``: the training autocast (a factory, as the methods take it), set by ``main``
+AUTOCAST: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def autocast_factory(amp: str, device: str) -> Callable[[], contextlib.AbstractContextManager]:
+    if amp == "none":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device, dtype=torch.bfloat16)
 
 
 def build(name: str, work):
@@ -165,7 +209,7 @@ def build(name: str, work):
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     factory = CONFIGS[name]
-    method = factory(opt, model, loss_fn) if factory is not None else None
+    method = factory(opt, model, loss_fn, {"autocast": AUTOCAST}) if factory is not None else None
     return model, opt, method, loss_fn
 
 
@@ -177,7 +221,8 @@ def run_steps(built, batches, steps: int, start: int = 0,
         batch = batches[(start + i) % len(batches)]
         t0 = clock()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch)
+        with AUTOCAST():
+            loss = loss_fn(model, batch)
         loss.backward()
         if method is None:
             opt.step()
@@ -248,15 +293,55 @@ class PeakTensorMemory(TorchDispatchMode):
 
 
 def peak_memory(name: str, steps: int, work) -> int:
-    """Peak live tensor bytes over ``steps`` training steps after a warm-up (which creates
-    the optimizer state and traces the Taylor pass outside the measurement)."""
+    """Peak tensor bytes over ``steps`` training steps after a warm-up (which creates the
+    optimizer state and compiles the Taylor pass outside the measurement): CUDA's peak
+    allocation on a GPU, live tensor bytes (``PeakTensorMemory``) on the CPU."""
     built = build(name, work)
     model, opt = built[:2]
-    run_steps(built, work[2], 2)
+    run_steps(built, work[2], 8)
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        run_steps(built, work[2], steps, start=8)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        del built, model, opt
+        torch.cuda.empty_cache()
+        return peak
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     with PeakTensorMemory([*model.parameters(), *state]) as meter:
-        run_steps(built, work[2], steps, start=2)
+        run_steps(built, work[2], steps, start=8)
     return meter.peak
+
+
+def newt_breakdown(work, steps: int, clock: Callable[[], float]) -> None:
+    """Where Newt's step (its defaults) spends its time: each part of ``Newt.step`` timed,
+    against a plain AdamW step, over ``steps`` steps after a warm-up."""
+    model, opt, method, loss_fn = build("newt (defaults)", work)
+    parts: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def run(*args, **kwargs):
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                parts[name] = parts.get(name, 0.0) + clock() - t0
+        return run
+
+    method._slopes_at = timed("lookahead slopes (2 per step)", method._slopes_at)
+    method.capture_direction = timed("optimizer step and direction", method.capture_direction)
+    method.shift = timed("parameter moves", method.shift)
+    method._group_dots = timed("inner products", method._group_dots)
+    base = build("adamw", work)
+    run_steps(base, work[2], 4)
+    run_steps((model, opt, method, loss_fn), work[2], 4)
+    parts.clear()
+    adamw = statistics.fmean(run_steps(base, work[2], steps, clock=clock))
+    newt = statistics.fmean(run_steps((model, opt, method, loss_fn), work[2], steps, clock=clock))
+    print(f"Newt (defaults) {newt / adamw:.2f} x AdamW ({adamw * 1e3:.1f} ms); of its step:")
+    for name, total in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:32s} {total / steps / adamw:5.2f} of an AdamW step")
 
 
 def main() -> None:
@@ -275,18 +360,28 @@ def main() -> None:
                              "processes share the cores; run with one thread then)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the model and batches live (cuda: wall clock, synchronised)")
+    parser.add_argument("--size", choices=list(SIZES), default="cpu",
+                        help="the workload's size (gpu: batches that keep a GPU busy, see above)")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none",
+                        help="bf16: every forward under bfloat16 autocast")
+    parser.add_argument("--newt-breakdown", type=int, default=0, metavar="STEPS",
+                        help="time the parts of Newt's step over STEPS steps, and nothing else")
     args = parser.parse_args()
     if args.device == "cuda" and (args.clock == "cpu" or not torch.cuda.is_available()):
         parser.error("--device cuda needs a CUDA device and the wall clock")
+    global AUTOCAST
+    AUTOCAST = autocast_factory(args.amp, args.device)
     names = [n for n in CONFIGS if n != "adamw" and any(s in n for s in args.only.split("|"))]
-    work = on_device(workload(args.model), torch.device(args.device))
+    work = on_device(workload(args.model, size=args.size), torch.device(args.device))
     timed = args.rounds > 0
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.device == "cuda":
         clock = synchronised(clock)
+    if args.newt_breakdown:
+        return newt_breakdown(work, args.newt_breakdown, clock)
     result = time_configs(names, args.block, args.rounds, work, clock) if timed else {}
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, model {args.model}, "
-          f"batch {len(work[2][0][1])}"
+          f"size {args.size}, batch {len(work[2][0][1])}, amp {args.amp}"
           + (f", AdamW step {result['adamw_ms']:.1f} ms ({args.clock} clock)" if timed else ""))
     base_memory = peak_memory("adamw", 4, work) if args.memory else 0
     if args.memory:

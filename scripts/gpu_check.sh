@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The GPU check in one command, its results in one file (under 8 minutes on one H200):
+# The GPU check in one command, its results in one file (at most 14 minutes on one H200):
 #   1. the GPU tests (pytest -m gpu);
 #   2. a short bf16 and fp16 run of every LR method (40 steps of the character transformer,
 #      task=charlm model=gpt, on CUDA), one line each: status, loss, lr, step time;
-#   3. benchmarks/bench_methods.py --device cuda on the GPT and on ResNet-18 (time and memory
-#      ratios against AdamW).
+#   3. benchmarks/bench_methods.py --device cuda --size gpu (time and memory ratios against
+#      AdamW) at the sizes of issue 21: the GPT (6 blocks x 384, context 256, batch 64) in
+#      float32 and under bf16 autocast, ResNet-18 at batch 256;
+#   4. with GPU_CHECK_TRAIN=1 (or --train): gen-train workload=charlm_gpt size=gpu
+#      trainer.amp=bf16, lr=gen_exact against lr=cosine, GPU_CHECK_STEPS steps each (default
+#      1000): the mean step time of each from summary.json.
 #
-#   bash scripts/gpu_check.sh [RESULTS]     # default: $OUT/gpu_check.txt if $OUT is set, else gpu_check.txt
+#   bash scripts/gpu_check.sh [--train] [RESULTS]  # default: $OUT/gpu_check.txt if $OUT is set
 #   bash scripts/gpu_check.sh --wheels      # here, once: hydra-core, omegaconf, antlr4 as wheels in .whl/
+#   GPU_CHECK_PARTS="3" bash scripts/gpu_check.sh   # only some parts (default "1 2 3")
 #
 # It needs no installation: src/ and the repository root go on PYTHONPATH, so a bare machine
 # with torch, torchvision, tensorboard, matplotlib, tqdm, pytest and hypothesis runs it
@@ -33,6 +38,11 @@ if [ "${1:-}" = "--wheels" ]; then
   exit 0
 fi
 
+TRAIN=${GPU_CHECK_TRAIN:-0}
+if [ "${1:-}" = "--train" ]; then TRAIN=1; shift; fi
+PARTS=${GPU_CHECK_PARTS:-1 2 3}
+[ "$TRAIN" = 1 ] && PARTS="$PARTS 4"
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 RESULTS=${1:-${OUT:+$OUT/}gpu_check.txt}
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 if ! $PY -c "import hydra, omegaconf" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
@@ -46,11 +56,14 @@ started=$(date +%s)
 log "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 log "# $($PY -c 'import platform, torch; print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)'), device: ${cuda:-none}"
 
+if part 1; then
 log "## 1. GPU tests (pytest -m gpu)"
 tests=tests
 $PY -c "import hydra, omegaconf" 2>/dev/null || { tests=tests/test_gpu.py; log "hydra-core not importable: tests/test_gpu.py alone"; }
-timeout 200 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m gpu -rs "$tests" 2>&1 | tail -n 40 | tee -a "$RESULTS"
+timeout 240 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m gpu -rs "$tests" 2>&1 | tail -n 40 | tee -a "$RESULTS"
+fi
 
+if part 2; then
 log "## 2. bf16 and fp16 runs of every LR method (charlm + gpt, 40 steps)"
 if [ -n "$cuda" ]; then
   timeout 150 $PY - <<'EOF' 2>&1 | tee -a "$RESULTS"
@@ -82,14 +95,40 @@ else
   log "no CUDA device: skipped"
 fi
 
-log "## 3. benchmarks/bench_methods.py --device cuda"
+fi
+
+# The issue's table: AdamW, ExactGeN every step and at its defaults, ParabolaGeN's and Newt's
+# defaults, Newt's zero-pass window, and the control row (the measurement's own spread).
+CONFIGS="adamw again|gen_exact every=1 taylor|gen_exact (defaults)|gen_parabola (defaults)|newt (defaults)|newt window"
+if part 3; then
+log "## 3. benchmarks/bench_methods.py --device cuda --size gpu"
 if [ -n "$cuda" ]; then
-  for model in gpt resnet18; do
-    log "### --model $model"
-    timeout 100 $PY benchmarks/bench_methods.py --device cuda --model "$model" --rounds 5 --memory \
-      2>&1 | tee -a "$RESULTS"
+  for run in "gpt none" "gpt bf16" "resnet18 none"; do
+    set -- $run
+    log "### --model $1 --amp $2"
+    timeout 150 $PY benchmarks/bench_methods.py --device cuda --size gpu --model "$1" --amp "$2" \
+      --rounds 3 --block 8 --memory --only "$CONFIGS" 2>&1 | grep -v Warning | tee -a "$RESULTS"
   done
 else
   log "no CUDA device: skipped"
+  timeout 300 $PY benchmarks/bench_methods.py --size cpu --model small --rounds 1 --block 4 \
+    --only "adamw again|gen_exact every=1 taylor" 2>&1 | grep -v Warning | tee -a "$RESULTS"
+fi
+fi
+
+if part 4; then
+log "## 4. gen-train workload=charlm_gpt size=gpu trainer.amp=bf16: gen_exact against cosine"
+STEPS=${GPU_CHECK_STEPS:-1000}
+if [ -n "$cuda" ]; then
+  for lr in cosine gen_exact; do
+    dir=$(mktemp -d)
+    timeout 300 $PY -m gen_cli.train workload=charlm_gpt size=gpu trainer.amp=bf16 lr=$lr \
+      trainer.max_steps=$STEPS trainer.eval_every=$STEPS trainer.plots=false trainer.progress=false \
+      hydra.run.dir="$dir" >/dev/null 2>&1
+    $PY -c "import json, sys; s = json.load(open(sys.argv[1] + '/summary.json')); t = s['step_time_ms']; print(f\"{sys.argv[2]:10s} {s['status']:10s} steps {s['steps']} step ms mean {t['mean']:.2f} median {t['median']:.2f} p90 {t['p90']:.2f} final loss {s['final']['train_loss']:.4f} paths {s.get('curvature_paths')}\")" "$dir" "$lr" 2>&1 | tee -a "$RESULTS"
+  done
+else
+  log "no CUDA device: skipped"
+fi
 fi
 log "# done in $(( $(date +%s) - started )) s -> $RESULTS"

@@ -22,7 +22,10 @@ pre-LayerNorm form, the Transformer (Vaswani et al., 2017), the vision transform
 GroupNorm (Wu & He, ECCV 2018), RMSNorm (Zhang & Sennrich, NeurIPS 2019), LSTM and GRU
 (Hochreiter & Schmidhuber, 1997; Cho et al., 2014), label smoothing (Szegedy et al., CVPR
 2016), knowledge distillation (Hinton et al., 2015), weight normalization (Salimans &
-Kingma, NeurIPS 2016) and a softly gated mixture of experts (Jacobs et al., 1991).
+Kingma, NeurIPS 2016), a softly gated mixture of experts (Jacobs et al., 1991) and a sparsely
+routed one (Shazeer et al., ICLR 2017; Mixtral, Jiang et al., 2024; the load-balancing loss
+of Fedus et al., JMLR 2022). Two cases read tensor values in Python (``routed_experts``,
+``trimmed_by_item``): no fixed trace of them exists.
 """
 
 from __future__ import annotations
@@ -709,6 +712,96 @@ _case("weight_norm_mlp",
           nn.utils.parametrizations.weight_norm(nn.Linear(10, 24)), nn.Softplus(),
           nn.utils.parametrizations.weight_norm(nn.Linear(24, 4))),
       classify, labelled((6, 10), 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Models whose graph depends on the data: no fixed trace of them exists
+
+
+class RoutedExperts(nn.Module):
+    """A sparse mixture-of-experts language model in the Mixtral form (Jiang et al., 2024;
+    top-k routing of Shazeer et al., ICLR 2017): each token goes to its ``top_k`` experts
+    (SwiGLU MLPs) by a softmax router, their outputs are mixed by the renormalised router
+    weights; the experts that received tokens are found with ``nonzero`` and each runs on its
+    own tokens, gathered with ``torch.where`` and scattered back with ``index_add_``. Returns
+    the logits and the switch-transformer load-balancing loss (Fedus et al., JMLR 2022)."""
+
+    def __init__(self, vocab=24, width=16, hidden=24, experts=4, top_k=2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.norm = nn.RMSNorm(width)
+        self.router = nn.Linear(width, experts, bias=False)
+        self.gate_up = nn.Parameter(torch.randn(experts, width, 2 * hidden) / math.sqrt(width))
+        self.down = nn.Parameter(torch.randn(experts, hidden, width) / math.sqrt(hidden))
+        self.head = nn.Linear(width, vocab)
+        self.experts, self.top_k = experts, top_k
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(idx)
+        B, T, C = x.shape
+        h = self.norm(x).reshape(B * T, C)
+        probs = self.router(h).softmax(-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        mask = F.one_hot(chosen, self.experts).permute(2, 1, 0)  # (experts, top_k, tokens)
+        out = torch.zeros_like(h)
+        for e in (mask.sum((1, 2)) > 0).nonzero().flatten().tolist():
+            slot, token = torch.where(mask[e])
+            up, gate = (h[token] @ self.gate_up[e]).chunk(2, -1)
+            y = (F.silu(gate) * up) @ self.down[e]
+            out.index_add_(0, token, y * weights[token, slot, None])
+        x = x + out.view(B, T, C)
+        share = mask.sum(1).float().mean(-1).to(probs.dtype)  # tokens per expert / tokens
+        balance = self.experts * (share * probs.mean(0)).sum()
+        return self.head(x), balance
+
+
+def next_token_balanced(model: nn.Module, batch) -> torch.Tensor:
+    """Next-token CE plus 0.01 times the router's load-balancing loss."""
+    (seq,) = batch
+    logits, balance = model(seq[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1), seq[:, 1:].flatten()) + 0.01 * balance
+
+
+_case("routed_experts",
+      "Mixtral-style sparse MoE LM: RMSNorm, softmax router, top-2 of 4 SwiGLU experts, experts found "
+      "with nonzero and run on their own tokens (torch.where, index_add_), load-balancing loss",
+      RoutedExperts, next_token_balanced, tokens(3, 8, 24))
+
+
+class TrimmedEncoder(nn.Module):
+    """A padded-sequence classifier that trims the batch to its longest real sequence, reading
+    that length off the padding mask with ``.item()`` (as data collators and encoders do to
+    skip all-padding columns), then attends with a key-padding mask and mean-pools."""
+
+    def __init__(self, vocab=20, width=16, heads=2, classes=3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, idx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        length = int((~pad).sum(1).max().item())
+        idx, pad = idx[:, :length], pad[:, :length]
+        x = self.embed(idx)
+        x = self.norm(x + self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0])
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        return self.head((x * keep).sum(1) / keep.sum(1))
+
+
+def padded_columns(g: torch.Generator) -> dict:
+    """Rows right-padded to 10 positions, each row at most 7 long: the last columns are padding."""
+    lengths = torch.randint(2, 8, (4,), generator=g)
+    pad = torch.arange(10)[None, :] >= lengths[:, None]
+    return {"x": torch.randint(20, (4, 10), generator=g), "pad": pad,
+            "y": torch.randint(3, (4,), generator=g)}
+
+
+_case("trimmed_by_item",
+      "padded-sequence classifier that trims the batch to its longest row with mask.sum().max().item(), "
+      "then nn.MultiheadAttention with a key-padding mask, LayerNorm, masked mean-pool",
+      TrimmedEncoder, padded_classify, padded_columns)
 
 
 NAMES: tuple[str, ...] = tuple(_SPECS)

@@ -23,6 +23,8 @@ from model_zoo import NAMES, build
 # through torch._weight_norm gives a wrong curvature (the Taylor pass and the difference of
 # gradients agree to 1e-10).
 NUMERICAL_REFERENCE = {"embedding_bag", "weight_norm_mlp"}
+# No single graph of these exists: their jet runs eagerly (``genlr.methods.taylor``).
+DATA_DEPENDENT = {"routed_experts", "trimmed_by_item"}
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 
 
@@ -62,8 +64,10 @@ def test_taylor_pass_matches_the_reference_on_the_zoo(name, dtype):
         warnings.simplefilter("always")
         taylor = dd.derivatives(params, d, case.probe_batch)  # "auto", checked on first use
     assert dd.path == "taylor", (dd.path, dd.unavailable)
+    assert dd.taylor_mode == ("eager" if name in DATA_DEPENDENT else "compiled")
     assert "taylor" not in dd.unavailable
-    assert not [w for w in caught if "path taylor" in str(w.message)]
+    assert not [str(w.message) for w in caught if "path taylor" in str(w.message)
+                or str(w.message).startswith("Taylor pass:") and name not in DATA_DEPENDENT]
     ref64 = reference(dd, name, params, d, case.probe_batch)
     assert disagreement(taylor, ref64) <= TOLERANCE[dtype]
 

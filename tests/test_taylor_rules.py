@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils import _pytree as pytree
 
+from genlr.methods import taylor_rules
 from genlr.methods.taylor_rules import RULES, Jet, generic_rule, is_jet
 
 aten = torch.ops.aten
@@ -28,6 +29,10 @@ def j(*shape, low=None, positive=False):
     if positive:
         v = v.abs() + 0.5
     return Jet(v, t(*shape), t(*shape))
+
+
+def j32(*shape):
+    return Jet(*(t(*shape).float() for _ in range(3)))
 
 
 def idx(high, *shape):
@@ -155,14 +160,25 @@ SAMPLES = {
     aten._native_batch_norm_legit_no_training.default: lambda: (
         (j(5, 3), j(3), j(3), t(3), t(3).abs() + 0.5, 0.1, 1e-5), {}),
     aten.native_batch_norm.default: lambda: ((j(5, 3), j(3), j(3), None, None, True, 0.1, 1e-5), {}),
+    aten.maximum.default: lambda: ((j(3, 5), j(3, 5)), {}),
+    aten.minimum.default: lambda: ((t(1, 5), j(3, 5)), {}),
+    aten.amax.default: lambda: ((j(3, 5), [1]), {}),
+    aten.amin.default: lambda: ((j(3, 4, 5), [0, 2], True), {}),
+    aten.max.default: lambda: ((j(3, 5),), {}),
+    aten.min.default: lambda: ((j(3, 5),), {}),
+    aten.max.dim: lambda: ((j(3, 5), 1), {}),
+    aten.topk.default: lambda: ((j(3, 6), 2, 1), {}),
+    aten.min.dim: lambda: ((j(3, 5), 0, True), {}),
     aten.max_pool2d_with_indices.default: lambda: ((j(2, 2, 4, 4), [2, 2]), {}),
     aten.max_pool3d_with_indices.default: lambda: ((j(1, 2, 4, 4, 4), [2, 2, 2]), {}),
 }
+# Ops with no float64 kernel, in float32. A bilinear op's value along the path is a quartic
+# in s, for which five-point central differences with h = 1 are exact (up to rounding).
+FLOAT32_BILINEAR = {
+    aten._grouped_mm.default: lambda: ((j32(10, 8), j32(3, 8, 8), torch.tensor([3, 7, 10], dtype=torch.int32)), {}),
+}
 # Ops without a rule, through the generic rule (nested forward-mode AD of the op).
 GENERIC = {
-    aten.amax.default: lambda: ((j(3, 5), [1]), {}),
-    aten.maximum.default: lambda: ((j(3, 5), j(3, 5)), {}),
-    aten.max.dim: lambda: ((j(3, 5), 1), {}),
     aten.logsumexp.default: lambda: ((j(3, 5), [1]), {}),
     aten.var.correction: lambda: ((j(3, 5), [1]), {"correction": 1}),
     aten.linalg_vector_norm.default: lambda: ((j(3, 5), 2, [1]), {}),
@@ -184,14 +200,19 @@ def along(op, args, kwargs, s: float):
     return pytree.tree_map(place, (args, kwargs), is_leaf=is_jet)
 
 
-def central_differences(op, args, kwargs, h=1e-4):
-    """Value, first and second derivative along the path, of the first floating output."""
+def central_differences(op, args, kwargs, h=1e-4, points=3):
+    """Value, first and second derivative along the path, of the first floating output
+    (``points=5``: the five-point stencils, exact for polynomials of degree 4)."""
     def at(s):
         a, k = along(op, args, kwargs, s)
         out = op(*a, **k)
         leaves = [x for x in pytree.tree_leaves(out) if x.is_floating_point()]
         return leaves[0].double()
     f0, fp, fm = at(0.0), at(h), at(-h)
+    if points == 5:
+        fpp, fmm = at(2 * h), at(-2 * h)
+        return (f0, (fmm - 8 * fm + 8 * fp - fpp) / (12 * h),
+                (-fmm + 16 * fm - 30 * f0 + 16 * fp - fpp) / (12 * h * h))
     return f0, (fp - fm) / (2 * h), (fp - 2 * f0 + fm) / (h * h)
 
 
@@ -199,15 +220,15 @@ def first_jet(out):
     return next(x for x in pytree.tree_leaves(out, is_leaf=is_jet) if is_jet(x))
 
 
-def assert_jet_matches(op, got: Jet, args, kwargs):
-    v, t_, a = central_differences(op, args, kwargs)
+def assert_jet_matches(op, got: Jet, args, kwargs, h=1e-4, tolerance=1e-5, points=3):
+    v, t_, a = central_differences(op, args, kwargs, h, points)
     for name, mine, ref in (("value", got.v, v), ("first", got.t, t_), ("second", got.a, a)):
         mine = torch.zeros_like(ref) if mine is None else mine.double().expand_as(ref)
-        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5, msg=f"{op} {name}")
+        torch.testing.assert_close(mine, ref, rtol=tolerance, atol=tolerance, msg=f"{op} {name}")
 
 
 def test_every_rule_has_a_sample():
-    assert set(RULES) == set(SAMPLES), (set(RULES) ^ set(SAMPLES))
+    assert set(RULES) == set(SAMPLES) | set(FLOAT32_BILINEAR), (set(RULES) ^ set(SAMPLES))
 
 
 @pytest.mark.parametrize("op", list(SAMPLES), ids=str)
@@ -215,6 +236,59 @@ def test_rule_matches_central_differences(op):
     args, kwargs = SAMPLES[op]()
     got = first_jet(RULES[op](op, args, kwargs, False))
     assert_jet_matches(op, got, args, kwargs)
+
+
+@pytest.mark.parametrize("op", list(FLOAT32_BILINEAR), ids=str)
+def test_float32_bilinear_rule_matches_exact_differences(op):
+    args, kwargs = FLOAT32_BILINEAR[op]()
+    got = first_jet(RULES[op](op, args, kwargs, False))
+    assert_jet_matches(op, got, args, kwargs, h=1.0, tolerance=1e-4, points=5)
+
+
+def test_every_rule_compiled_in_one_graph():
+    """Every sample's jet (the rules and the generic rule) traced with make_fx into one ATen
+    graph of the three streams and compiled by inductor, as the Taylor pass compiles a
+    loss's jet, against the same central differences."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from genlr.methods.taylor import _compile
+
+    cases = []  # (op, args, kwargs, rule)
+    for op, make in SAMPLES.items():
+        cases.append((op, *make(), RULES[op]))
+    for op, make in GENERIC.items():
+        cases.append((op, *make(), generic_rule))
+    inputs, layouts = [], []
+    for op, args, kwargs, rule in cases:  # each jet as three inputs, each tensor as one
+        leaves, spec = pytree.tree_flatten((args, kwargs), is_leaf=is_jet)
+        slots = []
+        for leaf in leaves:
+            if is_jet(leaf):
+                slots.append(("jet", len(inputs)))
+                inputs.extend([leaf.v, leaf.t, leaf.a])
+            elif isinstance(leaf, torch.Tensor):
+                slots.append(("tensor", len(inputs)))
+                inputs.append(leaf)
+            else:
+                slots.append(("constant", leaf))
+        layouts.append((spec, slots))
+
+    def all_jets(*flat):
+        out = []
+        for (op, _, _, rule), (spec, slots) in zip(cases, layouts):
+            leaves = [Jet(*flat[i:i + 3]) if kind == "jet" else flat[i] if kind == "tensor" else i
+                      for kind, i in slots]
+            args, kwargs = pytree.tree_unflatten(leaves, spec)
+            jet = first_jet(rule(op, args, kwargs, False))
+            out += [jet.v, torch.zeros_like(jet.v) if jet.t is None else jet.t.expand_as(jet.v),
+                    torch.zeros_like(jet.v) if jet.a is None else jet.a.expand_as(jet.v)]
+        return out
+
+    with torch.no_grad():
+        graph = make_fx(all_jets)(*inputs)
+        results = _compile(graph, inputs)(*inputs)
+    for k, (op, args, kwargs, _) in enumerate(cases):
+        assert_jet_matches(op, Jet(*results[3 * k:3 * k + 3]), args, kwargs)
 
 
 @pytest.mark.parametrize("op", list(GENERIC), ids=str)
@@ -231,3 +305,38 @@ def test_relu_in_place_gives_the_same_jet():
         aten.relu.default, (Jet(x.v.clone(), x.t.clone(), x.a.clone()),), {}, True)
     for field in "vta":
         torch.testing.assert_close(getattr(donated, field), getattr(fresh, field))
+
+
+@pytest.mark.parametrize("op,make", [
+    (aten.maximum.default, lambda x: (x, x.flip(1))),
+    (aten.amax.default, lambda x: (x, [1])),
+    (aten.max.default, lambda x: (x,)),
+])
+def test_ties_share_the_derivative_as_autograd_does(op, make):
+    """At a tie the extremum is not differentiable; the rules take autograd's convention
+    (an even share), so the Taylor pass and double backward agree there too."""
+    v = torch.tensor([[1.0, 3.0, 3.0, 1.0]], dtype=torch.float64)
+    tangent, curvature = t(1, 4), t(1, 4)
+    parts = zip(*(make(c) for c in (v, tangent, curvature)))
+    args = tuple(Jet(*p) if isinstance(p[0], torch.Tensor) else p[0] for p in parts)
+    got = first_jet(RULES[op](op, args, {}, False))
+    x = v.clone().requires_grad_(True)
+    first = torch.autograd.grad(op(*make(x)).sum(), x)[0]
+    torch.testing.assert_close(got.t.sum(), (first * tangent).sum())
+    torch.testing.assert_close(got.a.sum(), (first * curvature).sum())
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 3, 6, 6), [2, 2]), ((2, 3, 7, 5), [3, 2]), ((1, 2, 4, 4), [2])])
+def test_max_pool_traced_for_the_compiler_is_the_same_jet(shape, kernel):
+    """The form the compiler gets (a running selection over the windows' slices) gives the
+    kernel's values, indices and the same jet, ties and all."""
+    op = aten.max_pool2d_with_indices.default
+    x = j(*shape)
+    x.v[0, 0, 0, :2] = 1.0  # a tie in the first window: the first maximum wins
+    x.v[0, 0, 1, :2] = 1.0
+    plain_jet, plain_idx = RULES[op](op, (x, kernel), {}, False)
+    with taylor_rules.for_compiler():
+        traced_jet, traced_idx = RULES[op](op, (x, kernel), {}, False)
+    assert torch.equal(plain_idx, traced_idx)
+    for field in "vta":
+        assert torch.equal(getattr(plain_jet, field), getattr(traced_jet, field)), field

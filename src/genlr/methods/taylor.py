@@ -1,38 +1,69 @@
-"""Second-order Taylor-mode ("jet") propagation of ``theta + s*d`` through a traced loss.
+"""Second-order Taylor-mode ("jet") propagation of ``theta + s*d`` through the loss.
 
 ``d^T H d`` is the second derivative of ``s -> L(theta + s*d)`` at 0, ``<grad L, d>`` the
 first. Propagating, for every intermediate value ``x(s)``, the triple ``(x, x', x'')`` at
 ``s = 0`` forward through the computation gives both at the loss, with no backward pass and
-no tape (the rules: ``genlr.methods.taylor_rules``). The parameters move linearly in ``s``,
-so their ``x''`` is zero and a layer costs five products of its size (nested forward mode:
-nine).
+no tape (Griewank & Walther, "Evaluating Derivatives", 2nd ed., ch. 13; Bettencourt, Johnson
+& Duvenaud, "Taylor-mode automatic differentiation for higher-order derivatives in JAX",
+2019). The rules are in ``genlr.methods.taylor_rules``. The parameters move linearly in
+``s``, so their ``x''`` is zero and a layer costs five products of its size (nested forward
+mode: nine).
 
-The loss is traced once per input signature into ATen operations with ``make_fx`` and
-reduced to PyTorch's core ATen op set by its own decomposition tables (``torch._decomp``):
-attention, embeddings, RMSNorm, recurrent cells, label-smoothed cross entropy and the like
-arrive as a few dozen ops with rules. The trace runs the model's eager code (a
-``torch.compile``d model or submodule runs uncompiled) with attention in its math form and
-without oneDNN's fused recurrent kernels, so that every op has a rule or a forward-mode
-derivative; functionalization turns in-place ops into pure ones. Anything that still fails
-raises ``TaylorUnsupported`` naming the op, and the caller takes another exact path.
+How a pass runs (``TaylorPass``), fastest first:
+
+``compiled``
+    ``torch.compile`` (TorchDynamo) captures the loss as one graph, with its guards: the
+    graph is reused only while every input shape, dtype and device, every module attribute
+    and closure value the loss reads, the grad mode and the autocast state are as they were
+    when it was captured, and is captured again otherwise. The captured graph is reduced to
+    ATen's core ops by PyTorch's decomposition tables (``torch._decomp``: attention,
+    embeddings, RMSNorm, recurrent cells, label-smoothed cross entropy ... become a few dozen
+    ops with rules) and functionalized; the interpreter below, traced with ``make_fx`` over
+    jets, turns it into one ATen graph of the three streams, which inductor compiles.
+``interpreted``
+    The same guarded graph, its jet applied op by op by the interpreter: when compiling the
+    jet graph fails (one warning says why).
+``eager``
+    Where no single graph exists -- the loss reads a tensor's value (``.item()``, a
+    data-dependent branch, ``nonzero``, the routing of a mixture of experts) -- the loss runs
+    eagerly, functionalized, under a ``TorchDispatchMode`` that applies the same rules to
+    every op as it runs (one warning says why this model can't be captured).
+
+Anything that fails in the eager pass raises ``TaylorUnsupported`` naming the op, and the
+caller takes another exact path. The loss runs with attention in its math form and without
+oneDNN's or cuDNN's fused recurrent kernels, so that every op has a rule or a forward-mode
+derivative. Under autocast the captured graph holds the autocast's casts, so each jet
+component takes the dtype the training forward has at that op.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import operator
-from typing import Any, Iterator
+import os
+import types
+import warnings
+import weakref
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 from genlr.methods.taylor_rules import (
-    RULES, Jet, TaylorUnsupported, generic_rule, is_jet, map_jet, value)
+    RULES, Jet, TaylorUnsupported, for_compiler, generic_rule, is_jet, map_jet, value)
 
-__all__ = ["TaylorUnsupported", "directional_derivatives", "supported_ops"]
+__all__ = ["TaylorPass", "TaylorUnsupported", "eager_math_kernels", "supported_ops"]
 
 aten = torch.ops.aten
+
+#: compile the jet graph with inductor (``GENLR_TAYLOR_COMPILE=0``: interpret it)
+COMPILE = os.environ.get("GENLR_TAYLOR_COMPILE", "1") != "0"
+MODES = ("compiled", "interpreted", "eager")
 
 
 def _decompositions() -> dict:
@@ -71,6 +102,13 @@ def _fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=
 _DECOMPOSITIONS: dict | None = None
 
 
+def decompositions() -> dict:
+    global _DECOMPOSITIONS
+    if _DECOMPOSITIONS is None:
+        _DECOMPOSITIONS = _decompositions()
+    return _DECOMPOSITIONS
+
+
 def supported_ops() -> list[str]:
     """The ATen ops with a Taylor rule (others go through their forward-mode derivative)."""
     return sorted(str(op) for op in RULES)
@@ -80,15 +118,22 @@ def supported_ops() -> list[str]:
 def eager_math_kernels() -> Iterator[None]:
     """Run a model's own eager code with kernels that have derivatives of every order:
     compiled regions run uncompiled, attention in its math form, recurrent layers without
-    oneDNN's or cuDNN's fused kernels. Used by the trace here and by the double-backward paths."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+    oneDNN's or cuDNN's fused kernels. Used by the double-backward paths and the eager jet."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-        stack.enter_context(_fused_kernels_off())
+        stack.enter_context(math_kernels())
         set_stance = getattr(torch.compiler, "set_stance", None)
         if set_stance is not None:
             stack.enter_context(set_stance("force_eager"))
+        yield
+
+
+@contextlib.contextmanager
+def math_kernels() -> Iterator[None]:
+    """Attention in its math form, no fused recurrent kernels (see ``eager_math_kernels``);
+    what the captured graph is decomposed under."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), _fused_kernels_off():
         yield
 
 
@@ -105,120 +150,75 @@ def _fused_kernels_off() -> Iterator[None]:
         torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = saved
 
 
-# --------------------------------------------------------------------- the tracer
-class _Traced:
-    def __init__(self, graph_module: torch.fx.GraphModule, names: list[str]) -> None:
-        self.gm, self.names = graph_module, names
+@contextlib.contextmanager
+def _no_autocast() -> Iterator[None]:
+    """The jet's own arithmetic: the captured graph holds the autocast's casts already."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+        yield
 
 
-_CACHE_ATTR = "_genlr_taylor_cache"
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    inner = getattr(err, "inner_exception", None)  # what a Dynamo backend raised
+    if inner is not None:
+        err = inner
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:limit]}" if text else type(err).__name__
 
 
-def _signature(bound: nn.Module, names: list[str], batch: Any) -> tuple:
-    leaves, spec = pytree.tree_flatten(batch)
-    return (
-        tuple(names), str(spec),
-        tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else repr(x)
-              for x in leaves),
-        tuple(m.training for m in bound.modules()),
-        tuple(getattr(m, "track_running_stats", None) for m in bound.modules()),
-        torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
-        torch.is_autocast_enabled("cuda") if torch.cuda.is_available() else False,
-    )
-
-
-def _trace(bound: nn.Module, batch: Any) -> _Traced:
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    global _DECOMPOSITIONS
-    if _DECOMPOSITIONS is None:
-        _DECOMPOSITIONS = _decompositions()
-    state = dict(bound.named_parameters())
-    state.update(dict(bound.named_buffers()))
-    all_names = list(state)
-    leaves, spec = pytree.tree_flatten(batch)
-
-    def loss_of(tensors: list[torch.Tensor], batch_leaves: list[Any]) -> torch.Tensor:
-        b = pytree.tree_unflatten(batch_leaves, spec)
-        return torch.func.functional_call(bound, dict(zip(all_names, tensors)), (b,))
-
-    inputs = ([state[n].detach() for n in all_names], leaves)
-    try:
-        with torch.no_grad(), eager_math_kernels():
-            # Decompose first, then functionalize the decomposed graph: decompositions may
-            # write in place (a recurrent cell's gates), functionalization removes that.
-            decomposed = make_fx(loss_of, decomposition_table=_DECOMPOSITIONS)(*inputs)
-            gm = make_fx(torch.func.functionalize(decomposed))(*inputs)
-    except Exception as err:  # data-dependent control flow, unsupported Python, ...
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        raise TaylorUnsupported(f"tracing the loss failed ({type(err).__name__}: {first})") from err
-    return _Traced(gm, all_names)
-
-
-def directional_derivatives(bound: nn.Module, names: list[str], d: list[torch.Tensor],
-                            batch: Any) -> tuple[float, float]:
-    """``(<grad L, d>, d^T H d)`` of ``L = bound(batch)`` (a loss module) along ``d`` for the
-    parameters named ``names``, at their current values: the first and second derivative
-    of ``L(theta + s*d)`` at ``s = 0``, from one jet."""
-    # Under autocast the trace records the autocast's casts (``_to_copy``, a linear rule), so
-    # each jet component takes the dtype the training forward uses at that op.
-    key = _signature(bound, names, batch)
-    cache = bound.__dict__.setdefault(_CACHE_ATTR, {})
-    traced = cache.get(key)
-    if traced is None:
-        if len(cache) > 8:
-            cache.clear()
-        traced = cache[key] = _trace(bound, batch)
-    state = dict(bound.named_parameters())
-    state.update(dict(bound.named_buffers()))
-    tangent = dict(zip(names, d))
-    inputs: list[Any] = [
-        Jet(state[n].detach(), tangent[n].to(state[n].dtype), None) if n in tangent
-        else state[n].detach() for n in traced.names
-    ]
-    inputs += pytree.tree_leaves(batch)
-    # The trace holds the autocast's casts already; the interpreter's own arithmetic must
-    # not be cast again.
-    with torch.no_grad(), torch.autocast("cpu", enabled=False), _no_cuda_autocast():
-        out = _interpret(traced.gm, inputs)
-    if not is_jet(out):
-        return 0.0, 0.0
-    return _total(out.t), _total(out.a)
-
-
-def _total(x: torch.Tensor | None) -> float:
-    if x is None:
-        return 0.0
-    return float(x.sum(dtype=torch.float64) if x.dim() else x)
-
-
-def _no_cuda_autocast() -> contextlib.AbstractContextManager:
-    if torch.cuda.is_available():
-        return torch.autocast("cuda", enabled=False)
-    return contextlib.nullcontext()
-
-
-# ---------------------------------------------------------------- the interpreter
+# ------------------------------------------------------------- the jet of one op
 # Ops whose rule returns a jet of fresh tensors, none shared with its inputs: a value of one
 # of these read by a single op can be overwritten by that op (the relu rule does).
 FRESH_RESULT = {aten.convolution.default, aten.addmm.default, aten.mm.default,
                 aten.bmm.default, aten.relu.default}
+# Ops whose result takes only the shape (and dtype) of their input, not its values.
+CONSTANT_RESULT = {aten.full_like.default, aten.zeros_like.default, aten.ones_like.default,
+                   aten.empty_like.default, aten.new_zeros.default, aten.new_ones.default,
+                   aten.new_full.default, aten.new_empty.default, aten.empty_strided.default}
+
+
+def jet_of(op: Any, args: tuple, kwargs: dict, val: Any = None, donated: bool = False) -> Any:
+    """The jet of ``op`` with some moving (``Jet``) inputs; ``val`` is what the op gives (a
+    traced graph's metadata), or None when unknown (the eager pass). Any failure means this
+    path can't."""
+    if op in CONSTANT_RESULT or (isinstance(val, torch.Tensor) and not val.is_floating_point()):
+        # A comparison, a mask, an index (piecewise constant along the path), or a tensor
+        # that only takes its shape from a moving one.
+        return _plain(op, args, kwargs)
+    try:
+        out = RULES.get(op, generic_rule)(op, args, kwargs, donated)
+        return normalise(out, val, op)
+    except TaylorUnsupported:
+        raise
+    except Exception as err:
+        raise TaylorUnsupported(f"the Taylor rule for {op} failed ({_first_line(err, 200)})") from err
+
+
+def _plain(op: Any, args: tuple, kwargs: dict) -> Any:
+    args, kwargs = pytree.tree_map(value, (args, kwargs), is_leaf=is_jet)
+    return op(*args, **kwargs)
 
 
 def normalise(out: Any, val: Any, op: Any) -> Any:
-    """Check a rule's result against what the traced op produced (``val``, make_fx's
-    metadata): each component takes the value's shape (a component may carry only an
-    operand's shape when the op broadcast it against a constant) and its dtype (a rule
-    composed of several ops may promote: autocast's bf16 input, fp32 weight)."""
+    """Check a rule's result against what the op produced (``val``; None: the jet's own
+    value): each component takes the value's shape (a component may carry only an operand's
+    shape when the op broadcast it against a constant) and its dtype (a rule composed of
+    several ops may promote: autocast's bf16 input, fp32 weight)."""
     if isinstance(out, Jet):
-        if not isinstance(val, torch.Tensor):
+        if val is None:
+            val = out.v
+        elif not isinstance(val, torch.Tensor):
             raise TaylorUnsupported(f"the rule for {op} returned a jet for a non-tensor")
         if tuple(out.v.shape) != tuple(val.shape):
             raise TaylorUnsupported(f"the rule for {op} gave shape {tuple(out.v.shape)}, "
                                     f"the op {tuple(val.shape)}")
         return map_jet(lambda c: _like(c, val, op), out)
-    if isinstance(out, (tuple, list)) and isinstance(val, (tuple, list)) and len(out) == len(val):
-        return type(out)(normalise(o, v, op) for o, v in zip(out, val))
+    if isinstance(out, (tuple, list)) and (val is None or (
+            isinstance(val, (tuple, list)) and len(out) == len(val))):
+        vals = [None] * len(out) if val is None else val
+        return type(out)(normalise(o, v, op) for o, v in zip(out, vals))
     return out
 
 
@@ -232,12 +232,15 @@ def _like(c: torch.Tensor, val: torch.Tensor, op: Any) -> torch.Tensor:
     return c if c.dtype == val.dtype else c.to(val.dtype)
 
 
-def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
+# ---------------------------------------------------------------- the interpreter
+def interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> list[Any]:
+    """The graph's outputs with jets for inputs: each op through ``jet_of`` (or plainly when
+    no input moves). Each value is dropped after its last use, so the three jet streams of
+    only the live layers are held at once (not of the whole network): the pass's peak
+    memory."""
     env: dict[torch.fx.Node, Any] = {}
     it = iter(inputs)
     nodes = list(gm.graph.nodes)
-    # Each value is dropped after its last use, so the three jet streams of only the live
-    # layers are held at once (not of the whole network): the pass's peak memory.
     dead_after: dict[int, list[torch.fx.Node]] = {}
     last_use = {inp: i for i, node in enumerate(nodes) for inp in node.all_input_nodes}
     for node, i in last_use.items():
@@ -255,14 +258,17 @@ def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
             args, kwargs = load(node.args), load(node.kwargs)
             if node.target is operator.getitem:
                 env[node] = args[0][args[1]]
-            elif any(is_jet(x) for x in pytree.tree_leaves((args, kwargs), is_leaf=is_jet)):
-                env[node] = _moving(node, args, kwargs)
+            elif _moves(args, kwargs):
+                first = node.args[0] if node.args else None
+                donated = (isinstance(first, torch.fx.Node) and len(first.users) == 1
+                           and first.target in FRESH_RESULT)
+                env[node] = jet_of(node.target, args, kwargs, node.meta.get("val"), donated)
             else:
                 env[node] = node.target(*args, **kwargs)
             del args, kwargs
         elif node.op == "output":
             result = load(node.args[0])
-            return result[0] if isinstance(result, (list, tuple)) else result
+            return list(result) if isinstance(result, (list, tuple)) else [result]
         else:
             raise TaylorUnsupported(f"graph node {node.op}")
         for dead in dead_after.get(i, ()):
@@ -270,29 +276,416 @@ def _interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> Any:
     raise TaylorUnsupported("graph without output")
 
 
-# Ops whose result takes only the shape (and dtype) of their input, not its values.
-CONSTANT_RESULT = {aten.full_like.default, aten.zeros_like.default, aten.ones_like.default,
-                   aten.empty_like.default, aten.new_zeros.default, aten.new_ones.default,
-                   aten.new_full.default, aten.new_empty.default, aten.empty_strided.default}
+def _moves(args: Any, kwargs: Any) -> bool:
+    return any(is_jet(x) for x in pytree.tree_leaves((args, kwargs), is_leaf=is_jet))
 
 
-def _moving(node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
-    """The jet of one op with moving inputs; any failure means this path can't."""
-    op = node.target
-    first = node.args[0] if node.args else None
-    donated = (isinstance(first, torch.fx.Node) and len(first.users) == 1
-               and first.target in FRESH_RESULT)
-    val = node.meta.get("val")
-    if op in CONSTANT_RESULT or (isinstance(val, torch.Tensor) and not val.is_floating_point()):
-        # A comparison, a mask, an index (piecewise constant along the path), or a tensor
-        # that only takes its shape from a moving one.
-        args, kwargs = pytree.tree_map(value, (args, kwargs), is_leaf=is_jet)
-        return op(*args, **kwargs)
-    try:
-        out = RULES.get(op, generic_rule)(op, args, kwargs, donated)
-        return normalise(out, val, op)
-    except TaylorUnsupported:
-        raise
-    except Exception as err:
-        raise TaylorUnsupported(f"the Taylor rule for {op} failed "
-                                f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+def _totals(outputs: list[Any], order: int) -> list[torch.Tensor]:
+    """Per output: its value, then the sums of its first and (``order`` 2) second derivative
+    (float64). With ``order`` 1 nothing reads the second derivatives, so a compiled graph
+    drops them: a forward pass with its tangent, three products a layer."""
+    values, slopes, curvatures = [], [], []
+    for out in outputs:
+        jet = out if is_jet(out) else None
+        values.append(value(out))
+        for component, into in ((jet and jet.t, slopes), (jet and jet.a, curvatures)):
+            into.append(torch.zeros((), dtype=torch.float64) if component is None
+                        else component.sum(dtype=torch.float64))
+    return [*values, *slopes, *curvatures[:len(curvatures) if order == 2 else 0]]
+
+
+# -------------------------------------------------------- the captured graph's jet
+class _Request:
+    """One pass's tangents (by the identity of the tensors they move) and its results."""
+
+    def __init__(self, tangents: dict[int, torch.Tensor], compile: bool, order: int) -> None:
+        self.tangents, self.compile, self.order = tangents, compile, order
+        self.values: list[Any] | None = None
+        self.mode = ""
+        self.error: TaylorUnsupported | None = None
+        self.slopes: list[torch.Tensor] = []
+        self.curvatures: list[torch.Tensor] = []
+
+
+class _JetGraph:
+    """What the Dynamo backend returns for one captured graph: called with the graph's
+    inputs (parameters among them), it runs the jet of the graph along the tangents of the
+    pass in flight, leaves the derivatives in its request and returns the graph's values.
+    One jet graph per set of moving inputs, compiled (or interpreted) on first use."""
+
+    def __init__(self, owner: "TaylorPass", graph: torch.fx.GraphModule, count: int) -> None:
+        self.owner, self.graph, self.count = owner, graph, count
+        # per (moving inputs, compiled?): the jet's runner and how it runs
+        self.runners: dict[tuple, Callable[..., Any]] = {}
+        self.modes: dict[tuple, str] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        request = self.owner.request
+        if request is None:  # called outside a pass: the loss's values alone
+            with torch.no_grad(), _no_autocast():
+                return tuple(interpret(self.graph, list(args)))
+        moving = tuple(i for i, x in enumerate(args) if id(x) in request.tangents)
+        tangents = [request.tangents[id(args[i])] for i in moving]
+        key = (moving, request.compile, request.order)
+        if key not in self.runners:
+            self.runners[key], self.modes[key] = self._build(moving, list(args), tangents,
+                                                             request.compile, request.order)
+        try:
+            with torch.no_grad(), _no_autocast():
+                out = self.runners[key](*args, *tangents)
+        except Exception as err:  # the jet itself can't (not the capture): no eager retry
+            request.error = err if isinstance(err, TaylorUnsupported) else TaylorUnsupported(
+                f"the jet of the captured graph failed ({_first_line(err)})")
+            raise request.error from err
+        request.mode = self.modes[key]
+        k = self.count
+        request.values, request.slopes = list(out[:k]), list(out[k:2 * k])
+        request.curvatures = list(out[2 * k:3 * k]) if request.order == 2 else []
+        return tuple(out[:k])
+
+    def _jet(self, moving: tuple[int, ...], order: int) -> Callable[..., list[Any]]:
+        n, graph = len(self.graph.graph.find_nodes(op="placeholder")), self.graph
+
+        def jet(*flat: Any) -> list[Any]:
+            inputs = list(flat[:n])
+            for k, i in enumerate(moving):
+                inputs[i] = Jet(inputs[i], flat[n + k], None)
+            return _totals(interpret(graph, inputs), order)
+        return jet
+
+    def _build(self, moving: tuple[int, ...], args: list[Any], tangents: list,
+               compile: bool, order: int) -> tuple[Callable, str]:
+        jet = self._jet(moving, order)
+        if not compile:
+            return jet, "interpreted"
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        try:
+            with torch.no_grad(), _no_autocast(), for_compiler():
+                # One ATen graph of the three streams: the interpreter, traced over jets.
+                traced = make_fx(jet, tracing_mode="fake", _allow_non_fake_inputs=True)(
+                    *args, *tangents)
+                return _compile(traced, [*args, *tangents]), "compiled"
+        except Exception as err:  # the interpreter gives the same jet, op by op
+            self.owner.compile_failed(err)
+            return jet, "interpreted"
+
+
+def _compile(graph: torch.fx.GraphModule, example: list[Any]) -> Callable[..., Any]:
+    """Inductor, as ``torch.compile`` would call it on a captured graph."""
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(graph, example)
+
+
+# ------------------------------------------------------------------- the eager jet
+class _JetMode(TorchDispatchMode):
+    """Applies the rules to every op as the loss runs: the jets of moving values are kept
+    beside them (``jets``: value tensor -> ``(x', x'')``), so the loss's own code sees plain
+    tensors with their real values and may read them (``.item()``, ``nonzero``, branches).
+    Runs below functionalization, so the loss's in-place ops and views arrive as pure ops.
+    An op without a rule is decomposed where the traced pass decomposes it (PyTorch's
+    tables, or its composite kernel), its ops coming back here; any other goes through the
+    generic rule."""
+
+    def __init__(self, jets: WeakIdKeyDictionary) -> None:
+        super().__init__()
+        self.jets = jets
+        self.by_storage: dict[int, list[weakref.ref]] = {}  # for ``_stale_aliases``
+        # The dispatch state outside this handler, where forward mode works (inside it,
+        # autograd's keys are off), without autocast (the loss's casts arrive as ops): the
+        # generic rule runs in it.
+        with _no_autocast():
+            self.outside = (torch._C._dispatch_tls_local_include_set(),
+                            torch._C._dispatch_tls_local_exclude_set())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        jets = self.jets
+
+        def lift(x: Any) -> Any:
+            if isinstance(x, torch.Tensor) and x in jets:
+                jet = jets[x]
+                if jet is _STALE:
+                    raise TaylorUnsupported(f"{func} read a value an in-place op wrote over "
+                                            "through another view")
+                return Jet(x, *jet)
+            return x
+
+        jargs, jkwargs = pytree.tree_map(lift, (args, kwargs))
+        if not _moves(jargs, jkwargs):
+            return func(*args, **kwargs)
+        if func._schema.is_mutable:
+            return self._in_place(func, args, kwargs, jargs, jkwargs)
+        return self._moving(func, args, kwargs, jargs, jkwargs)
+
+    def _moving(self, func, args, kwargs, jargs, jkwargs):
+        if func in RULES or func in CONSTANT_RESULT:
+            return self._lower(jet_of(func, jargs, jkwargs))
+        decomposition = decompositions().get(func)
+        if decomposition is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+                func.name(), "CompositeImplicitAutograd"):
+            decomposition = func.decompose
+        if decomposition is not None:
+            with self:  # the decomposition's ops come back here
+                return decomposition(*args, **kwargs)
+        plain = func(*args, **kwargs)
+        if not any(isinstance(x, torch.Tensor) and x.is_floating_point()
+                   for x in pytree.tree_leaves(plain)):
+            return plain  # a comparison, an index, a scalar read off a value
+        with torch._C._ForceDispatchKeyGuard(*self.outside):
+            return self._lower(jet_of(func, jargs, jkwargs, val=plain))
+
+    def _in_place(self, func, args, kwargs, jargs, jkwargs):
+        """``x.op_(...)`` as ``x.copy_(op(x, ...))``. Functionalization turns the loss's own
+        in-place ops into pure ones; these come from inside composite kernels (a recurrent
+        cell's gates, label smoothing), on their own temporaries. Other tensors sharing the
+        written storage keep jets that are no longer right: reading one raises."""
+        schema = func._schema
+        written = [i for i, a in enumerate(schema.arguments)
+                   if a.alias_info is not None and a.alias_info.is_write]
+        pure = _functional_variant(func)
+        if written != [0] or pure is None:
+            raise TaylorUnsupported(f"the eager jet met an in-place op ({func}) on a moving value")
+        out = self._moving(pure, args, kwargs, jargs, jkwargs)
+        x = args[0]
+        if torch.Tag.inplace_view in func.tags:  # transpose_, squeeze_...: x's shape changes
+            func(*args, **kwargs)
+            self.jets[x] = self.jets[out] if out in self.jets else (None, None)
+            return x
+        x.copy_(out)
+        if out in self.jets:
+            self._stale_aliases(x)
+            self.jets[x] = self.jets[out]
+        elif x in self.jets:
+            del self.jets[x]
+        return x
+
+    def _stale_aliases(self, x: torch.Tensor) -> None:
+        storage = x.untyped_storage().data_ptr()
+        written = None
+        for ref in self.by_storage.get(storage, []):
+            alias = ref()
+            if alias is None or alias is x or alias not in self.jets:
+                continue
+            if written is None:
+                written = _elements(x)
+            if written is _ALL or _overlap(written, alias):
+                self.jets[alias] = _STALE
+
+    def _lower(self, out: Any) -> Any:
+        def lower(x: Any) -> Any:
+            if is_jet(x):
+                self.jets[x.v] = (x.t, x.a)
+                self.by_storage.setdefault(x.v.untyped_storage().data_ptr(), []).append(
+                    weakref.ref(x.v))
+                return x.v
+            return x
+        return pytree.tree_map(lower, out, is_leaf=is_jet)
+
+
+class _ReadThrough(torch.overrides.TorchFunctionMode):
+    """``tolist()`` and ``numpy()`` of a functionalized tensor read its value (they read the
+    storage directly, which a functional wrapper lacks): the routing of a mixture of experts
+    iterates over the experts that received tokens this way."""
+
+    READS = {torch.Tensor.tolist, torch.Tensor.numpy}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.READS and args and torch._is_functional_tensor(args[0]):
+            torch._sync(args[0])
+            args = (torch._from_functional_tensor(args[0]), *args[1:])
+        return func(*args, **kwargs)
+
+
+def _functional_variant(func: Any) -> Any:
+    """``aten.op.overload`` for ``aten.op_.overload``: the same overload name, else the
+    overload taking the same argument types (``transpose_.default`` -> ``transpose.int``)."""
+    name = func._schema.name.split("::")[-1]
+    packet = getattr(aten, name[:-1], None) if name.endswith("_") else None
+    if packet is None:
+        return None
+    types_ = [str(a.type) for a in func._schema.arguments]
+    candidates = [getattr(packet, func._overloadname, None)] + [
+        getattr(packet, o) for o in packet.overloads()]
+    for op in candidates:
+        if op is not None and not op._schema.is_mutable and \
+                [str(a.type) for a in op._schema.arguments] == types_:
+            return op
+    return None
+
+
+_ALL = object()
+#: storages larger than this (elements) count as overlapping whole, rather than compared
+_OVERLAP_LIMIT = 1 << 24
+
+
+def _elements(x: torch.Tensor) -> Any:
+    """Which elements of its storage ``x`` covers, as a boolean mask (``_ALL``: too large
+    to tell, count it all): views of one storage that cover disjoint parts (the gates of a
+    recurrent cell, chunked) do not see each other's writes."""
+    n = x.untyped_storage().nbytes() // x.element_size()
+    if n > _OVERLAP_LIMIT:
+        return _ALL
+    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+    mask.as_strided(x.shape, x.stride(), x.storage_offset()).fill_(True)
+    return mask
+
+
+def _overlap(mask: torch.Tensor, y: torch.Tensor) -> bool:
+    if y.element_size() * mask.numel() != y.untyped_storage().nbytes():
+        return True  # another dtype's view of the bytes: count it as overlapping
+    return bool(mask.as_strided(y.shape, y.stride(), y.storage_offset()).any())
+
+
+class _Stale(tuple):
+    """The jet of a tensor whose storage an in-place op has since written through another."""
+
+
+_STALE = _Stale()
+
+
+# ------------------------------------------------------------------------ the pass
+_COUNTER = itertools.count()
+
+
+class TaylorPass:
+    """``(<grad L, d>, d^T H d)`` of ``loss_fn(model, batch)`` along ``d`` at the current
+    parameters, from one jet: compiled where the loss is one graph, else eagerly (see the
+    module docstring). ``mode`` says how the last pass ran.
+
+    Args:
+        bound: the loss as a module, ``bound(batch) -> scalar`` (its parameters are the
+            model's, uncompiled).
+        compile: compile the jet graph with inductor (False: interpret it; None:
+            ``COMPILE``).
+    """
+
+    def __init__(self, bound: nn.Module, compile: bool | None = None) -> None:
+        self.bound = bound
+        self.compile = COMPILE if compile is None else compile
+        self.mode = ""
+        self.request: _Request | None = None
+        self.uncaptured = ""  # why the loss can't be captured as one graph ("": it can)
+        self._compile_warned = False
+        self._captured = self._capture_function()
+
+    def __call__(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
+                 compile: bool = True) -> tuple[float, float]:
+        """``(<grad L, d>, d^T H d)``; ``compile=False``: the captured graph's jet
+        interpreted (what the check compares a compiled pass with)."""
+        return self.jet(params, d, batch, compile)[1:]
+
+    def jet(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
+            compile: bool = True, order: int = 2) -> tuple[float, float, float]:
+        """``(L, <grad L, d>, d^T H d)`` at the current parameters; with ``order`` 1 the
+        curvature is not computed (NaN) unless the jet runs eagerly."""
+        tangents = {id(p): v.to(p.dtype) for p, v in zip(params, d)}
+        if not self.uncaptured:
+            try:
+                result = self._run_captured(tangents, batch, compile and self.compile, order)
+            except TaylorUnsupported:
+                raise
+            except Exception as err:
+                # Dynamo can't capture this loss, or this batch is one the loss itself
+                # can't take: only an eager pass that works says the loss needs one.
+                result = self._run_eager(tangents, batch)
+                self._not_captured(_first_line(err))
+                return result
+            if result is not None:
+                return result
+            self._not_captured("torch.compile ran the loss without the jet graph")
+        return self._run_eager(tangents, batch)
+
+    # ------------------------------------------------------------------ captured
+    def _capture_function(self) -> Callable[[Any], torch.Tensor]:
+        bound = self.bound
+
+        def loss(batch: Any) -> torch.Tensor:
+            return bound(batch)
+
+        # Dynamo keeps its graphs and guards per code object: a code object of this pass's
+        # own, so that other passes (other models) neither share nor evict its graphs.
+        code = loss.__code__.replace(co_name=f"genlr_taylor_loss_{next(_COUNTER)}")
+        fn = types.FunctionType(code, loss.__globals__, code.co_name, None, loss.__closure__)
+        return torch.compile(fn, backend=self._backend, fullgraph=True, dynamic=False)
+
+    def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> _JetGraph:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        with torch.no_grad(), math_kernels():
+            # Decompose first, then functionalize the decomposed graph: decompositions may
+            # write in place (a recurrent cell's gates), functionalization removes that.
+            decomposed = make_fx(gm, decomposition_table=decompositions())(*example_inputs)
+            graph = make_fx(torch.func.functionalize(decomposed))(*example_inputs)
+        count = len(graph.graph.output_node().args[0])
+        return _JetGraph(self, graph, count)
+
+    def _run_captured(self, tangents: dict[int, torch.Tensor], batch: Any, compile: bool,
+                      order: int):
+        import torch._dynamo
+
+        self.request = request = _Request(tangents, compile, order)
+        try:
+            with torch._dynamo.config.patch(allow_rnn=True, fail_on_recompile_limit_hit=True):
+                loss = self._captured(batch)
+        except Exception:
+            if request.error is not None:
+                raise request.error from None
+            raise
+        finally:
+            self.request = None
+        if request.values is None:  # dynamo ran the loss itself (compiling disabled?)
+            return None
+        for i, v in enumerate(request.values):
+            if v is loss:
+                self.mode = request.mode
+                curvature = float(request.curvatures[i]) if request.curvatures else math.nan
+                return float(v), float(request.slopes[i]), curvature
+        raise TaylorUnsupported("the loss is none of the captured graph's outputs")
+
+    def compile_failed(self, err: BaseException) -> None:
+        if not self._compile_warned:
+            self._compile_warned = True
+            warnings.warn(f"Taylor pass: compiling the jet graph failed ({_first_line(err)}); "
+                          "it runs interpreted, op by op", RuntimeWarning, stacklevel=2)
+
+    def _not_captured(self, reason: str) -> None:
+        self.uncaptured = reason
+        warnings.warn(f"Taylor pass: the loss can't be captured as one graph ({reason}); its "
+                      "jet runs eagerly, op by op", RuntimeWarning, stacklevel=3)
+
+    # --------------------------------------------------------------------- eager
+    def _run_eager(self, tangents: dict[int, torch.Tensor], batch: Any) -> tuple[float, float]:
+        state = dict(self.bound.named_parameters())
+        state.update(dict(self.bound.named_buffers()))
+        names = list(state)
+        leaves, spec = pytree.tree_flatten(batch)
+        bound = self.bound
+
+        def loss_of(tensors: list[torch.Tensor], batch_leaves: list[Any]) -> torch.Tensor:
+            b = pytree.tree_unflatten(batch_leaves, spec)
+            return torch.func.functional_call(bound, dict(zip(names, tensors)), (b,))
+
+        jets = WeakIdKeyDictionary()
+        tensors = [state[n].detach() for n in names]
+        for t, original in zip(tensors, state.values()):
+            if id(original) in tangents:
+                jets[t] = (tangents[id(original)], None)
+        try:
+            with torch.no_grad(), eager_math_kernels(), _JetMode(jets), _ReadThrough():
+                loss = torch.func.functionalize(loss_of)(tensors, leaves)
+        except TaylorUnsupported:
+            raise
+        except Exception as err:
+            raise TaylorUnsupported(f"the eager jet failed ({_first_line(err)})") from err
+        t, a = jets.get(loss, (None, None)) if isinstance(loss, torch.Tensor) else (None, None)
+        self.mode = "eager"
+        return float(loss), _total(t), _total(a)
+
+
+def _total(x: torch.Tensor | None) -> float:
+    if x is None:
+        return 0.0
+    return float(x.sum(dtype=torch.float64))

@@ -19,14 +19,31 @@ PyTorch's core ATen operations by its own decomposition tables, so the list is s
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils import _pytree as pytree
 
 aten = torch.ops.aten
+
+
+#: True while a jet is traced for inductor (``genlr.methods.taylor``): a rule may then take
+#: a form the compiler fuses well rather than the one fastest op by op (max pooling).
+FOR_COMPILER = False
+
+
+@contextlib.contextmanager
+def for_compiler() -> Iterator[None]:
+    global FOR_COMPILER
+    saved, FOR_COMPILER = FOR_COMPILER, True
+    try:
+        yield
+    finally:
+        FOR_COMPILER = saved
 
 
 class TaylorUnsupported(RuntimeError):
@@ -125,12 +142,10 @@ def bilinear(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: Any,
         for p, q, k in terms:
             if p is None or q is None:
                 continue
-            if out is None:
-                out = call(p, q)
-                if k != 1.0:
-                    out.mul_(k)
-            else:
-                out.add_(call(p, q), alpha=k)
+            if k != 1.0:  # on the smaller operand: never ``add(B, B, alpha=k)``, which
+                # inductor's mm_plus_mm pattern (torch 2.14) compiles as if alpha were 1
+                p, q = (p * k, q) if p.numel() <= q.numel() else (p, q * k)
+            out = call(p, q) if out is None else out.add_(call(p, q))
         if b is not None:
             out = view(b).expand_as(v).clone() if out is None else out.add_(view(b))
         return out
@@ -325,6 +340,23 @@ def _addmm(op, args, kwargs, donated):
     base = aten.mm.default if op is aten.addmm.default else aten.bmm.default
     product = base if alpha == 1 else (lambda p, q: base(p, q).mul_(alpha))
     return bilinear(product, x, w, bias)
+
+
+@rule(aten._grouped_mm.default)
+def _grouped_mm(op, args, kwargs, donated):
+    """Per group ``g``, ``x_g @ w_g``: bilinear in the two operands, the groups' offsets
+    constant (the routing is piecewise constant along the path)."""
+    names = ("offs", "bias", "out_dtype")
+    extra = dict(zip(names, args[2:]), **kwargs)
+    offs, bias, out_dtype = (plain(extra.get(n)) for n in names)
+    if bias is not None:
+        raise TaylorUnsupported("grouped_mm with a bias")
+
+    def product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        # a component may be a broadcast view (stride 0), which the kernel refuses
+        p, q = (c if 0 not in c.stride() else c.contiguous() for c in (p, q))
+        return op(p, q, offs, None, out_dtype)
+    return bilinear(product, args[0], args[1])
 
 
 @rule(aten.convolution.default)
@@ -538,6 +570,78 @@ def _elu(op, args, kwargs, donated):
     return unary(x, op(x.v, alpha, scale_, input_scale), d1, d2)
 
 
+# ------------------------------------------------------------------- extrema
+# Piecewise: the jet of the argument that wins. At ties autograd's conventions, so that the
+# Taylor pass and double backward agree there too: ``maximum``/``minimum`` and the value
+# reductions (``amax``, ``max()``) share the derivative evenly among the tied arguments;
+# ``max.dim`` takes the one its index names.
+def _share(mask: torch.Tensor, c: torch.Tensor | None, dims: list[int], keepdim: bool,
+           count: torch.Tensor) -> torch.Tensor | None:
+    if c is None:
+        return None
+    return (c * mask).sum(dims, keepdim=keepdim) / count
+
+
+@rule(aten.maximum.default, aten.minimum.default)
+def _pairwise_extremum(op, args, kwargs, donated):
+    a, b = as_jet(args[0]), as_jet(args[1])
+    v = op(a.v, b.v)
+    wins = a.v > b.v if op is aten.maximum.default else a.v < b.v
+    tie = a.v == b.v
+
+    def pick(p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor | None:
+        if p is None and q is None:
+            return None
+        p, q = (0.0 if c is None else c for c in (p, q))
+        return torch.where(tie, (p + q) * 0.5, torch.where(wins, p, q))
+    return Jet(v, pick(a.t, b.t), pick(a.a, b.a))
+
+
+@rule(aten.amax.default, aten.amin.default, aten.max.default, aten.min.default)
+def _reduced_extremum(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    if op in (aten.max.default, aten.min.default):
+        dims, keepdim = list(range(x.v.dim())), False
+    else:
+        dims = list(plain(args[1]) if len(args) > 1 else kwargs.get("dim", []))
+        keepdim = plain(args[2]) if len(args) > 2 else kwargs.get("keepdim", False)
+        dims = [d % max(x.v.dim(), 1) for d in dims] or list(range(x.v.dim()))
+    v = op(x.v, *args[1:], **kwargs)
+    kept = v
+    if not keepdim:
+        for d in sorted(dims):
+            kept = kept.unsqueeze(d)
+    mask = (x.v == kept).to(x.v.dtype)
+    count = mask.sum(dims, keepdim=keepdim)
+    return Jet(v, _share(mask, x.t, dims, keepdim, count), _share(mask, x.a, dims, keepdim, count))
+
+
+@rule(aten.max.dim, aten.min.dim)
+def _extremum_along(op, args, kwargs, donated):
+    x = as_jet(args[0])
+    dim = plain(args[1])
+    keepdim = plain(args[2]) if len(args) > 2 else kwargs.get("keepdim", False)
+    v, idx = op(x.v, dim, keepdim)
+    kept = idx if keepdim else idx.unsqueeze(dim)
+
+    def take(c: torch.Tensor | None) -> torch.Tensor | None:
+        if c is None:
+            return None
+        out = c.gather(dim, kept)
+        return out if keepdim else out.squeeze(dim)
+    return Jet(v, take(x.t), take(x.a)), idx
+
+
+@rule(aten.topk.default)
+def _topk(op, args, kwargs, donated):
+    """The k values are the input's at the kernel's indices (a mixture of experts' router)."""
+    x = as_jet(args[0])
+    v, idx = op(x.v, *_constant_args(args), **kwargs)
+    dim = plain(args[2]) if len(args) > 2 else kwargs.get("dim", -1)
+    take = (lambda c: None if c is None else c.gather(dim, idx))
+    return Jet(v, take(x.t), take(x.a)), idx
+
+
 # ----------------------------------------------------------------- softmax and losses
 def _softmax_jet(x: Jet, dim: int, p: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The jet of ``log softmax(x)`` given ``p = softmax(x)``: ``u = x' - E_p[x']`` and
@@ -591,17 +695,38 @@ def _embedding_bag(op, args, kwargs, donated):
 
 
 # -------------------------------------------------------------------- normalisations
+# A normalisation's kernel accumulates the statistics of a half-precision input in float32
+# and returns the input's dtype; the composed rules do the same (the statistics of a bf16
+# jet taken in bf16 would lose the curvature to rounding).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _wide(x: Any) -> Any:
+    """``x`` (a jet or a tensor) in float32 if it is in half precision."""
+    if x is None or value(x).dtype not in LOW_PRECISION:
+        return x
+    return map_jet(lambda c: c.float(), x) if is_jet(x) else x.float()
+
+
+def _as_input(out: Jet, x: Any) -> Jet:
+    """The normalised jet in the input's dtype, as the kernel returns it."""
+    dtype = value(x).dtype
+    return out if out.v.dtype == dtype else map_jet(lambda c: c.to(dtype), out)
+
+
 def _affine(xn: Jet, w: Any, b: Any, shape) -> Jet:
     out = xn
     if w is not None:
-        out = apply(aten.mul.Tensor, out, apply(aten.view.default, w, shape))
+        out = apply(aten.mul.Tensor, out, apply(aten.view.default, _wide(w), shape))
     if b is not None:
-        out = apply(aten.add.Tensor, out, apply(aten.view.default, b, shape))
-    return out
+        out = apply(aten.add.Tensor, out, apply(aten.view.default, _wide(b), shape))
+    return as_jet(out)
 
 
 def _normalise(x: Any, dims: list[int], eps: float) -> tuple[Jet, Jet, Jet]:
-    """``(x - mean) * rsqrt(var + eps)`` over ``dims`` (biased variance), with mean and rstd."""
+    """``(x - mean) * rsqrt(var + eps)`` over ``dims`` (biased variance), with mean and rstd,
+    in float32 at least."""
+    x = _wide(x)
     mean = apply(aten.mean.dim, x, dims, True)
     centred = apply(aten.sub.Tensor, x, mean)
     var = apply(aten.mean.dim, apply(aten.mul.Tensor, centred, centred), dims, True)
@@ -614,7 +739,7 @@ def _layer_norm(op, args, kwargs, donated):
     x, normalized_shape, w, b, eps = args
     dims = list(range(value(x).dim() - len(normalized_shape), value(x).dim()))
     xn, mean, rstd = _normalise(x, dims, eps)
-    return _affine(xn, w, b, tuple(normalized_shape)), mean.v, rstd.v
+    return _as_input(_affine(xn, w, b, tuple(normalized_shape)), x), mean.v, rstd.v
 
 
 @rule(aten.native_group_norm.default)
@@ -624,22 +749,23 @@ def _group_norm(op, args, kwargs, donated):
     xn, mean, rstd = _normalise(grouped, [2], eps)
     xn = apply(aten.view.default, xn, list(value(x).shape))
     shape = (1, -1) + (1,) * (value(x).dim() - 2)
-    return _affine(xn, w, b, shape), mean.v.view(n, groups), rstd.v.view(n, groups)
+    return _as_input(_affine(xn, w, b, shape), x), mean.v.view(n, groups), rstd.v.view(n, groups)
 
 
 def _batch_norm_running_stats(x, w, b, rm, rv, eps):
     shape = (1, -1) + (1,) * (value(x).dim() - 2)
-    invstd = torch.rsqrt(plain(rv) + eps).view(shape)
-    centred = apply(aten.sub.Tensor, x, plain(rm).view(shape))
+    invstd = torch.rsqrt(_wide(plain(rv)) + eps).view(shape)
+    centred = apply(aten.sub.Tensor, _wide(x), _wide(plain(rm)).view(shape))
     xn = apply(aten.mul.Tensor, centred, invstd)
-    return _affine(as_jet(xn), w, b, shape), torch.empty(0), torch.empty(0)
+    empty = value(x).new_empty(0)
+    return _as_input(_affine(as_jet(xn), w, b, shape), x), empty, empty
 
 
 def _batch_norm_batch_stats(x, w, b, eps):
     dims = [0] + list(range(2, value(x).dim()))
     shape = (1, -1) + (1,) * (value(x).dim() - 2)
     xn, mean, invstd = _normalise(x, dims, eps)
-    return _affine(xn, w, b, shape), mean.v.flatten(), invstd.v.flatten()
+    return _as_input(_affine(xn, w, b, shape), x), mean.v.flatten(), invstd.v.flatten()
 
 
 @rule(aten._native_batch_norm_legit.no_stats)
@@ -673,9 +799,46 @@ def _bn(op, args, kwargs, donated):
 
 
 # ------------------------------------------------------------------------- pooling
+def _window_max(x: Jet, op, args) -> Jet | None:
+    """Max pooling over non-overlapping windows as a running selection over the windows'
+    strided slices, the first maximum winning as in the kernel (NaN wins): elementwise
+    ops that a compiler fuses, where gathering the components by the kernel's indices
+    became one slow loop in inductor's CPU code. None for other poolings."""
+    kernel = list(plain(args[1]))
+    stride = list(plain(args[2])) if len(args) > 2 and plain(args[2]) else kernel
+    padding, dilation = (list(plain(args[i])) if len(args) > i else [default]
+                         for i, default in ((3, 0), (4, 1)))
+    if len(kernel) == 1:
+        kernel = kernel * 2
+    if len(stride) == 1:
+        stride = stride * 2
+    ceil = bool(plain(args[5])) if len(args) > 5 else False
+    if stride != kernel or any(padding) or any(d != 1 for d in dilation) or ceil:
+        return None
+    kh, kw = kernel
+    ho, wo = x.v.shape[-2] // kh, x.v.shape[-1] // kw
+
+    def window(c: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        return c[..., i::kh, j::kw][..., :ho, :wo]
+    best = [None if c is None else window(c, 0, 0) for c in (x.v, x.t, x.a)]
+    for i in range(kh):
+        for j in range(kw):
+            if i == j == 0:
+                continue
+            candidate = window(x.v, i, j)
+            take = (candidate > best[0]) | candidate.isnan()
+            best = [None if c is None else torch.where(take, window(c, i, j), b)
+                    for c, b in zip((x.v, x.t, x.a), best)]
+    return Jet(*best)
+
+
 @rule(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
 def _max_pool(op, args, kwargs, donated):
     x = as_jet(args[0])
+    if FOR_COMPILER and op is aten.max_pool2d_with_indices.default and not kwargs:
+        jet = _window_max(x, op, args)
+        if jet is not None:  # the indices, if anything reads them: the kernel's
+            return jet, op(x.v, *_constant_args(args))[1]
     v = x.v
     if op is aten.max_pool2d_with_indices.default and v.device.type == "cpu" and v.dim() == 4:
         # The CPU kernel is 2x faster on channels-last input (same values and indices).
@@ -721,8 +884,10 @@ def generic_rule(op, args, kwargs, donated):
         return torch.func.jvp(lambda u: floating(along(u)), (s,), (one,))[1]
 
     try:
-        out_v, out_t = torch.func.jvp(lambda u: floating(along(u)), (s0,), (one,))
-        _, out_a = torch.func.jvp(first, (s0,), (one,))
+        with warnings.catch_warnings():  # torch's own, on its first jvp: torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            out_v, out_t = torch.func.jvp(lambda u: floating(along(u)), (s0,), (one,))
+            _, out_a = torch.func.jvp(first, (s0,), (one,))
     except Exception as err:  # no forward-mode formula, or not differentiable
         raise TaylorUnsupported(f"no Taylor rule for {op} and no forward-mode derivative "
                                 f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
