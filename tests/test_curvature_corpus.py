@@ -189,8 +189,8 @@ def test_a_rule_that_is_wrong_is_caught_by_the_check(monkeypatch):
     case, params, d = zoo_mlp()
     right = taylor_rules.RULES[torch.ops.aten.addmm.default]
 
-    def wrong(op, args, kwargs, donated):
-        jet = right(op, args, kwargs, donated)
+    def wrong(op, args, kwargs):
+        jet = right(op, args, kwargs)
         return taylor_rules.Jet(jet.v, jet.t, None if jet.a is None else 1.1 * jet.a)
 
     monkeypatch.setitem(taylor_rules.RULES, torch.ops.aten.addmm.default, wrong)

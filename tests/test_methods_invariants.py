@@ -3,6 +3,7 @@ group ratios, AMP, fallbacks, checkpoints, diagnostics, registry."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from genlr import ExactGeN, Newt, ParabolaGeN
 from genlr.methods import METHODS, IncompatibleOptimizerError
-from genlr.methods.schedules import ScheduledLR
+from genlr.methods.base import LRMethod
 from methods_helpers import classification_loss, cnn, cnn_batch, mlp, mlp_batch
 
 # Every registered method is a case at its defaults (``METHODS``): a new method is enrolled in
@@ -26,18 +27,36 @@ VARIANTS = {
     "newt/next_step": {"lookahead": "next_step", "gamma": 0.5},
     "newt/window": {"lookahead": "window", "window": 2},
 }
-CASES = {name: OPTIONS.get(name, {}) for name in METHODS} | VARIANTS
+
+
+class Halving(LRMethod):
+    """A throwaway schedule written as a user would (halve the lr every other step), enrolled
+    below: the invariant tests read what a method declares (``measures``, ``needs_loss_fn``),
+    so a new method passes them by declaring, not by deriving from one of ours."""
+
+    measures = False
+
+    def step(self, batch=None, loss=None, probe_batch=None) -> float:
+        self.apply_update()
+        self.step_count += 1
+        if self.step_count % 2 == 0:
+            self.scale_lrs(0.5)
+        return self.last_lr
+
+
+REGISTRY = METHODS | {"halving": Halving}  # the registry, and the throwaway schedule
+CASES = {name: OPTIONS.get(name, {}) for name in REGISTRY} | VARIANTS
 TOTAL_STEPS = 6  # the horizon the schedules are built for (the tests take at most 6 steps)
 
 
 def build(case, optimizer, model, loss_fn=classification_loss):
     """The method of ``case`` (``<registry name>`` or ``<registry name>/<variant>``)."""
-    return METHODS[case.split("/")[0]](optimizer, model, loss_fn, total_steps=TOTAL_STEPS,
-                                       **CASES[case])
+    return REGISTRY[case.split("/")[0]](optimizer, model, loss_fn, total_steps=TOTAL_STEPS,
+                                        **CASES[case])
 
 
 def test_cases_name_registered_methods_only():
-    assert {case.split("/")[0] for case in CASES} == set(METHODS)
+    assert {case.split("/")[0] for case in CASES} == set(REGISTRY)
     assert set(OPTIONS) <= set(METHODS)
 
 
@@ -158,7 +177,7 @@ def test_newt_per_group_steps_each_group():
         loss.backward()
         method.step(batch, loss=loss)
     lr0, lr1 = method.lrs
-    assert lr0 / lr1 != pytest.approx(50.0, rel=1e-6)
+    assert abs(math.log(lr0 / lr1 / 50.0)) > 1e-3  # one shared factor would keep 50 exactly
 
 
 @pytest.mark.parametrize("lookahead, option", [
@@ -176,38 +195,42 @@ def test_newt_refuses_the_options_its_lookahead_ignores(lookahead, option):
          lookahead=lookahead, lr_min=1e-6, lr_max=0.5, per_group=True)  # read by every lookahead
 
 
-@pytest.mark.parametrize("name", [name for name, cls in METHODS.items()
-                                  if not issubclass(cls, ScheduledLR)])
+@pytest.mark.parametrize("name", [name for name, cls in REGISTRY.items() if cls.measures])
 @pytest.mark.parametrize("optimizer", [torch.optim.Rprop, torch.optim.LBFGS])
 def test_update_not_linear_in_lr_is_refused(name, optimizer):
     """Every method that sets the lr from what it measures rescales the optimizer's step,
     so it refuses an optimizer whose step is not linear in lr."""
     model = mlp()
     with pytest.raises(IncompatibleOptimizerError, match="linear in lr"):
-        METHODS[name](optimizer(model.parameters()), model, classification_loss,
-                      total_steps=TOTAL_STEPS)
+        REGISTRY[name](optimizer(model.parameters()), model, classification_loss,
+                       total_steps=TOTAL_STEPS)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_autocast_bf16_on_cpu(case):
-    model = cnn(dtype=torch.float32, act=nn.ReLU, pool=nn.MaxPool2d, bn=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    """Under bf16 autocast the probes run in the training precision and the method takes
+    the lrs it takes in float32, to bf16's rounding of what it measures."""
+    def run(autocast):
+        torch.manual_seed(0)
+        model = cnn(dtype=torch.float32, act=nn.ReLU, pool=nn.MaxPool2d, bn=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        method = build(case, opt, model)
+        method.autocast = autocast
+        if hasattr(method, "derivatives"):
+            method.derivatives.autocast = autocast
+        lrs = []
+        for x, y in batches(3, kind="cnn"):
+            batch = (x.float(), y)
+            opt.zero_grad()
+            with autocast():
+                loss = classification_loss(model, batch)
+            loss.backward()
+            lrs.append(method.step(batch, loss=loss))
+            assert method.diagnostics.get("fallback", 0.0) == 0.0
+        return lrs
 
-    def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-
-    method = build(case, opt, model)
-    method.autocast = autocast
-    if hasattr(method, "derivatives"):
-        method.derivatives.autocast = autocast
-    for x, y in batches(3, kind="cnn"):
-        batch = (x.float(), y)
-        opt.zero_grad()
-        with autocast():
-            loss = classification_loss(model, batch)
-        loss.backward()
-        lr = method.step(batch, loss=loss)
-        assert math.isfinite(lr) and lr > 0
+    low = run(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert low == pytest.approx(run(contextlib.nullcontext), rel=0.1)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -228,7 +251,7 @@ def test_grad_scaler_and_skipped_step(case):
             next(model.parameters()).grad[0, 0] = math.inf
             lrs, params = method.lrs, [p.detach().clone() for p in model.parameters()]
             method.step(batch, loss=loss)
-            if not isinstance(method, ScheduledLR):
+            if method.measures:
                 assert method.lrs == lrs
                 assert method.diagnostics["skipped"] == 1.0
             for p, old in zip(model.parameters(), params):
@@ -361,25 +384,23 @@ def test_gen_cosine_horizon_scale_is_the_cosine_schedules_shape():
         [1.0, 0.5 + 0.5 ** 1.5, 0.5, 0.5 - 0.5 ** 1.5, 0.0], abs=1e-15)
 
 
-def test_registry_and_options():
-    for name, cls in [("gen_exact", ExactGeN), ("gen_parabola", ParabolaGeN), ("newt", Newt)]:
-        assert METHODS[name] is cls
-    with pytest.raises(ValueError):
+def test_an_unknown_choice_is_refused():
+    with pytest.raises(ValueError, match="curvature='magic'"):
         ExactGeN(torch.optim.SGD(mlp().parameters(), lr=0.1), mlp(), classification_loss,
                  curvature="magic")
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_method_takes_the_same_step_call(name):
     """One signature for all: ``step(batch, loss=..., probe_batch=...)``, so a training loop
     can swap methods without changing the call."""
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    method = METHODS[name](opt, model, classification_loss, total_steps=4)
+    method = REGISTRY[name](opt, model, classification_loss, total_steps=4)
     data = batches(3)
     for i in range(2):
         opt.zero_grad()
         loss = classification_loss(model, data[i])
         loss.backward()
         lr = method.step(data[i], loss=loss, probe_batch=data[i + 1])
-        assert math.isfinite(lr) and lr == method.last_lr
+        assert lr == opt.param_groups[0]["lr"] > 0  # what the optimizer holds

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import sys
 
 import pytest
 import torch
 from torch import nn
 
-from gen_cli.preflight import UsageError, check_command_line
 from genlr.engine import RunSpec, TrainerConfig
 from genlr.engine import train as train_run
 from genlr.methods import Constant, IncompatibleOptimizerError, check_linear_in_lr
@@ -286,16 +284,3 @@ def test_gen_optim_trains_through_the_engine(tmp_path):
     summary = train_run(spec, tmp_path / "run")
     assert summary["status"] == "completed"
     assert summary["lr"]["initial"] == 1e-3 != summary["lr"]["final"]  # probes at steps 2, 4
-
-
-@pytest.mark.parametrize("args, expected", [
-    (["task=quadratic", "optimizer=gen_optim_adamw", "lr=constant"],
-     "the authors' GeN (gen-optim) fits a cross-entropy loss; task quadratic is not a classification task"),
-    (["optimizer=gen_optim_adamw", "lr=gen_parabola"], "needs an update linear in lr"),
-    (["optimizer=gen_optim_sgd", "lr=cosine"],
-     "optimizer=gen_optim_sgd: it sets its own learning rate: use lr=constant, not lr=cosine"),
-])
-def test_gen_optim_refuses_what_it_cannot_drive_before_anything_runs(args, expected):
-    pytest.importorskip("GeN")
-    with pytest.raises(UsageError, match=re.escape(expected)):
-        check_command_line(args)

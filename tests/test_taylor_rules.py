@@ -9,7 +9,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from genlr.methods import taylor_rules
-from genlr.methods.taylor_rules import RULES, Jet, generic_rule, is_jet
+from genlr.methods.taylor_rules import IN_PLACE, RULES, Jet, generic_rule, is_jet
 
 aten = torch.ops.aten
 G = torch.Generator().manual_seed(0)
@@ -234,14 +234,14 @@ def test_every_rule_has_a_sample():
 @pytest.mark.parametrize("op", list(SAMPLES), ids=str)
 def test_rule_matches_central_differences(op):
     args, kwargs = SAMPLES[op]()
-    got = first_jet(RULES[op](op, args, kwargs, False))
+    got = first_jet(RULES[op](op, args, kwargs))
     assert_jet_matches(op, got, args, kwargs)
 
 
 @pytest.mark.parametrize("op", list(FLOAT32_BILINEAR), ids=str)
 def test_float32_bilinear_rule_matches_exact_differences(op):
     args, kwargs = FLOAT32_BILINEAR[op]()
-    got = first_jet(RULES[op](op, args, kwargs, False))
+    got = first_jet(RULES[op](op, args, kwargs))
     assert_jet_matches(op, got, args, kwargs, h=1.0, tolerance=1e-4, points=5)
 
 
@@ -279,7 +279,7 @@ def test_every_rule_compiled_in_one_graph():
             leaves = [Jet(*flat[i:i + 3]) if kind == "jet" else flat[i] if kind == "tensor" else i
                       for kind, i in slots]
             args, kwargs = pytree.tree_unflatten(leaves, spec)
-            jet = first_jet(rule(op, args, kwargs, False))
+            jet = first_jet(rule(op, args, kwargs))
             out += [jet.v, torch.zeros_like(jet.v) if jet.t is None else jet.t.expand_as(jet.v),
                     torch.zeros_like(jet.v) if jet.a is None else jet.a.expand_as(jet.v)]
         return out
@@ -294,15 +294,15 @@ def test_every_rule_compiled_in_one_graph():
 @pytest.mark.parametrize("op", list(GENERIC), ids=str)
 def test_generic_rule_matches_central_differences(op):
     args, kwargs = GENERIC[op]()
-    got = first_jet(generic_rule(op, args, kwargs, False))
+    got = first_jet(generic_rule(op, args, kwargs))
     assert_jet_matches(op, got, args, kwargs)
 
 
 def test_relu_in_place_gives_the_same_jet():
     x = j(6, low=0.1)
-    fresh = RULES[aten.relu.default](aten.relu.default, (x,), {}, False)
-    donated = RULES[aten.relu.default](
-        aten.relu.default, (Jet(x.v.clone(), x.t.clone(), x.a.clone()),), {}, True)
+    fresh = RULES[aten.relu.default](aten.relu.default, (x,), {})
+    donated = IN_PLACE[aten.relu.default](
+        aten.relu.default, (Jet(x.v.clone(), x.t.clone(), x.a.clone()),), {})
     for field in "vta":
         torch.testing.assert_close(getattr(donated, field), getattr(fresh, field))
 
@@ -319,7 +319,7 @@ def test_ties_share_the_derivative_as_autograd_does(op, make):
     tangent, curvature = t(1, 4), t(1, 4)
     parts = zip(*(make(c) for c in (v, tangent, curvature)))
     args = tuple(Jet(*p) if isinstance(p[0], torch.Tensor) else p[0] for p in parts)
-    got = first_jet(RULES[op](op, args, {}, False))
+    got = first_jet(RULES[op](op, args, {}))
     x = v.clone().requires_grad_(True)
     first = torch.autograd.grad(op(*make(x)).sum(), x)[0]
     torch.testing.assert_close(got.t.sum(), (first * tangent).sum())
@@ -334,9 +334,9 @@ def test_max_pool_traced_for_the_compiler_is_the_same_jet(shape, kernel):
     x = j(*shape)
     x.v[0, 0, 0, :2] = 1.0  # a tie in the first window: the first maximum wins
     x.v[0, 0, 1, :2] = 1.0
-    plain_jet, plain_idx = RULES[op](op, (x, kernel), {}, False)
+    plain_jet, plain_idx = RULES[op](op, (x, kernel), {})
     with taylor_rules.for_compiler():
-        traced_jet, traced_idx = RULES[op](op, (x, kernel), {}, False)
+        traced_jet, traced_idx = RULES[op](op, (x, kernel), {})
     assert torch.equal(plain_idx, traced_idx)
     for field in "vta":
         assert torch.equal(getattr(plain_jet, field), getattr(traced_jet, field)), field

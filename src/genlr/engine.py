@@ -230,6 +230,8 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
         hooks = optimizer_hooks(optimizer, model, task)
         if hooks.sets_lr and names["lr"] != "constant":
             raise ValueError(f"it sets its own learning rate: use lr=constant, not lr={names['lr']}")
+        if hooks.single_process and cfg.strategy == "ddp":
+            raise ValueError("it runs in one process: trainer.strategy=ddp is not for it")
     train_model = forward_model
     if distributed.is_distributed():
         train_model = torch.nn.parallel.DistributedDataParallel(

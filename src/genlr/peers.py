@@ -48,6 +48,8 @@ class OptimizerHooks:
     wants_probe_batch: bool = False
     #: whether the optimizer sets its own learning rate (then only ``lr=constant`` drives it)
     sets_lr: bool = False
+    #: whether it runs in one process only (then ``trainer.strategy=ddp`` is refused)
+    single_process: bool = False
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
         self.optimizer = optimizer
@@ -140,6 +142,7 @@ class GeNReferenceHooks(OptimizerHooks):
 
     wants_probe_batch = True
     sets_lr = True
+    single_process = True  # its probes and lr are this process's own
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, task: Any = None) -> None:
         super().__init__(optimizer, model)

@@ -104,6 +104,10 @@ class LRMethod:
             method's quadratic model; ``take_profile()``) every this many steps; 0: never.
     """
 
+    # Capabilities, declared here and read by the invariant tests:
+    #: whether the lr follows what the method measures (then its optimizer's step must be
+    #: linear in lr, and a step the GradScaler skipped leaves the lr); a schedule's does not
+    measures: bool = True
     #: whether the method probes the loss (then ``model`` and ``loss_fn`` are required)
     needs_loss_fn: bool = False
     #: whether ``step`` uses its ``probe_batch`` (the engine only prepares one then)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from genlr.messages import one_line
 from genlr.methods.base import LossFn, dot, probe_mode
 from genlr.methods.taylor import TaylorPass, eager_math_kernels
 
@@ -240,7 +241,7 @@ class DirectionalDerivatives:
             return getattr(self, f"_{path}")(params, d, batch)
 
     def _give_up(self, path: str, err: Exception) -> None:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = one_line(err)
         self.unavailable[path] = reason
         left = [p for p in PATHS if p not in self.unavailable]
         then = f"paths left: {', '.join(left)}" if left else \

@@ -25,6 +25,8 @@ DECAYS: dict[str, Callable[[float], float]] = {
 class ScheduledLR(LRMethod):
     """``optimizer.step()`` followed by ``scheduler.step()``; no probes, no extra passes."""
 
+    measures = False  # the lr is a function of the step count
+
     def __init__(self, optimizer, model=None, loss_fn=None, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         self.scheduler = self.make_scheduler()

@@ -54,8 +54,9 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from genlr.messages import one_line
 from genlr.methods.taylor_rules import (
-    RULES, Jet, TaylorUnsupported, for_compiler, generic_rule, is_jet, map_jet, value)
+    IN_PLACE, RULES, Jet, TaylorUnsupported, for_compiler, generic_rule, is_jet, map_jet, value)
 
 __all__ = ["TaylorPass", "TaylorUnsupported", "eager_math_kernels", "supported_ops"]
 
@@ -160,12 +161,9 @@ def _no_autocast() -> Iterator[None]:
         yield
 
 
-def _first_line(err: BaseException, limit: int = 300) -> str:
-    inner = getattr(err, "inner_exception", None)  # what a Dynamo backend raised
-    if inner is not None:
-        err = inner
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:limit]}" if text else type(err).__name__
+def _first_line(err: BaseException) -> str:
+    """``one_line`` of what failed: a Dynamo backend's error carries it as ``inner_exception``."""
+    return one_line(getattr(err, "inner_exception", None) or err, with_type=True)
 
 
 # ------------------------------------------------------------- the jet of one op
@@ -188,12 +186,13 @@ def jet_of(op: Any, args: tuple, kwargs: dict, val: Any = None, donated: bool = 
         # that only takes its shape from a moving one.
         return _plain(op, args, kwargs)
     try:
-        out = RULES.get(op, generic_rule)(op, args, kwargs, donated)
+        rule = (IN_PLACE.get(op) if donated else None) or RULES.get(op, generic_rule)
+        out = rule(op, args, kwargs)
         return normalise(out, val, op)
     except TaylorUnsupported:
         raise
     except Exception as err:
-        raise TaylorUnsupported(f"the Taylor rule for {op} failed ({_first_line(err, 200)})") from err
+        raise TaylorUnsupported(f"the Taylor rule for {op} failed ({_first_line(err)})") from err
 
 
 def _plain(op: Any, args: tuple, kwargs: dict) -> Any:

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils import _pytree as pytree
 
+from genlr.messages import one_line
+
 aten = torch.ops.aten
 
 
@@ -59,8 +61,11 @@ class Jet:
     a: torch.Tensor | None
 
 
-Rule = Callable[..., Any]  # rule(op, args, kwargs, donated) -> Jet | tuple | list
+Rule = Callable[..., Any]  # rule(op, args, kwargs) -> Jet | tuple | list
 RULES: dict[Any, Rule] = {}
+# Rules that may overwrite their input, used where nothing else reads it (the interpreter's
+# ``donated``): on the CPU a fresh activation-sized tensor costs page faults.
+IN_PLACE: dict[Any, Rule] = {}
 
 
 def rule(*ops: Any) -> Callable[[Rule], Rule]:
@@ -165,7 +170,7 @@ def apply(op: Any, *args: Any, **kwargs: Any) -> Any:
     over the broadcast dimensions too."""
     if not any(is_jet(x) for x in pytree.tree_leaves((args, kwargs), is_leaf=is_jet)):
         return op(*args, **kwargs)
-    out = RULES[op](op, args, kwargs, False)
+    out = RULES[op](op, args, kwargs)
     if isinstance(out, Jet):
         return map_jet(lambda c: c if c.shape == out.v.shape else c.expand(out.v.shape), out)
     return out
@@ -208,7 +213,7 @@ AS_RESHAPE = {aten.view.default: aten.reshape.default, aten._unsafe_view.default
 
 
 @rule(*LINEAR_IN_FIRST)
-def _linear(op, args, kwargs, donated):
+def _linear(op, args, kwargs):
     rest = _constant_args(args)
     x = as_jet(args[0])
     component = AS_RESHAPE.get(op, op)
@@ -218,7 +223,7 @@ def _linear(op, args, kwargs, donated):
 
 
 @rule(*SPLITS)
-def _split(op, args, kwargs, donated):
+def _split(op, args, kwargs):
     rest = _constant_args(args)
     x = as_jet(args[0])
     parts = [None if c is None else op(c, *rest, **kwargs) for c in (x.v, x.t, x.a)]
@@ -227,7 +232,7 @@ def _split(op, args, kwargs, donated):
 
 
 @rule(*JOINTLY_LINEAR)
-def _jointly_linear(op, args, kwargs, donated):
+def _jointly_linear(op, args, kwargs):
     positions = JOINTLY_LINEAR[op]
     for i, x in enumerate(args):
         if i not in positions:
@@ -253,7 +258,7 @@ def _jointly_linear(op, args, kwargs, donated):
 
 
 @rule(aten.where.self)
-def _where(op, args, kwargs, donated):
+def _where(op, args, kwargs):
     cond, x, y = plain(args[0]), as_jet(args[1]), as_jet(args[2])
 
     def pick(p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor | None:
@@ -264,7 +269,7 @@ def _where(op, args, kwargs, donated):
 
 
 @rule(aten.constant_pad_nd.default)
-def _constant_pad(op, args, kwargs, donated):
+def _constant_pad(op, args, kwargs):
     x, pad = as_jet(args[0]), plain(args[1])
     fill = plain(args[2]) if len(args) > 2 else kwargs.get("value", 0)
     zero = (lambda c: None if c is None else op(c, pad, 0))  # the padding does not move
@@ -272,20 +277,20 @@ def _constant_pad(op, args, kwargs, donated):
 
 
 @rule(aten.masked_fill.Scalar)
-def _masked_fill(op, args, kwargs, donated):
+def _masked_fill(op, args, kwargs):
     x, mask, fill = as_jet(args[0]), plain(args[1]), plain(args[2])
     zero = (lambda c: None if c is None else op(c, mask, 0))
     return Jet(op(x.v, mask, fill), zero(x.t), zero(x.a))
 
 
 @rule(aten.masked_fill.Tensor)
-def _masked_fill_tensor(op, args, kwargs, donated):
+def _masked_fill_tensor(op, args, kwargs):
     x, mask, fill = args
     return apply(aten.where.self, plain(mask), fill, x)
 
 
 @rule(aten.add.Tensor, aten.sub.Tensor)
-def _add_sub(op, args, kwargs, donated):
+def _add_sub(op, args, kwargs):
     x, y = args
     alpha = kwargs.get("alpha", 1) * (-1 if op is aten.sub.Tensor else 1)
     xj, yj = as_jet(x), as_jet(y)
@@ -295,13 +300,13 @@ def _add_sub(op, args, kwargs, donated):
 
 
 @rule(aten.add.Scalar, aten.sub.Scalar)
-def _shift(op, args, kwargs, donated):
+def _shift(op, args, kwargs):
     x = as_jet(args[0])
     return Jet(op(x.v, *_constant_args(args), **kwargs), x.t, x.a)
 
 
 @rule(aten.rsub.Scalar)
-def _rsub(op, args, kwargs, donated):
+def _rsub(op, args, kwargs):
     x = as_jet(args[0])
     alpha = args[2] if len(args) > 2 else kwargs.get("alpha", 1)
     return Jet(op(x.v, *_constant_args(args), **kwargs), scale(x.t, -alpha), scale(x.a, -alpha))
@@ -309,7 +314,7 @@ def _rsub(op, args, kwargs, donated):
 
 # ---------------------------------------------------------------- bilinear operations
 @rule(aten.mul.Tensor)
-def _mul(op, args, kwargs, donated):
+def _mul(op, args, kwargs):
     x, y = args
     if not isinstance(y, (Jet, torch.Tensor)):
         return map_jet(lambda c: c * y, x)
@@ -319,7 +324,7 @@ def _mul(op, args, kwargs, donated):
 
 
 @rule(aten.div.Tensor)
-def _div(op, args, kwargs, donated):
+def _div(op, args, kwargs):
     x, y = args
     if is_jet(y):
         return apply(aten.mul.Tensor, x, reciprocal(y))
@@ -327,12 +332,12 @@ def _div(op, args, kwargs, donated):
 
 
 @rule(aten.mm.default, aten.bmm.default, aten.dot.default, aten.mv.default)
-def _product(op, args, kwargs, donated):
+def _product(op, args, kwargs):
     return bilinear(op, args[0], args[1])
 
 
 @rule(aten.addmm.default, aten.baddbmm.default)
-def _addmm(op, args, kwargs, donated):
+def _addmm(op, args, kwargs):
     bias, x, w = args
     beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
     if beta != 1:
@@ -343,7 +348,7 @@ def _addmm(op, args, kwargs, donated):
 
 
 @rule(aten._grouped_mm.default)
-def _grouped_mm(op, args, kwargs, donated):
+def _grouped_mm(op, args, kwargs):
     """Per group ``g``, ``x_g @ w_g``: bilinear in the two operands, the groups' offsets
     constant (the routing is piecewise constant along the path)."""
     names = ("offs", "bias", "out_dtype")
@@ -360,7 +365,7 @@ def _grouped_mm(op, args, kwargs, donated):
 
 
 @rule(aten.convolution.default)
-def _convolution(op, args, kwargs, donated):
+def _convolution(op, args, kwargs):
     x, w, bias, *rest = args
     rest = [plain(r) for r in rest]
     shape = None if bias is None else (1, -1) + (1,) * (value(x).dim() - 2)
@@ -374,19 +379,26 @@ def reciprocal(j: Jet) -> Jet:
 
 
 @rule(aten.reciprocal.default)
-def _reciprocal(op, args, kwargs, donated):
+def _reciprocal(op, args, kwargs):
     return reciprocal(as_jet(args[0]))
 
 
 @rule(aten.relu.default)
-def _relu(op, args, kwargs, donated):
+def _relu(op, args, kwargs):
     x = as_jet(args[0])
     mask = x.v > 0  # as autograd: relu'(0) = 0; relu'' = 0
-    if donated:  # in place: on the CPU a fresh activation-sized tensor costs page faults
-        keep = (lambda c: None if c is None else c.mul_(mask))
-        return Jet(torch.relu_(x.v), keep(x.t), keep(x.a))
     keep = (lambda c: None if c is None else c * mask)
     return Jet(torch.relu(x.v), keep(x.t), keep(x.a))
+
+
+def _relu_in_place(op, args, kwargs):
+    x = as_jet(args[0])
+    mask = x.v > 0
+    keep = (lambda c: None if c is None else c.mul_(mask))
+    return Jet(torch.relu_(x.v), keep(x.t), keep(x.a))
+
+
+IN_PLACE[aten.relu.default] = _relu_in_place
 
 
 def _piecewise_linear(x: Jet, out: torch.Tensor, slope: torch.Tensor) -> Jet:
@@ -394,7 +406,7 @@ def _piecewise_linear(x: Jet, out: torch.Tensor, slope: torch.Tensor) -> Jet:
 
 
 @rule(aten.leaky_relu.default)
-def _leaky_relu(op, args, kwargs, donated):
+def _leaky_relu(op, args, kwargs):
     x = as_jet(args[0])
     negative = plain(args[1]) if len(args) > 1 else kwargs.get("negative_slope", 0.01)
     slope = torch.where(x.v > 0, 1.0, negative).to(x.v.dtype)
@@ -402,13 +414,13 @@ def _leaky_relu(op, args, kwargs, donated):
 
 
 @rule(aten.abs.default)
-def _abs(op, args, kwargs, donated):
+def _abs(op, args, kwargs):
     x = as_jet(args[0])
     return _piecewise_linear(x, x.v.abs(), x.v.sign())
 
 
 @rule(aten.clamp.default, aten.hardtanh.default)
-def _clamp(op, args, kwargs, donated):
+def _clamp(op, args, kwargs):
     x = as_jet(args[0])
     low, high = (plain(a) for a in (list(args[1:]) + [None, None])[:2])
     if op is aten.hardtanh.default:
@@ -423,81 +435,81 @@ def _clamp(op, args, kwargs, donated):
 
 
 @rule(aten.tanh.default)
-def _tanh(op, args, kwargs, donated):
+def _tanh(op, args, kwargs):
     v = torch.tanh(args[0].v)
     d1 = 1 - v * v
     return unary(args[0], v, d1, -2 * v * d1)
 
 
 @rule(aten.sigmoid.default)
-def _sigmoid(op, args, kwargs, donated):
+def _sigmoid(op, args, kwargs):
     v = torch.sigmoid(args[0].v)
     d1 = v * (1 - v)
     return unary(args[0], v, d1, d1 * (1 - 2 * v))
 
 
 @rule(aten.exp.default)
-def _exp(op, args, kwargs, donated):
+def _exp(op, args, kwargs):
     v = torch.exp(args[0].v)
     return unary(args[0], v, v, v)
 
 
 @rule(aten.expm1.default)
-def _expm1(op, args, kwargs, donated):
+def _expm1(op, args, kwargs):
     e = torch.exp(args[0].v)
     return unary(args[0], torch.expm1(args[0].v), e, e)
 
 
 @rule(aten.log.default)
-def _log(op, args, kwargs, donated):
+def _log(op, args, kwargs):
     x = args[0].v
     return unary(args[0], torch.log(x), 1 / x, -1 / (x * x))
 
 
 @rule(aten.log1p.default)
-def _log1p(op, args, kwargs, donated):
+def _log1p(op, args, kwargs):
     x = args[0].v
     r = 1 / (1 + x)
     return unary(args[0], torch.log1p(x), r, -r * r)
 
 
 @rule(aten.rsqrt.default)
-def _rsqrt(op, args, kwargs, donated):
+def _rsqrt(op, args, kwargs):
     x = args[0].v
     v = torch.rsqrt(x)
     return unary(args[0], v, -0.5 * v / x, 0.75 * v / (x * x))
 
 
 @rule(aten.sqrt.default)
-def _sqrt(op, args, kwargs, donated):
+def _sqrt(op, args, kwargs):
     x = args[0].v
     v = torch.sqrt(x)
     return unary(args[0], v, 0.5 / v, -0.25 / (v * x))
 
 
 @rule(aten.sin.default)
-def _sin(op, args, kwargs, donated):
+def _sin(op, args, kwargs):
     x = args[0].v
     v = torch.sin(x)
     return unary(args[0], v, torch.cos(x), -v)
 
 
 @rule(aten.cos.default)
-def _cos(op, args, kwargs, donated):
+def _cos(op, args, kwargs):
     x = args[0].v
     v = torch.cos(x)
     return unary(args[0], v, -torch.sin(x), -v)
 
 
 @rule(aten.erf.default)
-def _erf(op, args, kwargs, donated):
+def _erf(op, args, kwargs):
     x = args[0].v
     d1 = torch.exp(-x * x) * (2 / math.sqrt(math.pi))
     return unary(args[0], torch.erf(x), d1, -2 * x * d1)
 
 
 @rule(aten.pow.Tensor_Scalar)
-def _pow(op, args, kwargs, donated):
+def _pow(op, args, kwargs):
     x, k = args[0], plain(args[1])
     if k == 2:
         return unary(x, x.v * x.v, 2 * x.v, torch.full_like(x.v, 2.0))
@@ -509,7 +521,7 @@ def _pow(op, args, kwargs, donated):
 
 
 @rule(aten.pow.Tensor_Tensor, aten.pow.Scalar)
-def _pow_general(op, args, kwargs, donated):
+def _pow_general(op, args, kwargs):
     base, exponent = args  # base**exponent = exp(exponent * log(base))
     log_base = apply(aten.log.default, base) if isinstance(base, (Jet, torch.Tensor)) \
         else math.log(base)
@@ -517,7 +529,7 @@ def _pow_general(op, args, kwargs, donated):
 
 
 @rule(aten.gelu.default)
-def _gelu(op, args, kwargs, donated):
+def _gelu(op, args, kwargs):
     j = args[0]
     approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
     x = j.v
@@ -539,7 +551,7 @@ def _gelu(op, args, kwargs, donated):
 
 
 @rule(aten.silu.default)
-def _silu(op, args, kwargs, donated):
+def _silu(op, args, kwargs):
     x = args[0].v
     s = torch.sigmoid(x)
     d1 = s * (1 + x * (1 - s))
@@ -548,7 +560,7 @@ def _silu(op, args, kwargs, donated):
 
 
 @rule(aten.softplus.default)
-def _softplus(op, args, kwargs, donated):
+def _softplus(op, args, kwargs):
     x = args[0]
     beta = plain(args[1]) if len(args) > 1 else 1
     threshold = plain(args[2]) if len(args) > 2 else 20
@@ -560,7 +572,7 @@ def _softplus(op, args, kwargs, donated):
 
 
 @rule(aten.elu.default)
-def _elu(op, args, kwargs, donated):
+def _elu(op, args, kwargs):
     x = args[0]
     alpha, scale_, input_scale = ([plain(a) for a in args[1:]] + [1.0, 1.0, 1.0])[:3]
     e = torch.exp(x.v * input_scale) * (scale_ * alpha * input_scale)
@@ -583,7 +595,7 @@ def _share(mask: torch.Tensor, c: torch.Tensor | None, dims: list[int], keepdim:
 
 
 @rule(aten.maximum.default, aten.minimum.default)
-def _pairwise_extremum(op, args, kwargs, donated):
+def _pairwise_extremum(op, args, kwargs):
     a, b = as_jet(args[0]), as_jet(args[1])
     v = op(a.v, b.v)
     wins = a.v > b.v if op is aten.maximum.default else a.v < b.v
@@ -598,7 +610,7 @@ def _pairwise_extremum(op, args, kwargs, donated):
 
 
 @rule(aten.amax.default, aten.amin.default, aten.max.default, aten.min.default)
-def _reduced_extremum(op, args, kwargs, donated):
+def _reduced_extremum(op, args, kwargs):
     x = as_jet(args[0])
     if op in (aten.max.default, aten.min.default):
         dims, keepdim = list(range(x.v.dim())), False
@@ -617,7 +629,7 @@ def _reduced_extremum(op, args, kwargs, donated):
 
 
 @rule(aten.max.dim, aten.min.dim)
-def _extremum_along(op, args, kwargs, donated):
+def _extremum_along(op, args, kwargs):
     x = as_jet(args[0])
     dim = plain(args[1])
     keepdim = plain(args[2]) if len(args) > 2 else kwargs.get("keepdim", False)
@@ -633,7 +645,7 @@ def _extremum_along(op, args, kwargs, donated):
 
 
 @rule(aten.topk.default)
-def _topk(op, args, kwargs, donated):
+def _topk(op, args, kwargs):
     """The k values are the input's at the kernel's indices (a mixture of experts' router)."""
     x = as_jet(args[0])
     v, idx = op(x.v, *_constant_args(args), **kwargs)
@@ -655,7 +667,7 @@ def _softmax_jet(x: Jet, dim: int, p: torch.Tensor) -> tuple[torch.Tensor | None
 
 
 @rule(aten._log_softmax.default)
-def _log_softmax(op, args, kwargs, donated):
+def _log_softmax(op, args, kwargs):
     x, dim = as_jet(args[0]), args[1]
     v = op(x.v, *args[1:])
     u, second = _softmax_jet(x, dim, v.exp())
@@ -663,7 +675,7 @@ def _log_softmax(op, args, kwargs, donated):
 
 
 @rule(aten._softmax.default)
-def _softmax(op, args, kwargs, donated):
+def _softmax(op, args, kwargs):
     """``y = softmax(x)``: ``y' = y u`` and ``y'' = y (u^2 + (log y)'')``."""
     x, dim = as_jet(args[0]), args[1]
     y = op(x.v, *args[1:])
@@ -676,7 +688,7 @@ def _softmax(op, args, kwargs, donated):
 
 
 @rule(aten.nll_loss_forward.default, aten.nll_loss2d_forward.default)
-def _nll_loss(op, args, kwargs, donated):
+def _nll_loss(op, args, kwargs):
     x, rest = as_jet(args[0]), _constant_args(args)
     out = [None if c is None else op(c, *rest, **kwargs) for c in (x.v, x.t, x.a)]
     return (Jet(out[0][0], out[1][0] if out[1] else None, out[2][0] if out[2] else None),
@@ -684,11 +696,11 @@ def _nll_loss(op, args, kwargs, donated):
 
 
 @rule(aten._embedding_bag_forward_only.default, aten._embedding_bag.default)
-def _embedding_bag(op, args, kwargs, donated):
+def _embedding_bag(op, args, kwargs):
     weight, rest = as_jet(args[0]), _constant_args(args)
     mode = rest[3] if len(rest) > 3 else kwargs.get("mode", 0)
     if mode not in (0, 1):  # sum and mean are linear in the weight; max is not
-        return generic_rule(op, args, kwargs, donated)
+        return generic_rule(op, args, kwargs)
     out = [None if c is None else op(c, *rest, **kwargs) for c in (weight.v, weight.t, weight.a)]
     jet = Jet(out[0][0], out[1][0] if out[1] else None, out[2][0] if out[2] else None)
     return (jet, *out[0][1:])
@@ -735,7 +747,7 @@ def _normalise(x: Any, dims: list[int], eps: float) -> tuple[Jet, Jet, Jet]:
 
 
 @rule(aten.native_layer_norm.default)
-def _layer_norm(op, args, kwargs, donated):
+def _layer_norm(op, args, kwargs):
     x, normalized_shape, w, b, eps = args
     dims = list(range(value(x).dim() - len(normalized_shape), value(x).dim()))
     xn, mean, rstd = _normalise(x, dims, eps)
@@ -743,7 +755,7 @@ def _layer_norm(op, args, kwargs, donated):
 
 
 @rule(aten.native_group_norm.default)
-def _group_norm(op, args, kwargs, donated):
+def _group_norm(op, args, kwargs):
     x, w, b, n, c, hw, groups, eps = args
     grouped = apply(aten.view.default, x, [n, groups, -1])
     xn, mean, rstd = _normalise(grouped, [2], eps)
@@ -769,13 +781,13 @@ def _batch_norm_batch_stats(x, w, b, eps):
 
 
 @rule(aten._native_batch_norm_legit.no_stats)
-def _bn_no_stats(op, args, kwargs, donated):
+def _bn_no_stats(op, args, kwargs):
     x, w, b, training, momentum, eps = args
     return _batch_norm_batch_stats(x, w, b, eps)
 
 
 @rule(aten._native_batch_norm_legit_functional.default)
-def _bn_functional(op, args, kwargs, donated):
+def _bn_functional(op, args, kwargs):
     x, w, b, rm, rv, training, momentum, eps = args
     if not training:
         return _batch_norm_running_stats(x, w, b, rm, rv, eps) + (plain(rm), plain(rv))
@@ -783,13 +795,13 @@ def _bn_functional(op, args, kwargs, donated):
 
 
 @rule(aten._native_batch_norm_legit_no_training.default)
-def _bn_eval(op, args, kwargs, donated):
+def _bn_eval(op, args, kwargs):
     x, w, b, rm, rv, momentum, eps = args
     return _batch_norm_running_stats(x, w, b, rm, rv, eps)
 
 
 @rule(aten.native_batch_norm.default)
-def _bn(op, args, kwargs, donated):
+def _bn(op, args, kwargs):
     x, w, b, rm, rv, training, momentum, eps = args
     if training:
         if rm is not None or rv is not None:
@@ -833,7 +845,7 @@ def _window_max(x: Jet, op, args) -> Jet | None:
 
 
 @rule(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
-def _max_pool(op, args, kwargs, donated):
+def _max_pool(op, args, kwargs):
     x = as_jet(args[0])
     if FOR_COMPILER and op is aten.max_pool2d_with_indices.default and not kwargs:
         jet = _window_max(x, op, args)
@@ -856,7 +868,7 @@ def _max_pool(op, args, kwargs, donated):
 
 
 # ------------------------------------------------------------------ the generic rule
-def generic_rule(op, args, kwargs, donated):
+def generic_rule(op, args, kwargs):
     """Any op with forward-mode derivatives: the jet of ``s -> op(inputs(s))``, with each
     moving input ``x + s x' + s^2/2 x''``, by nested forward-mode AD of that op alone (four
     evaluations of the op). Outputs that are not floating point pass through."""
@@ -890,7 +902,7 @@ def generic_rule(op, args, kwargs, donated):
             _, out_a = torch.func.jvp(first, (s0,), (one,))
     except Exception as err:  # no forward-mode formula, or not differentiable
         raise TaylorUnsupported(f"no Taylor rule for {op} and no forward-mode derivative "
-                                f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+                                f"({one_line(err, with_type=True)})") from err
     return outputs(out_v, out_t, out_a)
 
 
