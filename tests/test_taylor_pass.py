@@ -192,6 +192,7 @@ def test_data_dependent_models_take_the_eager_jet(name):
     assert dd.path == "taylor" and not calls
 
 
+@pytest.mark.slow  # compiles for a minute on a 2-core CPU
 def test_the_eager_jet_matches_the_compiled_one_on_the_zoo_gpt():
     case = build("gpt", torch.float64)
     params = [p for group in case.param_groups for p in group["params"]]
@@ -260,6 +261,7 @@ def bf16():
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+@pytest.mark.slow  # compiles for a minute on a 2-core CPU
 def test_under_autocast_the_jet_runs_in_the_autocast_dtype():
     """The jet graph's products run in bf16 where the forward's do, its reductions of
     normalisation statistics in float32."""
@@ -280,6 +282,7 @@ def test_under_autocast_the_jet_runs_in_the_autocast_dtype():
     assert means and {n.meta["val"].dtype for n in means} == {torch.float32}
 
 
+@pytest.mark.slow  # compiles for a minute on a 2-core CPU
 def test_the_check_under_autocast_passes_within_the_precision():
     case, params, d = gpt_case()
     dd = DirectionalDerivatives(case.model, case.loss_fn, bf16)

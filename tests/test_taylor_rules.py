@@ -245,6 +245,7 @@ def test_float32_bilinear_rule_matches_exact_differences(op):
     assert_jet_matches(op, got, args, kwargs, h=1.0, tolerance=1e-4, points=5)
 
 
+@pytest.mark.slow  # compiles for a minute on a 2-core CPU
 def test_every_rule_compiled_in_one_graph():
     """Every sample's jet (the rules and the generic rule) traced with make_fx into one ATen
     graph of the three streams and compiled by inductor, as the Taylor pass compiles a
