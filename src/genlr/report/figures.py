@@ -56,8 +56,8 @@ def _legend(figure: Figure, ax, n: int) -> None:
             ax.legend(fontsize=7)
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    figure.tight_layout()
+def _save(figure: Figure, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    figure.tight_layout(rect=rect)
     figure.savefig(path, format="png")
     return path
 
@@ -186,10 +186,12 @@ def method_figure(groups: Sequence[Group], path: Path) -> Path | None:
     for ax in (axes[0], axes[3]):
         ax.set_yscale("log", nonpositive="mask")
     axes[2].set_yscale("symlog", linthresh=1e-3)
-    _legend(figure, axes[0], len(runs))
+    # below the panels: group names can be long, and six panels leave no room beside them
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", fontsize=7,
+                  frameon=False)
     figure.suptitle("the lr method's measurements over training (first seed of each group)",
                     fontsize=10)
-    return _save(figure, path)
+    return _save(figure, path, rect=(0, 0.025 * (len(runs) + 1), 1, 1))
 
 
 SENSITIVITY_KEY = "optimizer.lr"
