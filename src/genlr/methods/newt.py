@@ -340,9 +340,9 @@ class Newt(LRMethod):
         averaged over ranks. Newt reads the lookahead gradient only through its inner
         product with ``d``: a directional derivative, which a first-order jet gives in one
         forward pass with its tangent (compiled; three products a layer, no backward, no
-        tape) -- on the benchmark's CPU CNN a fifth less time than the forward and backward
-        it replaces. Checked once against the forward and backward; where the jet can't
-        (per-group slopes, a model without a Taylor pass) the forward and backward run."""
+        tape; its cost in docs/methods.md, "Cost"). Checked once against the forward and
+        backward; where the jet can't (per-group slopes, a model without a Taylor pass) the
+        forward and backward run."""
         if self._jet is not None and not self.per_group:
             try:
                 with torch.no_grad(), probe_mode(self.model) as probe, self.autocast():

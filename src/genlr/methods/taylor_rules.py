@@ -853,7 +853,7 @@ def _max_pool(op, args, kwargs):
             return jet, op(x.v, *_constant_args(args))[1]
     v = x.v
     if op is aten.max_pool2d_with_indices.default and v.device.type == "cpu" and v.dim() == 4:
-        # The CPU kernel is 2x faster on channels-last input (same values and indices).
+        # The CPU kernel is faster on channels-last input (same values and indices).
         v = v.contiguous(memory_format=torch.channels_last)
     v, idx = op(v, *_constant_args(args), **kwargs)
     v, idx = v.contiguous(), idx.contiguous()
