@@ -127,6 +127,15 @@ def test_line_search_window_error_is_the_spread_of_its_estimate():
     assert BAND_MARGIN == 2.0
 
 
+def test_line_search_window_leaves_out_a_probe_that_overflows_per_unit_lr():
+    """At an lr near the smallest float, ``lr**2`` underflows to 0 (a division by zero once,
+    found by the property test over ``optimizer.lr``): such a probe is no sample."""
+    window = LineSearchWindow(10)
+    window.add(0.5, 2.0, 1.1125369292536007e-308)
+    window.add(1e-4, 1e-6, 1e-3)
+    assert list(window.samples) == [(pytest.approx(0.1), pytest.approx(1.0))]
+
+
 def test_band_with_a_horizon_scale_anneals_by_the_scale_alone_at_stationarity():
     method = Scripted(stationary(0.0), rule="band", scale="cosine", total_steps=100)
     lrs = method.run(100)

@@ -48,7 +48,11 @@ class LineSearchWindow:
         self.samples: deque[tuple[float, float]] = deque(maxlen=size)
 
     def add(self, slope: float, curvature: float, lr: float) -> None:
-        self.samples.append((slope / lr, curvature / lr**2))
+        """One probe's measurement at ``lr`` (> 0); one that overflows per unit lr (an lr
+        near the smallest float) is left out."""
+        per_unit = (slope / lr, curvature / lr / lr)  # not lr**2, which underflows to 0
+        if finite(*per_unit):
+            self.samples.append(per_unit)
 
     def estimate(self) -> tuple[float, float]:
         """``(alpha*, standard error)``; NaN until ``MIN_PROBES`` probes, or when the mean
