@@ -24,6 +24,15 @@ settings.register_profile("full", max_examples=250, **_PROPERTY)
 settings.load_profile("fast")
 
 
+@pytest.fixture(autouse=True)
+def _taylor_pass_interpreted_unless_marked(request, monkeypatch):
+    """Compiling each small model's jet with inductor costs the default suite minutes on 2
+    cores: its tests run the Taylor pass interpreted (the same graph, checked the same way)
+    unless marked ``compiled``; the slow and GPU sets run as users do, compiled."""
+    if not any(request.node.get_closest_marker(m) for m in ("compiled", "slow", "gpu")):
+        monkeypatch.setattr("genlr.methods.taylor.COMPILE", False)
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (gzipped when the name ends in .gz)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

@@ -54,6 +54,7 @@ ZOO = [pytest.param(name, dtype, marks=[pytest.mark.slow] if name in SLOW
        for dtype in (torch.float64, torch.float32) for name in NAMES]
 
 
+@pytest.mark.compiled
 @pytest.mark.parametrize("name,dtype", ZOO)
 def test_taylor_pass_matches_the_reference_on_the_zoo(name, dtype, monkeypatch):
     # Compiling an unrolled recurrent network's jet takes a minute a graph on 2 cores: its

@@ -17,6 +17,8 @@ import genlr.methods.taylor as taylor
 from genlr.methods.curvature import DirectionalDerivatives
 from model_zoo import build
 
+pytestmark = pytest.mark.compiled  # the compiled pass is what these test
+
 aten = torch.ops.aten
 
 
