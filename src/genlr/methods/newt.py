@@ -27,7 +27,7 @@ import torch
 from genlr.methods.base import (LRMethod, as_float, check_linear_in_lr, check_positive_lr, dot,
                                finite, probe_mode)
 from genlr.methods.curvature import (
-    CHECK_TOLERANCE, LOW_PRECISION_ULPS, _BoundLoss, batch_fraction, original_module)
+    _BoundLoss, batch_fraction, original_module, result_tolerance)
 from genlr.methods.taylor import TaylorPass, TaylorUnsupported
 
 NOT_PSD_FACTOR = 1.0  # reference: a curvature that is not positive leaves the lr as it is
@@ -366,11 +366,7 @@ class Newt(LRMethod):
         if not finite(reference):  # nothing to learn here: check next time
             return True
         self._jet_checked = True
-        with self.autocast():
-            low = [torch.get_autocast_dtype(dev) for dev in ("cuda", "cpu")
-                   if torch.is_autocast_enabled(dev)]
-        tolerance = LOW_PRECISION_ULPS * torch.finfo(low[0]).eps if low else \
-            CHECK_TOLERANCE.get(params[0].dtype, 5e-2)
+        tolerance = result_tolerance(params[0].dtype, self.autocast)
         if abs(slope - reference) <= tolerance * max(abs(reference), 1e-30):
             return True
         self._jet = None
