@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         except NoRunsError as err:
             fail(str(err))
         print(f"gen-report: {len(board.entries)} row(s) on {len(board.workloads)} workload(s) -> "
-              f"{board.files[0]}, leaderboard.csv, performance_profile.png")
+              f"{board.files[0]}, " + ", ".join(p.name for p in board.files[1:]))
         return
     if args.synthetic:
         from genlr.report.trajectories import DEFAULT_STEPS, synthetic_figures

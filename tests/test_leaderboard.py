@@ -160,9 +160,34 @@ def test_files_and_the_command_line(suite, tmp_path, capsys):
     assert "tuning trials included, took 1m50s of wall time" in md  # 11 runs of 10 s
     assert "| wa | cosine | 2 | 1e-05 … 0.1 | 0.003 | 0.93 |" in md
     assert (tmp_path / "lb" / "performance_profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "lb").glob("lr_*.png"))  # no row whose lr a method sets
     rows = list(csv.DictReader(open(tmp_path / "lb" / "leaderboard.csv")))
     wb_c = next(r for r in rows if (r["workload"], r["row"]) == ("wb", "C"))
     assert wb_c["n_failures"] == "2" and wb_c["mean"] == "" and float(wb_c["rank"]) == 3
+
+
+def test_an_lr_figure_per_workload_of_the_rows_whose_lr_a_method_sets(tmp_path, monkeypatch):
+    plotted = {}
+
+    def lr_figure(groups, path, title=""):
+        plotted[path.name] = [g.name for g in groups]
+        path.write_bytes(b"png")
+        return path
+
+    monkeypatch.setattr("genlr.report.leaderboard.lr_figure", lr_figure)
+    for row, lrs in {"gen_exact": [1e-3, 3e-3], "cosine_tuned": [2e-3, 1e-3],
+                     "prodigy": [1.0, 1.0]}.items():
+        run = tmp_path / "suite" / "wa" / row / "seed0"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"task": {"name": "t"}, "optimizer": {"name": "adamw"}, "lr": {"name": row},
+             "seed": 0, "objective": "eval_acc", "workload": "wa"}))
+        (run / "summary.json").write_text(json.dumps(
+            {"status": "completed", "steps": 20, "final": {"eval_acc": 0.9}}))
+        write_events(run, [(10, 1, lrs[0]), (20, 2, lrs[1])], "train/lr")
+    board = write_leaderboard(tmp_path / "suite")
+    assert plotted == {"lr_wa.png": ["cosine_tuned", "gen_exact"]}  # the peer left out
+    assert "![lr over training, wa](lr_wa.png)" in (board.out / "leaderboard.md").read_text()
 
 
 def test_a_folder_that_is_not_a_suite_gets_one_line(tmp_path, capsys):

@@ -96,8 +96,9 @@ def curve_figure(groups: Sequence[Group], panels: Sequence[tuple[str, str]], x: 
     return _save(figure, path)
 
 
-def lr_figure(groups: Sequence[Group], path: Path) -> Path | None:
-    """``train/lr`` per group against step (mean, band over seeds), log scale."""
+def lr_figure(groups: Sequence[Group], path: Path, title: str = "") -> Path | None:
+    """``train/lr`` per group against step (mean, band over seeds), log scale; ``title``
+    prefixes the figure's title."""
     if not any(run.series("train/lr") for g in groups for run in g.runs):
         return None
     wide = len(groups) > 6
@@ -113,7 +114,7 @@ def lr_figure(groups: Sequence[Group], path: Path) -> Path | None:
     # Log even when a schedule reaches 0 at its end (that point is left out), so that one
     # method's spike does not flatten every other trace.
     ax.set_yscale("log", nonpositive="mask")
-    ax.set_title("learning rate (train/lr, param group 0)")
+    ax.set_title(f"{title}learning rate (train/lr, param group 0)")
     ax.set_xlabel("step")
     ax.set_ylabel("lr")
     ax.grid(alpha=0.3)

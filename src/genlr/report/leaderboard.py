@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from genlr.messages import duration
 
+from .figures import lr_figure
 from .groups import Group, Stat, Target, summarise, time_to_target
 from .runs import NoRunsError, RunRecord, load_runs
 from .tables import markdown_table
@@ -34,6 +35,11 @@ from .tables import markdown_table
 LEADERBOARD_DIRNAME = "leaderboard"
 TUNE_ROW = "tune"  # DIR/<workload>/tune/<baseline>/: the tuning sweeps
 TARGET_FRACTION = 0.99  # the target: 99% of the best mean accuracy (loss: the best / 0.99)
+# The rows of each workload's lr figure: gen-suite's rows whose lr an lr method sets (ours
+# and the authors' GeN) against the tuned baselines. The peers are left out: the lr they log
+# is a multiplier on their own adapted step, not a step size.
+LR_FIGURE_ROWS = ("cosine_tuned", "constant_tuned", "gen_exact", "gen_parabola", "newt",
+                  "gen_optim")
 
 
 @dataclass
@@ -354,6 +360,8 @@ def _markdown(board: Leaderboard, command: str) -> str:
                  _number(e.steps_to_target, ".0f"), _number(e.time_to_target_s, ".1f"),
                  _number(e.group.step_ms, ".1f"), _number(e.cost_ratio, ".2f")] for e in entries]
         lines.append(markdown_table(header, rows))
+        if board.out.joinpath(f"lr_{workload}.png") in board.files:
+            lines += ["", f"![lr over training, {workload}](lr_{workload}.png)"]
     if board.tuning:
         lines += ["", "## Tuning budget", "",
                   "Each tuned baseline: Optuna's TPE over `optimizer.lr`, log-uniform over the "
@@ -370,13 +378,19 @@ def _markdown(board: Leaderboard, command: str) -> str:
 def write_leaderboard(root: str | Path, out: str | Path | None = None,
                       command: str = "gen-report --leaderboard") -> Leaderboard:
     """Build the leaderboard of the suite folder ``root`` and write ``leaderboard.md``,
-    ``leaderboard.csv`` and ``performance_profile.png`` into ``out`` (default
-    ``<root>/leaderboard``)."""
+    ``leaderboard.csv``, ``performance_profile.png`` and each workload's ``lr_<workload>.png``
+    (``LR_FIGURE_ROWS``) into ``out`` (default ``<root>/leaderboard``)."""
     board = build_leaderboard(root, out)
     board.out.mkdir(parents=True, exist_ok=True)
     md = board.out / "leaderboard.md"
     board.files = [write_csv(board, board.out / "leaderboard.csv"),
                    profile_figure(board, board.out / "performance_profile.png")]
+    for workload in board.workloads:
+        groups = [board.entry(workload, row).group for row in LR_FIGURE_ROWS
+                  if board.entry(workload, row) is not None]
+        figure = lr_figure(groups, board.out / f"lr_{workload}.png", title=f"{workload}: ")
+        if figure is not None:
+            board.files.append(figure)
     md.write_text(_markdown(board, command), encoding="utf-8")
     board.files.insert(0, md)
     return board
