@@ -9,14 +9,17 @@ Two rules (docs/methods.md, "GeN on long noisy runs: the band"):
 * ``"line_search"``, the paper's: move the lr towards ``alpha* = s* lr``, the minimiser of
   the quadratic model of ``phi``, smoothed (``lr <- 0.9 lr + 0.1 alpha*``) and clamped.
 * ``"band"`` (default): hold the lr while the probes are consistent with it lying in
-  ``[alpha*, 2 alpha*]``, move only when they show it outside. Once the update noise
-  dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
+  ``[2(1-c) alpha*, 2 alpha*]``, move only when they show it outside. Once the update
+  noise dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
   ``E[phi(0) - phi(1)] = 0``, i.e. ``s* = 1/2`` at *every* stable lr, and the sharpness
   along the step adapts to the lr (Cohen et al., ICLR 2021; arXiv:2207.14484), so ``s*``
   no longer tells which lr is right, only that the run is stationary; the line search then
   halves the lr again and again (the short-horizon bias of a greedy step size, Wu et al.,
-  ICLR 2018). Below ``alpha*`` a larger lr is better even for one step; above ``2 alpha*``
-  the step raises the expected loss; in between, annealing is the horizon scale's job.
+  ICLR 2018). Above ``2 alpha*`` the step raises the expected loss; up to
+  ``2(1-c) alpha*`` it meets Armijo's sufficient decrease (a decrease of at least ``c``
+  times the linear model's, Armijo 1966; ``c = 0.1`` as in the stochastic Armijo line
+  search of Vaswani et al., NeurIPS 2019, which also takes the largest step that meets
+  it); in between, annealing is the horizon scale's job.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from genlr.methods.schedules import DECAYS
 
 #: the band moves the lr only when its estimate lies this many standard errors beyond an edge
 BAND_MARGIN = 2.0
+#: Armijo's sufficient-decrease constant: on the quadratic model the largest lr that meets
+#: it is ``2 (1 - ARMIJO_C) alpha*``, where the band's lr climbs to
+ARMIJO_C = 0.1
 
 
 class LineSearchWindow:
@@ -89,7 +95,7 @@ class GeNBase(LRMethod):
 
     Options (each variant's own are in its docstring):
         rule: "band" (hold the lr while the last ``window`` probes put it within
-            ``[alpha*, 2 alpha*]``; see the module docstring) or "line_search" (the paper's:
+            ``[1.8 alpha*, 2 alpha*]``; see the module docstring) or "line_search" (the paper's:
             towards ``alpha*`` with ``smoothing``).
         window: probes averaged by the band (the ratio of their mean slope and curvature).
         every: probe every this many steps (lazy GeN).
@@ -292,16 +298,17 @@ class GeNBase(LRMethod):
     def band_factor(self) -> tuple[float, bool]:
         """``(factor, fallback)`` of the band rule. With ``alpha*`` the window's line search
         and a margin of ``BAND_MARGIN`` standard errors around it: when even the lowest
-        ``alpha*`` the probes allow is above the unscaled lr, that lr rises to it; when even
-        twice the highest is below the lr (the step raises the loss), the lr falls into the
-        band; else it holds. Warming up (fewer than ``LineSearchWindow.MIN_PROBES`` probes)
-        it holds."""
+        ``alpha*`` the probes allow puts the Armijo step ``2 (1 - ARMIJO_C) alpha*`` above
+        the unscaled lr, that lr rises to it; when even twice the highest is below the lr
+        (the step raises the loss), the lr falls into the band; else it holds. Warming up
+        (fewer than ``LineSearchWindow.MIN_PROBES`` probes) it holds."""
         alpha, error = self.window.estimate()
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
-        if low > self.base_lr():
-            return self.clamped(low / self.base_lr()), False
+        armijo = 2.0 * (1.0 - ARMIJO_C) * low
+        if armijo > self.base_lr():
+            return self.clamped(armijo / self.base_lr()), False
         # Down to the band's middle, sqrt(2) alpha*: at its top edge a step along d would
         # not lower a quadratic at all.
         if 2.0 * high < self.last_lr:
