@@ -8,7 +8,10 @@
 #      float32 and under bf16 autocast, ResNet-18 at batch 256;
 #   4. with GPU_CHECK_TRAIN=1 (or --train): gen-train workload=charlm_gpt size=gpu
 #      trainer.amp=bf16, lr=gen_exact against lr=cosine, GPU_CHECK_STEPS steps each (default
-#      1000): the mean step time of each from summary.json.
+#      1000): the mean step time of each from summary.json;
+#   5. GPU_CHECK_PARTS="5": issue 20's runs, gen-train workload=charlm_gpt size=gpu
+#      trainer.amp=bf16 (4000 steps) with cosine, gen_exact and gen_parabola at their
+#      defaults, seed 0: the final eval loss of each (about 4 minutes each on an H200).
 #
 #   bash scripts/gpu_check.sh [--train] [RESULTS]  # default: $OUT/gpu_check.txt if $OUT is set
 #   bash scripts/gpu_check.sh --wheels      # here, once: hydra-core, omegaconf, antlr4 as wheels in .whl/
@@ -126,6 +129,19 @@ if [ -n "$cuda" ]; then
       trainer.max_steps=$STEPS trainer.eval_every=$STEPS trainer.plots=false trainer.progress=false \
       hydra.run.dir="$dir" >/dev/null 2>&1
     $PY -c "import json, sys; s = json.load(open(sys.argv[1] + '/summary.json')); t = s['step_time_ms']; print(f\"{sys.argv[2]:10s} {s['status']:10s} steps {s['steps']} step ms mean {t['mean']:.2f} median {t['median']:.2f} p90 {t['p90']:.2f} final loss {s['final']['train_loss']:.4f} paths {s.get('curvature_paths')}\")" "$dir" "$lr" 2>&1 | tee -a "$RESULTS"
+  done
+else
+  log "no CUDA device: skipped"
+fi
+fi
+if part 5; then
+log "## 5. gen-train workload=charlm_gpt size=gpu trainer.amp=bf16: GeN against cosine, whole runs"
+if [ -n "$cuda" ]; then
+  for lr in cosine gen_exact gen_parabola; do
+    dir=$(mktemp -d)
+    timeout 420 $PY -m gen_cli.train workload=charlm_gpt size=gpu trainer.amp=bf16 lr=$lr \
+      trainer.plots=false trainer.progress=false hydra.run.dir="$dir" >/dev/null 2>&1
+    $PY -c "import json, sys; s = json.load(open(sys.argv[1] + '/summary.json')); print(f\"{sys.argv[2]:12s} {s['status']:10s} steps {s['steps']} final eval loss {s['final'].get('eval_loss', float('nan')):.4f} wall {s['wall_time_s']:.0f} s\")" "$dir" "$lr" 2>&1 | tee -a "$RESULTS"
   done
 else
   log "no CUDA device: skipped"
