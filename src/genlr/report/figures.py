@@ -11,6 +11,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
+from genlr.methods.gen_base import ARMIJO_C
+
 from .groups import Group, group_name, varying_keys
 
 CURVES = {  # file stem -> (title, [(tag, panel title)])
@@ -142,6 +144,10 @@ def _rolling_median(points: list[tuple[int, float]], width: int = 25) -> tuple[l
     return xs, ys
 
 
+# The band [2(1-c) alpha*, 2 alpha*] in units of s* = alpha*/lr (genlr.methods.gen_base).
+BAND_EDGES_S_STAR = (0.5, 1.0 / (2.0 * (1.0 - ARMIJO_C)))
+
+
 def method_figure(groups: Sequence[Group], path: Path) -> Path | None:
     """What a GeN (or Newt) run measured over training, one line per group (its first
     run): the lr against the band's line search, ``s*`` with the band's edges, slope and
@@ -173,11 +179,12 @@ def method_figure(groups: Sequence[Group], path: Path) -> Path | None:
             axes[4].plot(xs, share, color=color)
         if scale := run.series("method/scale"):
             axes[5].plot([s for s, _, _ in scale], [v for _, _, v in scale], color=color)
-    for edge in (0.5, 1.0):
+    for edge in BAND_EDGES_S_STAR:
         axes[1].axhline(edge, color="grey", linewidth=0.8, linestyle="--")
     axes[1].set_ylim(-0.5, 4.0)
     titles = ["lr (solid) and the band's window line search (dotted)",
-              "s* of the probes (rolling median of 25); band edges 1/2, 1",
+              "s* of the probes (rolling median of 25); dashed: the band's edges, "
+              "1/2 and 1/(2(1-c))",
               "slope / lr (rolling median)", "curvature / lr^2 (rolling median)",
               "share of probes without a usable measurement", "horizon scale"]
     for ax, title in zip(axes, titles):
