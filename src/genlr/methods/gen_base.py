@@ -300,8 +300,8 @@ class GeNBase(LRMethod):
         and a margin of ``BAND_MARGIN`` standard errors around it: when even the lowest
         ``alpha*`` the probes allow puts the Armijo step ``2 (1 - ARMIJO_C) alpha*`` above
         the unscaled lr, that lr rises to it; when even twice the highest is below the lr
-        (the step raises the loss), the lr falls into the band; else it holds. Warming up
-        (fewer than ``LineSearchWindow.MIN_PROBES`` probes) it holds."""
+        (the step raises the loss), the lr falls to ``sqrt(2)`` times the highest; else it
+        holds. Warming up (fewer than ``LineSearchWindow.MIN_PROBES`` probes) it holds."""
         alpha, error = self.window.estimate()
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
@@ -309,8 +309,9 @@ class GeNBase(LRMethod):
         armijo = 2.0 * (1.0 - ARMIJO_C) * low
         if armijo > self.base_lr():
             return self.clamped(armijo / self.base_lr()), False
-        # Down to the band's middle, sqrt(2) alpha*: at its top edge a step along d would
-        # not lower a quadratic at all.
+        # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
+        # a step along d would not lower a quadratic at all; from there it climbs back to the
+        # Armijo step only on evidence.
         if 2.0 * high < self.last_lr:
             return self.clamped(max(math.sqrt(2.0) * high / self.last_lr, 0.0)), False
         return 1.0, False
