@@ -318,12 +318,12 @@ def check_values(cfg: DictConfig, table: Table) -> None:
             given = OmegaConf.to_container(node, resolve=True)
             check_options(group, name, table[group][name], {k: v for k, v in given.items() if k != "name"})
             OmegaConf.merge(OmegaConf.structured(schema_of(group, name, table[group][name])), given)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        except OmegaConfBaseException as err:
+        except OmegaConfBaseException as err:  # first: some are ValueErrors too
             key = err.full_key or ""
             key = key if key.startswith(f"{group}.") else f"{group}.{key}".rstrip(".")
             raise UsageError(f"{key}: {one_line(err)}") from None
+        except ValueError as err:  # check_options' refusals, already one line
+            raise UsageError(str(err)) from None
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UsageError(f"seed={seed!r}: the seed must be an integer")

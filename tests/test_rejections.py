@@ -142,6 +142,7 @@ TABLE: list[tuple[list[str], str]] = [
     ([f"hydra.run.dir={{tmp}}/{LONG_NAME}/run"], "is 300 bytes long; the file system takes at most"),
     (["-m", f"hydra.sweep.subdir={LONG_NAME}"], "hydra.sweep.subdir"),
     (["hydra.job.chdir=${{oops}}"], "hydra.job.chdir"),
+    (["optimizer.lr=${{now:}}"], "optimizer.lr: TypeError raised while resolving interpolation"),
     (["hydra.foo=1"], "hydra.foo: no such setting"),
     (["lr=constant,cosine"], "'lr=constant,cosine' sweeps over several values: add -m"),
     (["-m", "lr=constant,nope"], "unknown lr 'nope'"),
