@@ -386,8 +386,7 @@ def write_leaderboard(root: str | Path, out: str | Path | None = None,
     board.files = [write_csv(board, board.out / "leaderboard.csv"),
                    profile_figure(board, board.out / "performance_profile.png")]
     for workload in board.workloads:
-        groups = [board.entry(workload, row).group for row in LR_FIGURE_ROWS
-                  if board.entry(workload, row) is not None]
+        groups = [e.group for row in LR_FIGURE_ROWS if (e := board.entry(workload, row))]
         figure = lr_figure(groups, board.out / f"lr_{workload}.png", title=f"{workload}: ")
         if figure is not None:
             board.files.append(figure)
