@@ -2,8 +2,10 @@
 
 The default corpus is the running Python's own standard-library sources (the ``.py`` files
 at the top of its ``stdlib`` folder, in name order): real text, tens of megabytes on any
-machine, no download. Results are comparable between machines with the same Python version;
-any other UTF-8 text comes in through ``path``.
+machine, no download; ``corpus="python_docs"`` takes English prose instead, the Python
+reference manual that ``pydoc`` shows (``pydoc_data.topics``, also in every Python).
+Results are comparable between machines with the same Python version; any other UTF-8
+text comes in through ``path``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import codecs
 import math
 import sysconfig
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,13 @@ def stdlib_text(max_chars: int) -> str:
         raise DatasetNotFoundError(f"task charlm: no Python sources in {folder}; give a text "
                                    f"file with task.path=FILE")
     return "".join(parts)[:max_chars]
+
+
+def python_docs_text(max_chars: int) -> str:
+    """The first ``max_chars`` characters of the reference manual's topics, by name."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))[:max_chars]
 
 
 def read_text(path: str, max_chars: int) -> str:
@@ -70,7 +79,9 @@ class CharLM(Task):
     evaluation reports it, bits per character (``bpc``) and next-character accuracy.
 
     Options:
-        path: a UTF-8 text file (``None``: the standard-library sources of this Python).
+        corpus: the text without ``path``: "stdlib" (this Python's standard-library
+            sources) or "python_docs" (its reference manual's prose, 465k characters).
+        path: a UTF-8 text file instead of ``corpus``.
         max_chars: characters of the text used (the first ones).
         block_size: context length of the model.
         eval_fraction: share of the text held out for evaluation.
@@ -81,7 +92,8 @@ class CharLM(Task):
     tokens = True
     default_model = "gpt"
 
-    def __init__(self, *, path: Optional[str] = None, max_chars: int = 2_000_000,
+    def __init__(self, *, corpus: Literal["stdlib", "python_docs"] = "stdlib",
+                 path: Optional[str] = None, max_chars: int = 2_000_000,
                  block_size: int = 64, eval_fraction: float = 0.1) -> None:
         if max_chars < 1:
             raise ValueError(f"max_chars must be positive, got {max_chars}")
@@ -89,9 +101,13 @@ class CharLM(Task):
             raise ValueError(f"block_size must be positive, got {block_size}")
         if not 0.0 < eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        if path is not None and corpus != "stdlib":
+            raise ValueError(f"task.corpus={corpus}: read only without task.path (the text "
+                             f"is {path})")
         if path is not None and not Path(path).is_file():
             raise DatasetNotFoundError(f"task charlm: task.path={path} is not a file")
-        self.path, self.max_chars, self.block_size = path, max_chars, block_size
+        self.corpus, self.path, self.max_chars = corpus, path, max_chars
+        self.block_size = block_size
         self.eval_fraction = eval_fraction
         self.input_shape = (block_size,)
         self._chars: list[str] | None = None
@@ -101,7 +117,7 @@ class CharLM(Task):
     # ---------------------------------------------------------------------- the text
     def _text(self) -> str:
         if self.path is None:
-            return stdlib_text(self.max_chars)
+            return (stdlib_text if self.corpus == "stdlib" else python_docs_text)(self.max_chars)
         return read_text(self.path, self.max_chars)
 
     def prepare_data(self) -> None:
