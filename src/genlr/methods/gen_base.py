@@ -1,25 +1,37 @@
 """What both GeN variants share (Bu & Xu, "Gradient descent with generalized Newton's
-method", ICLR 2025, arXiv:2407.02772): lazy probing, the probe batch, the optimizer step
+method", ICLR 2025, arXiv:2407.02772): when to probe, the probe batch, the optimizer step
 taken once, the rule that turns measurements of ``phi(s) = L(theta - s*d)`` into the next
 learning rate, and the horizon-aware scale. ``ExactGeN`` and ``ParabolaGeN`` differ only in
 how they measure ``phi`` (``GeNBase.estimate``).
 
-Two rules (docs/methods.md, "GeN on long noisy runs: the band"):
+Two rules (docs/methods.md, "GeN's rule: search, band, net"):
 
-* ``"line_search"``, the paper's: move the lr towards ``alpha* = s* lr``, the minimiser of
-  the quadratic model of ``phi``, smoothed (``lr <- 0.9 lr + 0.1 alpha*``) and clamped.
-* ``"band"`` (default): hold the lr while the probes are consistent with it lying in
-  ``[2(1-c) alpha*, 2 alpha*]``, move only when they show it outside. Once the update
-  noise dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
-  ``E[phi(0) - phi(1)] = 0``, i.e. ``s* = 1/2`` at *every* stable lr, and the sharpness
-  along the step adapts to the lr (Cohen et al., ICLR 2021; arXiv:2207.14484), so ``s*``
-  no longer tells which lr is right, only that the run is stationary; the line search then
-  halves the lr again and again (the short-horizon bias of a greedy step size, Wu et al.,
-  ICLR 2018). Above ``2 alpha*`` the step raises the expected loss; up to
-  ``2(1-c) alpha*`` it meets Armijo's sufficient decrease (a decrease of at least ``c``
-  times the linear model's, Armijo 1966; ``c = 0.1`` as in the stochastic Armijo line
-  search of Vaswani et al., NeurIPS 2019, which also takes the largest step that meets
-  it); in between, annealing is the horizon scale's job.
+* ``"line_search"``, the paper's: every ``every`` steps, move the lr towards
+  ``alpha* = s* lr``, the minimiser of the quadratic model of ``phi``, smoothed
+  (``lr <- 0.9 lr + 0.1 alpha*``), ``alpha*`` clamped to within ``max_factor`` of the lr.
+* ``"band"`` (default), in three parts:
+
+  - *search*: the initial lr is nobody's evidence, so from the first probe the lr moves on
+    the point estimate of ``alpha*`` (probing every step), up to the Armijo step or down
+    below the edge, until the estimate puts the lr in the band or the move reverses;
+  - *band*: then it holds the lr while the probes are consistent with it lying in
+    ``[2(1-c) alpha*, 2 alpha*]`` and moves only when they show it outside. Once the update
+    noise dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
+    ``E[phi(0) - phi(1)] = 0``, i.e. ``s* = 1/2`` at *every* stable lr, and the sharpness
+    along the step adapts to the lr (Cohen et al., ICLR 2021; arXiv:2207.14484), so ``s*``
+    no longer tells which lr is right, only that the run is stationary; the line search
+    then halves the lr again and again (the short-horizon bias of a greedy step size, Wu et
+    al., ICLR 2018). Above ``2 alpha*`` the step raises the expected loss; up to
+    ``2(1-c) alpha*`` it meets Armijo's sufficient decrease (a decrease of at least ``c``
+    times the linear model's, Armijo 1966; ``c = 0.1`` as in the stochastic Armijo line
+    search of Vaswani et al., NeurIPS 2019, which also takes the largest step that meets
+    it); in between, annealing is the horizon scale's job. Probing is lazy where the lr
+    holds: the gap between probes doubles up to ``every`` and falls back to one step after
+    any move, so that a raised lr is checked at the next step;
+  - *net*: a probe whose step raised the loss by more than ``NET_MARGIN`` times the
+    window's typical change along the step is answered at once, as a backtracking line
+    search answers a failed Armijo test: the lr falls below that probe's own edge, the
+    window starts again from it, and the search resumes downwards.
 """
 
 from __future__ import annotations
@@ -30,7 +42,8 @@ from typing import Any, Optional
 
 import torch
 
-from genlr.methods.base import LRMethod, check_linear_in_lr, check_positive_lr, finite
+from genlr.methods.base import (LRMethod, as_float, check_linear_in_lr, check_positive_lr,
+                               finite)
 from genlr.methods.schedules import DECAYS
 
 #: the band moves the lr only when its estimate lies this many standard errors beyond an edge
@@ -38,6 +51,14 @@ BAND_MARGIN = 2.0
 #: Armijo's sufficient-decrease constant: on the quadratic model the largest lr that meets
 #: it is ``2 (1 - ARMIJO_C) alpha*``, where the band's lr climbs to
 ARMIJO_C = 0.1
+#: the net answers a probe whose step raised the loss by more than this many times the
+#: root mean square of the changes the window's probes predict for a step at the same lr
+NET_MARGIN = 4.0
+#: a training loss that rose by more than this many times the root mean square of its
+#: recent step-to-step changes is a spike: the step is probed, and a rise there is netted
+SPIKE_MARGIN = 6.0
+#: the search ends once a move against the last has narrowed its reach below this factor
+SEARCH_END = 1.1
 
 
 class LineSearchWindow:
@@ -60,32 +81,72 @@ class LineSearchWindow:
         if finite(*per_unit):
             self.samples.append(per_unit)
 
-    def estimate(self) -> tuple[float, float]:
-        """``(alpha*, standard error)``; NaN until ``MIN_PROBES`` probes, or when the mean
-        curvature is not positive."""
+    def estimate(self, min_probes: int = MIN_PROBES) -> tuple[float, float]:
+        """``(alpha*, standard error)``; NaN with fewer than ``min_probes`` probes or when
+        the mean curvature is not positive; the error NaN with a single probe."""
         n = len(self.samples)
-        if n < self.MIN_PROBES:
+        if n < max(min_probes, 1):
             return math.nan, math.nan
         xs, ys = zip(*self.samples)
         mx, my = sum(xs) / n, sum(ys) / n
         if not my > 0:
             return math.nan, math.nan
         alpha = mx / my
+        if n == 1:
+            return alpha, math.nan
         # Var(mx/my) ~ Var(x - alpha*y) / (n my^2)
         residual = sum((x - alpha * y) ** 2 for x, y in self.samples) / (n - 1)
         return alpha, math.sqrt(residual / n) / my
+
+    def concave(self) -> bool:
+        """Whether the mean model of the window descends along the step (mean slope > 0)
+        without curvature to stop it (mean curvature <= 0): a longer step lowers it more."""
+        n = len(self.samples)
+        return n > 0 and sum(x for x, _ in self.samples) > 0 >= sum(y for _, y in self.samples)
+
+    def typical_change(self, lr: float) -> float:
+        """The root mean square of ``phi(1) - phi(0)`` that the window's probes predict for a
+        step at ``lr``; NaN until ``MIN_PROBES`` probes."""
+        if len(self.samples) < self.MIN_PROBES:
+            return math.nan
+        changes = [-x * lr + 0.5 * y * lr * lr for x, y in self.samples]
+        return math.sqrt(sum(c * c for c in changes) / len(changes))
+
+
+class LossWatch:
+    """Spikes of the training loss: a step-to-step rise beyond ``SPIKE_MARGIN`` times the
+    root mean square of the recent changes (an exponential average over about ten steps,
+    after ``WARMUP`` of them), which a noisy loss crosses rarely and a diverging one at
+    once."""
+
+    DECAY, WARMUP = 0.9, 4
+
+    def __init__(self, last: float = math.nan, mean_square: float = 0.0, seen: int = 0) -> None:
+        self.last, self.mean_square, self.seen = last, mean_square, seen
+
+    def spiked(self, loss: float) -> bool:
+        change, self.last = loss - self.last, loss
+        if not finite(change):
+            return False
+        spike = self.seen >= self.WARMUP and change > SPIKE_MARGIN * math.sqrt(self.mean_square)
+        self.mean_square = self.DECAY * self.mean_square + (1.0 - self.DECAY) * change * change
+        self.seen += 1
+        return spike
+
+    def state(self) -> tuple[float, float, int]:
+        return self.last, self.mean_square, self.seen
 
 
 class GeNBase(LRMethod):
     """What both GeN variants share, on top of the ``LRMethod`` contract.
 
-    Every ``every``-th step (the first included) is a *probe step*: the optimizer steps
-    once, ``d`` is read off the parameters, ``phi(s) = L(theta - s d)`` is measured on the
-    probe batch (``estimate``), the rule gives a factor, and the parameters are placed at
-    ``theta - factor d`` with every group's lr times ``factor``. Other steps are plain
-    optimizer steps. With a horizon ``scale``, the optimizer's lr is the GeN lr times the
-    scale, and the rule moves the GeN lr. A step the GradScaler skipped changes neither
-    parameters nor lr; a measurement that is not finite never reaches the lr.
+    A *probe step* (the first step, then as the rule asks: see ``every``) goes: the
+    optimizer steps once, ``d`` is read off the parameters, ``phi(s) = L(theta - s d)`` is
+    measured on the probe batch (``estimate``), the rule gives a factor, and the parameters
+    are placed at ``theta - factor d`` with every group's lr times ``factor``. Other steps
+    are plain optimizer steps. With a horizon ``scale``, the optimizer's lr is the GeN lr
+    times the scale, and the rule moves the GeN lr. A step the GradScaler skipped changes
+    neither parameters nor lr; a measurement that is not finite never reaches the lr.
 
     Subclasses implement ``estimate(params, d, batch, same, loss)`` which, starting and
     ending at ``theta - d`` (the optimizer's step), measures ``phi`` on ``batch`` (the
@@ -94,21 +155,22 @@ class GeNBase(LRMethod):
     (``phi''(0)``), ``model(s)`` is the quadratic model of ``phi(s) - phi(0)``.
 
     Options (each variant's own are in its docstring):
-        rule: "band" (hold the lr while the last ``window`` probes put it within
-            ``[1.8 alpha*, 2 alpha*]``; see the module docstring) or "line_search" (the paper's:
-            towards ``alpha*`` with ``smoothing``).
+        rule: "band" (search from the initial lr, then hold the lr while the last
+            ``window`` probes put it within ``[1.8 alpha*, 2 alpha*]``, with a net against
+            divergence; see the module docstring) or "line_search" (the paper's: towards
+            ``alpha*`` with ``smoothing`` every ``every`` steps).
         window: probes averaged by the band (the ratio of their mean slope and curvature).
-        every: probe every this many steps (lazy GeN).
+        every: with "line_search", probe every this many steps (lazy GeN); with "band",
+            the largest gap between probes while the lr holds.
         smoothing: the line search's ``lr <- smoothing*lr + (1-smoothing)*alpha*``.
-        max_factor: the lr changes by at most this factor per probe (``None``: no clamp).
+        max_factor: the lr rises by at most this factor per probe (``None``: no clamp);
+            the line search's ``alpha*`` is clamped to within it of the lr, the band's
+            falls are limited by it except the net's.
         probe: "next": measure on a batch the optimizer has not stepped on (the
             ``probe_batch`` given to ``step``, else the previous step's batch); "same": on
             the training batch, whose own noise makes ``s*`` too large (docs/methods.md).
         scale: horizon-aware factor on the GeN lr: "constant", "linear" (``1 - t/T``) or
             "cosine" (``(1 + cos(pi t/T)) / 2``); needs ``total_steps``.
-        settle: what the first probe's ``alpha*`` may do outright (no smoothing, window or
-            clamp): "down" lower the lr, so that a start too high can't wreck the model;
-            "any" also raise it; "off" nothing.
         lr_min, lr_max: bounds on group 0's GeN lr (``None``: no upper bound).
         fallback, shrink: with no usable measurement "keep" the lr or "shrink" it by
             ``shrink``.
@@ -124,7 +186,7 @@ class GeNBase(LRMethod):
     def __init__(self, optimizer, model=None, loss_fn=None, *, rule: str, window: int,
                  lr_min: float, lr_max: Optional[float], every: int, smoothing: float,
                  max_factor: Optional[float], fallback: str, shrink: float, probe: str,
-                 scale: str, settle: str, **common) -> None:
+                 scale: str, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_linear_in_lr(optimizer, type(self).__name__)
         check_positive_lr(optimizer, type(self).__name__)
@@ -146,8 +208,17 @@ class GeNBase(LRMethod):
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
-        self.settle = settle
-        self.settled = False  # whether the first accepted s* has been seen
+        # The band's state: searching, which way the search last moved (+1 up, -1 down, 0
+        # not yet), how far it may move per probe, the probes at its current lr; and the gap
+        # from the last probe step to the next.
+        self.searching, self.direction = rule == "band", 0
+        self.reach = max_factor if max_factor is not None else math.inf
+        self.trial = LineSearchWindow(window)
+        self.gap, self.last_probe = (1 if rule == "band" else every), -math.inf
+        # The training loss's last value and the mean square of its recent step-to-step
+        # changes (an exponential average over about ten steps), for the band's spikes.
+        self.loss_watch = LossWatch()
+        self.spiked = False
         # The unscaled (GeN) learning rates; the optimizer holds them times the horizon scale.
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         self._probe_batch: Any = None
@@ -176,7 +247,12 @@ class GeNBase(LRMethod):
                 group["lr"] = base * sigma
 
     def probe_due(self) -> bool:
-        return self.step_count % self.every == 0
+        return self.spiked or self.step_count >= self.last_probe + self.gap
+
+    def checking(self) -> bool:
+        """Whether this probe tries an lr the band has just moved to, or searches: then its
+        measurement must come before the step is taken (``ParabolaGeN``'s ``defer`` waits)."""
+        return self.rule == "band" and (self.searching or self.gap == 1 or self.spiked)
 
     @property
     def wants_probe_batch(self) -> bool:
@@ -202,6 +278,8 @@ class GeNBase(LRMethod):
         self._apply_scale()
         before = self.lrs
         self._probe_batch = probe_batch
+        if self.rule == "band" and loss is not None:
+            self.spiked = self.loss_watch.spiked(self.batch_mean(as_float(loss)))
         updates = self.updates
         try:
             self._probe_and_step(batch, loss)
@@ -237,6 +315,7 @@ class GeNBase(LRMethod):
             self.diagnostics = ({**self.diagnostics, "skipped": 1.0} if fitted else
                                 {"probed": 0.0, "skipped": 1.0, "accepted": 0.0, "fallback": 0.0})
             return
+        self.last_probe = self.step_count
         params, d = captured
         probe_batch, same = self.probe_source(batch)
         estimate = self.estimate(params, d, probe_batch, same, loss)
@@ -258,24 +337,25 @@ class GeNBase(LRMethod):
     def adopt(self, s_star: float | None, diag: dict[str, float]) -> float:
         """The factor on the current lr from this probe's ``s*`` (None: unusable) and its
         ``slope`` and ``curvature`` (in ``diag``, per the step at the current lr); sets the
-        diagnostics."""
+        diagnostics and, with the band, when the next probe is due."""
         lr = self.last_lr
         measured = finite(diag.get("slope", math.nan), diag.get("curvature", math.nan))
-        if self.rule == "band" and measured and lr > 0:
-            self.window.add(diag["slope"], diag["curvature"], lr)
         usable = s_star is not None and finite(s_star) and s_star > 0
-        outright = usable and self.settling() and (
-            self.settle == "any" or s_star * self.horizon_scale() < 1.0)
-        self.settled |= usable
-        if outright:
-            factor, fallback = s_star * self.horizon_scale(), False
-        elif self.rule == "line_search":
+        net = False
+        if self.rule == "line_search":
             factor, fallback = self.line_search_factor(s_star if usable else None)
+        elif measured and lr > 0:
+            slope, curvature = diag["slope"], diag["curvature"]
+            net = self.net_catches(slope, curvature, lr)
+            factor, fallback = (self.net_factor(s_star if usable else None) if net
+                                else self.band_factor(slope, curvature, lr))
         else:
-            factor, fallback = self.band_factor() if measured else (None, True)
+            factor, fallback = 1.0, True
         if fallback:
             factor = 1.0 if self.fallback == "keep" else self.shrink
         factor = self.bounded(factor)
+        if self.rule == "band":  # lazy only while the lr holds
+            self.gap = 1 if self.searching or factor != 1.0 else min(2 * self.gap, self.every)
         alpha, error = self.window.estimate() if self.rule == "band" else (math.nan, math.nan)
         self.diagnostics = {
             **diag, "probed": 1.0, "skipped": 0.0,
@@ -283,38 +363,96 @@ class GeNBase(LRMethod):
             "s_star": float(s_star) if s_star is not None else math.nan,
             "window_alpha": alpha, "window_error": error,
             "factor": factor, "accepted": float(usable if self.rule == "line_search" else measured),
-            "fallback": float(fallback),
+            "fallback": float(fallback), "searching": float(self.searching), "net": float(net),
         }
         return factor
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
-        """The paper's rule: ``lr <- smoothing*lr + (1-smoothing)*alpha*``, ``alpha*`` scaled by
-        the horizon, clamped by ``max_factor``; ``(factor, fallback)``."""
+        """The paper's rule: ``lr <- smoothing*lr + (1-smoothing)*alpha*``, ``alpha*`` scaled
+        by the horizon and clamped to within ``max_factor`` of the lr; ``(factor, fallback)``."""
         if s_star is None:
             return 1.0, True
-        factor = self.smoothing + (1.0 - self.smoothing) * s_star * self.horizon_scale()
-        return self.clamped(factor), False
+        return self.smoothing + (1.0 - self.smoothing) * self.clamped(s_star * self.horizon_scale()), False
 
-    def band_factor(self) -> tuple[float, bool]:
-        """``(factor, fallback)`` of the band rule. With ``alpha*`` the window's line search
-        and a margin of ``BAND_MARGIN`` standard errors around it: when even the lowest
-        ``alpha*`` the probes allow puts the Armijo step ``2 (1 - ARMIJO_C) alpha*`` above
-        the unscaled lr, that lr rises to it; when even twice the highest is below the lr
-        (the step raises the loss), the lr falls to ``sqrt(2)`` times the highest; else it
-        holds. Warming up (fewer than ``LineSearchWindow.MIN_PROBES`` probes) it holds."""
+    def net_catches(self, slope: float, curvature: float, lr: float) -> bool:
+        """Whether this probe's step raised the loss (``phi(1) > phi(0)`` on its quadratic
+        model) by more than ``NET_MARGIN`` times the window's typical change at this lr,
+        or at all after a spike of the training loss; never while searching (the search
+        moves on every probe)."""
+        rise = -slope + 0.5 * curvature
+        return (not self.searching and rise > 0 and
+                (self.spiked or rise > NET_MARGIN * self.window.typical_change(lr)))
+
+    def net_factor(self, s_star: float | None) -> tuple[float, bool]:
+        """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone (a quarter of
+        the lr where its slope is uphill), the window emptied (its probes measured another
+        place), the search resumed downwards; ``(factor, fallback)``."""
+        self.window.samples.clear()
+        self.trial.samples.clear()
+        self.searching, self.direction = True, -1
+        self.reach = self.max_factor if self.max_factor is not None else math.inf
+        return (math.sqrt(2.0) * s_star if s_star is not None else 0.25), False
+
+    def band_factor(self, slope: float, curvature: float, lr: float) -> tuple[float, bool]:
+        """``(factor, fallback)`` of the band rule, this probe added to the window: the
+        search's while it lasts, then the band's.
+
+        Holding, with a margin of ``BAND_MARGIN`` standard errors around the window's
+        ``alpha*``: when even the lowest ``alpha*`` the probes allow puts the Armijo step
+        ``2 (1 - ARMIJO_C) alpha*`` above the unscaled lr, that lr rises to it (by
+        ``max_factor`` at most); when even twice the highest is below the lr (the step
+        raises the loss), the lr falls to ``sqrt(2)`` times the highest (by ``max_factor``
+        at most); where the window's mean model is concave along the step
+        (``LineSearchWindow.concave``) it rises by ``max_factor``; else it holds."""
+        self.window.add(slope, curvature, lr)
+        if self.searching:
+            return self.search_factor(slope, curvature, lr), False
+        # a rise needs this probe's own line search above the lr too (or no curvature)
+        agrees = slope > 0 and (curvature <= 0 or
+                                2.0 * (1.0 - ARMIJO_C) * slope * lr > curvature * self.base_lr())
         alpha, error = self.window.estimate()
+        if self.window.concave() and len(self.window.samples) >= LineSearchWindow.MIN_PROBES:
+            return (self.clamped(math.inf) if agrees else 1.0), False
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
         armijo = 2.0 * (1.0 - ARMIJO_C) * low
         if armijo > self.base_lr():
-            return self.clamped(armijo / self.base_lr()), False
+            return (self.clamped(armijo / self.base_lr()) if agrees else 1.0), False
         # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
         # a step along d would not lower a quadratic at all; from there it climbs back to the
         # Armijo step only on evidence.
-        if 2.0 * high < self.last_lr:
-            return self.clamped(max(math.sqrt(2.0) * high / self.last_lr, 0.0)), False
+        if 2.0 * high < lr:
+            return self.clamped(max(math.sqrt(2.0) * high / lr, 0.0)), False
         return 1.0, False
+
+    def search_factor(self, slope: float, curvature: float, lr: float) -> float:
+        """The search's factor, from the point estimate ``alpha*`` of the probes at the
+        current lr (``trial``): up to the Armijo step (by ``reach`` at most; by ``reach``
+        where their mean model is concave), down to ``sqrt(2) alpha*`` (as far as it takes,
+        as a backtracking line search cuts). Each move against the last one narrows
+        ``reach`` to its square root; the search ends when the lr is in the band, when ``reach`` falls below
+        ``SEARCH_END``, or after a window of probes without a descent along ``d``."""
+        self.trial.add(slope, curvature, lr)
+        alpha, _ = self.trial.estimate(min_probes=1)
+        concave = self.trial.concave()
+        if not (concave or finite(alpha) and alpha > 0):  # no descent along d: no lr fits
+            self.searching = len(self.trial.samples) < self.trial.samples.maxlen
+            return 1.0
+        up = math.inf if concave else 2.0 * (1.0 - ARMIJO_C) * alpha / self.base_lr()
+        if up > 1.0:
+            move, factor = 1, min(up, self.reach)
+        elif 2.0 * alpha < lr:
+            move, factor = -1, math.sqrt(2.0) * alpha / lr
+        else:  # in the band
+            self.searching = False
+            return 1.0
+        if self.direction == -move:
+            self.reach = math.sqrt(self.reach)
+            self.searching = self.reach >= SEARCH_END
+        self.direction = move
+        self.trial.samples.clear()
+        return factor
 
     def clamped(self, factor: float) -> float:
         """``factor`` within ``[1/max_factor, max_factor]`` (no bound without ``max_factor``,
@@ -336,15 +474,18 @@ class GeNBase(LRMethod):
         # No training data: a resumed loop that gives no probe_batch probes its first step
         # on the training batch (probe_source), having no previous one.
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
-                "settled": self.settled, "window": list(self.window.samples)}
+                "window": list(self.window.samples), "trial": list(self.trial.samples),
+                "searching": self.searching, "direction": self.direction, "reach": self.reach,
+                "gap": self.gap, "last_probe": self.last_probe,
+                "loss_watch": self.loss_watch.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.base_lrs = list(state["base_lrs"])
-        self.settled = state.get("settled", True)
-        self.window.samples.clear()
-        self.window.samples.extend(tuple(sample) for sample in state.get("window", ()))
-
-    def settling(self) -> bool:
-        """Whether this probe may set the lr outright: ``settle`` and no s* accepted yet."""
-        return self.settle != "off" and not self.settled
+        for window, key in ((self.window, "window"), (self.trial, "trial")):
+            window.samples.clear()
+            window.samples.extend(tuple(sample) for sample in state[key])
+        self.searching, self.direction = state["searching"], state["direction"]
+        self.reach = state["reach"]
+        self.loss_watch = LossWatch(*state["loss_watch"])
+        self.gap, self.last_probe = state["gap"], state["last_probe"]

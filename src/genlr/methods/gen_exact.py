@@ -59,7 +59,6 @@ class ExactGeN(GeNBase):
                  every: int = 4, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
                  probe: Literal["same", "next"] = "next",
                  scale: Literal["constant", "linear", "cosine"] = "constant",
-                 settle: Literal["off", "down", "any"] = "down",
                  lr_min: float = 0.0, lr_max: Optional[float] = None,
                  fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
                  curvature: Literal["auto", "taylor", "double_backward",
@@ -70,7 +69,7 @@ class ExactGeN(GeNBase):
         super().__init__(optimizer, model, loss_fn, rule=rule, window=window, lr_min=lr_min,
                          lr_max=lr_max, every=every, smoothing=smoothing,
                          max_factor=max_factor, fallback=fallback, shrink=shrink, probe=probe,
-                         scale=scale, settle=settle, **common)
+                         scale=scale, **common)
         if curvature_batch is not None and not 0.0 < curvature_batch <= 1.0:
             raise ValueError(f"curvature_batch must be in (0, 1] or None, got {curvature_batch}")
         if check_every < 0:

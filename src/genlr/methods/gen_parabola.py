@@ -61,18 +61,15 @@ class ParabolaGeN(GeNBase):
     ``GeNBase``'s; the contract ``LRMethod``'s.
 
     Diagnostics: those of ``ExactGeN`` (no curvature path) plus ``r2`` (the fit's R^2) and
-    ``search_points`` (the settling search's probes; 0 without one). Line profile: the real
+    ``search_points`` (the probes of a search down from an uphill step; 0 without one). Line profile: the real
     loss along ``d`` against the fitted parabola.
 
     Options (besides ``GeNBase``'s):
         points: probe positions in units of the current lr, at least three distinct values.
         r2_min: least R^2 of the fit to accept it (more than three points only).
         defer: take ``L(+1)`` from the next step's training loss when that step trains on
-            the probe batch (needs ``+1`` in ``points``; not on steps that record a profile).
-        settle: as ``GeNBase``'s, through a search: the first probe steps by x4 along ``d``
-            from the current lr until the loss turns and fits the parabola through the three
-            points around the minimum; "down" searches only when the step goes uphill
-            (``phi(1) > phi(0)``), "any" always.
+            the probe batch (needs ``+1`` in ``points``; not on steps that record a profile,
+            nor while the band searches or tries an lr it has just moved to).
     """
 
     READ_WHEN = {
@@ -87,7 +84,6 @@ class ParabolaGeN(GeNBase):
                  every: int = 16, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
                  probe: Literal["same", "next"] = "next",
                  scale: Literal["constant", "linear", "cosine"] = "constant",
-                 settle: Literal["off", "down", "any"] = "down",
                  lr_min: float = 0.0, lr_max: Optional[float] = None,
                  fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
                  points: list[float] = (-1.0, 0.0, 1.0), r2_min: float = 0.9,
@@ -96,7 +92,7 @@ class ParabolaGeN(GeNBase):
         super().__init__(optimizer, model, loss_fn, rule=rule, window=window, lr_min=lr_min,
                          lr_max=lr_max, every=every, smoothing=smoothing,
                          max_factor=max_factor, fallback=fallback, shrink=shrink, probe=probe,
-                         scale=scale, settle=settle, **common)
+                         scale=scale, **common)
         if not 0.0 <= r2_min <= 1.0:
             raise ValueError(f"r2_min must be in [0, 1] (a fit's R^2), got {r2_min}")
         points = [float(p) for p in points]
@@ -106,18 +102,19 @@ class ParabolaGeN(GeNBase):
         self._deferred: dict[str, Any] | None = None
 
     def estimate(self, params, d, batch, same, loss):
-        if self.settling():
-            found = self.search(params, d, batch, upward=self.settle == "any")
+        if self.searching:
+            found = self.search(params, d, batch)
             if found is not None:
                 return found
-            self.settled = True  # "down", and the step goes downhill: probe as usual
         # Two points may come free: phi(0) is the training loss with probe="same", and
         # phi(1) the next step's training loss when it trains on the probe batch at s = 1
-        # (where the optimizer's step leaves us; ``defer``). Both only if the training
-        # forward applies no dropout, which the other probes have found out by then.
+        # (where the optimizer's step leaves us; ``defer``), unless this step tries an lr
+        # the band has just moved to, which is measured before the step is taken. Both
+        # only if the training forward applies no dropout, which the other probes have
+        # found out by then.
         free = {0.0: same and loss is not None,
                 1.0: self.defer and not same and batch is self._probe_batch
-                and not self.profile_due()}
+                and not self.profile_due() and not self.checking()}
         losses: dict[float, float] = {}
         at = 1.0
 
@@ -146,14 +143,19 @@ class ParabolaGeN(GeNBase):
             return None
         return self.fit(losses)
 
-    #: how far the settling search goes: 4**12 = 1.7e7 times the lr up or down
+    #: how far the search goes down: 4**12 = 1.7e7 times below the lr
     SEARCH_STEPS = 12
+    #: loss differences within this many float rounding units of phi(0) are no evidence
+    ROUNDING_ULPS = 256
 
-    def search(self, params, d, batch, upward: bool = True
-               ) -> tuple[float | None, dict[str, float], Any] | None:
-        """Bracket the minimum of ``phi`` along ``d`` by steps of x4 from ``s = 1`` and fit
-        the parabola through the bracket (``settle``'s first probe); ends at ``s = 1``.
-        Without ``upward``, None when the step goes downhill (``phi(1) < phi(0)``)."""
+    def search(self, params, d, batch) -> tuple[float | None, dict[str, float], Any] | None:
+        """While the band searches, a step that goes uphill (``phi(1) > phi(0)``) may be far
+        past the minimum along ``d``, where a parabola through ``s in {-1, 0, 1}`` says
+        nothing: from ``s = 1`` down by steps of x4 until a point lies below ``phi(0)``,
+        then the parabola through the three points around it. None (probe as usual) when
+        the step goes downhill, when the points show no descent along ``d`` on this batch
+        (an uphill slope or no curvature: no lr fits), or when their differences are float
+        rounding; ends at ``s = 1``."""
         at = 1.0
 
         def phi(s: float) -> float:
@@ -162,38 +164,39 @@ class ParabolaGeN(GeNBase):
             at = s
             return self.probe_loss(batch)
 
+        def done(result):
+            self.shift(params, d, 1.0, current=at)
+            return result
+
         f0, f1 = phi(0.0), phi(1.0)
         if not finite(f0):
-            self.shift(params, d, 1.0, current=at)
-            return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
+            return done((None, {"r2": math.nan, "nonfinite_probe": 1.0}, None))
+        rounding = self.ROUNDING_ULPS * torch.finfo(params[0].dtype).eps * abs(f0)
+        if finite(f1) and f1 <= f0 + rounding:
+            return done(None)
         points = [(0.0, f0), (1.0, f1)]
-        if finite(f1) and f1 < f0 and not upward:
-            self.shift(params, d, 1.0, current=at)
-            return None
-        if finite(f1) and f1 < f0:  # still going down at s = 1: go further
-            for _ in range(self.SEARCH_STEPS):
-                s = 4.0 * points[-1][0]
-                points.append((s, phi(s)))
-                if not (finite(points[-1][1]) and points[-1][1] < points[-2][1]):
-                    break
-            bracket = points[-3:]
-        else:  # already past the minimum: come back towards 0
-            for _ in range(self.SEARCH_STEPS):
-                s = points[1][0] / 4.0
-                points.insert(1, (s, phi(s)))
-                if finite(points[1][1]) and points[1][1] < f0:
-                    break
-            bracket = points[:3]
-        self.shift(params, d, 1.0, current=at)
-        (s0, y0), (s1, y1), (s2, y2) = bracket
-        if not finite(y2):  # the far point blew up: the middle one is the best we know
-            return s1, {"r2": math.nan, "nonfinite_probe": 1.0, "search_points": len(points)}, None
+        for _ in range(self.SEARCH_STEPS):
+            s = points[1][0] / 4.0
+            points.insert(1, (s, phi(s)))
+            (s1, y1), (s2, y2) = points[1], points[2]
+            if not finite(y1) or not finite(y2):
+                continue
+            if abs(y1 - f0) <= rounding:
+                return done(None)
+            if y1 < f0:
+                break
+            _, b, c, _ = fit_parabola([0.0, s1, s2], [f0, y1, y2])
+            if not (b < 0 and c > 0):  # uphill along d, or no curvature
+                return done(None)
+        else:
+            return done(None)
+        (s0, y0), (s1, y1), (s2, y2) = points[:3]
         a, b, c, _ = fit_parabola([s0, s1, s2], [y0, y1, y2])
-        good = c > 0 and finite(a, b, c) and y1 <= min(y0, y2)
+        good = c > 0 and finite(a, b, c)
         diag = {"slope": -b, "curvature": 2.0 * c, "r2": math.nan, "nonfinite_probe": 0.0,
                 "search_points": float(len(points))}
         model = (lambda s: b * s + c * s * s) if finite(a, b, c) else None
-        return (-b / (2.0 * c) if good else None), diag, model
+        return done(((-b / (2.0 * c) if good else None), diag, model))
 
     def complete_deferred(self, batch, loss) -> bool:
         if self._deferred is None:
