@@ -4,6 +4,7 @@
     gen-report DIR --target eval/acc=0.85 --best-by eval/acc --out DIR/report
     gen-report --synthetic figures/        # Rosenbrock and Beale trajectories of every method
     gen-report outputs/suite --leaderboard  # one leaderboard across a suite's workloads
+    gen-report outputs/sensitivity --sensitivity  # the final metric against the initial lr
 
 Bad input (a missing path, a file, a folder without runs, a malformed option) gets one
 line on stderr and exit status 2, never a traceback.
@@ -24,7 +25,9 @@ steps and wall time to the target, per-step cost against the same config with
 lr=constant, passes per step and peak memory. With --synthetic, DIR is the folder the
 trajectory figures are written to (rosenbrock.png, beale.png). With --leaderboard, DIR is a
 suite folder as gen-suite writes it (DIR/<workload>/<row>/<run>): leaderboard.md,
-leaderboard.csv and performance_profile.png (default: DIR/leaderboard).
+leaderboard.csv and performance_profile.png (default: DIR/leaderboard). With --sensitivity,
+DIR is a folder gen-suite --sensitivity wrote (DIR/<workload>/sensitivity/<row>/x<mult>/<run>):
+sensitivity.md and sensitivity_<workload>.png (default: DIR/sensitivity).
 """
 
 
@@ -47,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
                    help="with --synthetic: steps per path (default 500)")
     p.add_argument("--leaderboard", action="store_true",
                    help="rank the rows of a suite folder across its workloads instead")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="the final metric against the initial lr of a gen-suite --sensitivity "
+                        "folder instead")
     return p
 
 
@@ -62,11 +68,27 @@ def main(argv: list[str] | None = None) -> None:
     from genlr.messages import one_line
     from genlr.report import NoRunsError, write_report
 
+    suite_flags = (("--target", args.target), ("--synthetic", args.synthetic),
+                   ("--best-by", args.best_by != "eval/acc"), ("--steps", args.steps is not None),
+                   ("--no-trajectories", args.no_trajectories))
+    if args.sensitivity:
+        given = [flag for flag, used in (("--leaderboard", args.leaderboard), *suite_flags) if used]
+        if given:
+            fail(f"{given[0]} does not apply to --sensitivity (its metric is each workload's "
+                 "objective)")
+        from genlr.report.sensitivity import write_sensitivity
+
+        argv = sys.argv[1:] if argv is None else argv
+        try:
+            report = write_sensitivity(args.dir, out=args.out,
+                                       command="gen-report " + " ".join(argv))
+        except NoRunsError as err:
+            fail(str(err))
+        print(f"gen-report: {len(report.rows)} row(s) on {len(report.workloads)} workload(s) -> "
+              f"{report.files[0]}, " + ", ".join(p.name for p in report.files[1:]))
+        return
     if args.leaderboard:
-        given = [flag for flag, used in (("--target", args.target), ("--synthetic", args.synthetic),
-                                         ("--best-by", args.best_by != "eval/acc"),
-                                         ("--steps", args.steps is not None),
-                                         ("--no-trajectories", args.no_trajectories)) if used]
+        given = [flag for flag, used in suite_flags if used]
         if given:
             fail(f"{given[0]} does not apply to --leaderboard (each workload's target is 99% "
                  "of its best row's mean)")

@@ -23,7 +23,7 @@ run() {  # run FOLDER OVERRIDES...
 
 pinned() {  # pinned FOLDER LR OVERRIDES...: the probes at a constant lr
   local name=$1 lr=$2; shift 2
-  run "$name" optimizer.lr="$lr" lr.lr_min="$lr" lr.lr_max="$lr" lr.scale=constant lr.settle=off "$@"
+  run "$name" optimizer.lr="$lr" lr.lr_min="$lr" lr.lr_max="$lr" lr.scale=constant "$@"
 }
 
 study() {  # study WORKLOAD LRS...

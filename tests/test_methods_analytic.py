@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def test_parabola_gen_is_exact_line_search_on_quadratic(points):
     model = Quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     method = ParabolaGeN(opt, model, quadratic_loss, rule="line_search", points=points, every=1,
-                         smoothing=0.0, max_factor=None, settle="off")  # a fit at every probe
+                         smoothing=0.0, max_factor=None)  # a fit at every probe
     for _ in range(4):
         expected = exact_line_search(model)
         loss = train_step(model, quadratic_loss, None, opt)
@@ -254,8 +255,7 @@ def test_parabola_defers_the_plus_one_probe_to_the_next_training_loss(next_batch
 
     def make(optimizer):
         return ParabolaGeN(optimizer, model, mse_loss, rule="line_search", every=2,
-                           smoothing=0.0, max_factor=None,
-                           settle="off")  # every probe deferrable, the first too
+                           smoothing=0.0, max_factor=None)  # every probe deferrable
 
     method = make(opt)
     params = list(model.parameters())
@@ -314,29 +314,28 @@ def test_newt_scales_back_only_past_the_minimum_of_a_descent_direction():
     assert uphill.diagnostics["scaled_back"] == 0.0 and uphill.diagnostics["slope"] < 0
 
 
-@pytest.mark.parametrize("settle", ["off", "down", "any"])
 @pytest.mark.parametrize("lr", [1e-7, 1e-2, 10.0])
 @pytest.mark.parametrize("method_cls", [ExactGeN, ParabolaGeN])
-def test_settle_takes_the_exact_line_search_at_the_first_probe_as_allowed(method_cls, lr, settle):
-    """The first probe sets the lr to the exact line search outright where ``settle``
-    allows it ("any": from far below or above; "down": from above only); otherwise, and on
-    every later probe, the lr moves smoothed and clamped (x2 at most)."""
+def test_band_search_starts_from_the_first_probe(method_cls, lr):
+    """The band's search moves from the first probe: from above the line search's edge
+    (the step raises the loss) straight down to ``sqrt(2)`` times the exact line search
+    (the parabola variant through its search down from the uphill step); from below up by
+    ``max_factor``; and it ends in the band ``[1.8 alpha*, 2 alpha*]``."""
     model = Quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    method = method_cls(opt, model, quadratic_loss, every=1, settle=settle)
+    method = method_cls(opt, model, quadratic_loss, every=1)
     expected = exact_line_search(model)
     loss = train_step(model, quadratic_loss, None, opt)
     first = method.step(None, loss=loss)
-    outright = settle == "any" or (settle == "down" and lr > 2 * expected)  # phi(1) > phi(0)
-    if outright:
-        assert first == pytest.approx(expected, rel=1e-6)
+    if lr > 2 * expected:  # phi(1) > phi(0)
+        assert first == pytest.approx(math.sqrt(2.0) * expected, rel=1e-6)
+        if method_cls is ParabolaGeN:
+            assert 3 <= method.diagnostics["search_points"] <= 3 + ParabolaGeN.SEARCH_STEPS
     else:
-        assert 0.5 <= first / lr <= 2.0
-    assert method.settled
-    if method_cls is ParabolaGeN:  # "down" searches only when the step goes uphill
-        searched = method.diagnostics["search_points"]
-        assert 3 <= searched <= 3 + ParabolaGeN.SEARCH_STEPS if outright else searched == 0
-    before = method.last_lr  # from now on: smoothed and clamped as usual
-    loss = train_step(model, quadratic_loss, None, opt)
-    method.step(None, loss=loss)
-    assert 0.5 <= method.last_lr / before <= 2.0
+        assert first == pytest.approx(2.0 * lr, rel=1e-12)
+    for _ in range(40):
+        loss = train_step(model, quadratic_loss, None, opt)
+        method.step(None, loss=loss)
+    assert not method.searching
+    alpha = exact_line_search(model)
+    assert 1.8 * alpha * (1 - 1e-6) <= method.last_lr <= 2.0 * alpha * (1 + 1e-6) or float(loss) < 1e-10

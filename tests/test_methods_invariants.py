@@ -369,7 +369,7 @@ def test_parabola_horizon_scale_and_next_batch():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     method = ParabolaGeN(opt, model, classification_loss, every=1, scale="linear",
-                         probe="next", total_steps=4, settle="off")  # no first search
+                         probe="next", total_steps=4, rule="line_search")  # every probe deferred
     data = batches(5)
     for i in range(4):
         opt.zero_grad()

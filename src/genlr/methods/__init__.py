@@ -14,6 +14,7 @@ from genlr.methods.polyak import Polyak
 from genlr.methods.gen_exact import ExactGeN
 from genlr.methods.gen_parabola import ParabolaGeN
 from genlr.methods.newt import Newt
+from genlr.methods.seeds import SEEDS
 from genlr.methods.schedules import (
     Constant,
     Cosine,
@@ -53,7 +54,7 @@ def build_lr_method(name: str, optimizer, model=None, loss_fn=None, *, total_ste
 
 
 __all__ = [
-    "METHODS", "LRMethod", "IncompatibleOptimizerError", "build_lr_method",
+    "METHODS", "SEEDS", "LRMethod", "IncompatibleOptimizerError", "build_lr_method",
     "check_linear_in_lr", "probe_mode",
     "Constant", "Step", "Cosine", "WarmupCosine", "Linear", "OneCycle", "Plateau",
     "ExactGeN", "ParabolaGeN", "Newt",

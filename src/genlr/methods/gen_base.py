@@ -53,7 +53,7 @@ BAND_MARGIN = 2.0
 ARMIJO_C = 0.1
 #: the net answers a probe whose step raised the loss by more than this many times the
 #: root mean square of the changes the window's probes predict for a step at the same lr
-NET_MARGIN = 4.0
+NET_MARGIN = 8.0
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is netted
 SPIKE_MARGIN = 6.0
@@ -368,28 +368,31 @@ class GeNBase(LRMethod):
         return factor
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
-        """The paper's rule: ``lr <- smoothing*lr + (1-smoothing)*alpha*``, ``alpha*`` scaled
-        by the horizon and clamped to within ``max_factor`` of the lr; ``(factor, fallback)``."""
+        """The paper's rule (its authors' code): ``lr <- smoothing*lr + (1-smoothing)*alpha*``,
+        ``alpha*`` clamped to within ``max_factor`` of the lr, then scaled by the horizon;
+        ``(factor, fallback)``."""
         if s_star is None:
             return 1.0, True
-        return self.smoothing + (1.0 - self.smoothing) * self.clamped(s_star * self.horizon_scale()), False
+        target = self.clamped(s_star) * self.horizon_scale()
+        return self.smoothing + (1.0 - self.smoothing) * target, False
 
     def net_catches(self, slope: float, curvature: float, lr: float) -> bool:
         """Whether this probe's step raised the loss (``phi(1) > phi(0)`` on its quadratic
-        model) by more than ``NET_MARGIN`` times the window's typical change at this lr,
-        or at all after a spike of the training loss; never while searching (the search
-        moves on every probe)."""
+        model): along a descent direction by more than ``NET_MARGIN`` times the window's
+        typical change at this lr (a direction uphill on the probe batch is noise, not a
+        step too long), or at all after a spike of the training loss; never while
+        searching (the search moves on every probe)."""
         rise = -slope + 0.5 * curvature
-        return (not self.searching and rise > 0 and
-                (self.spiked or rise > NET_MARGIN * self.window.typical_change(lr)))
+        return not self.searching and rise > 0 and (
+            self.spiked or slope > 0 and rise > NET_MARGIN * self.window.typical_change(lr))
 
     def net_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone (a quarter of
         the lr where its slope is uphill), the window emptied (its probes measured another
-        place), the search resumed downwards; ``(factor, fallback)``."""
+        place), and the search started afresh; ``(factor, fallback)``."""
         self.window.samples.clear()
         self.trial.samples.clear()
-        self.searching, self.direction = True, -1
+        self.searching, self.direction = True, 0
         self.reach = self.max_factor if self.max_factor is not None else math.inf
         return (math.sqrt(2.0) * s_star if s_star is not None else 0.25), False
 
@@ -429,9 +432,10 @@ class GeNBase(LRMethod):
     def search_factor(self, slope: float, curvature: float, lr: float) -> float:
         """The search's factor, from the point estimate ``alpha*`` of the probes at the
         current lr (``trial``): up to the Armijo step (by ``reach`` at most; by ``reach``
-        where their mean model is concave), down to ``sqrt(2) alpha*`` (as far as it takes,
-        as a backtracking line search cuts). Each move against the last one narrows
-        ``reach`` to its square root; the search ends when the lr is in the band, when ``reach`` falls below
+        where their mean model is concave), down to ``sqrt(2) alpha*`` (by ``reach`` at most
+        once the search has moved: its first move, from an lr nobody chose or one the net
+        has just cut, goes as far as it takes, as a backtracking line search does). Each move
+        against the last one narrows ``reach`` to its square root; the search ends when the lr is in the band, when ``reach`` falls below
         ``SEARCH_END``, or after a window of probes without a descent along ``d``."""
         self.trial.add(slope, curvature, lr)
         alpha, _ = self.trial.estimate(min_probes=1)
@@ -443,7 +447,8 @@ class GeNBase(LRMethod):
         if up > 1.0:
             move, factor = 1, min(up, self.reach)
         elif 2.0 * alpha < lr:
-            move, factor = -1, math.sqrt(2.0) * alpha / lr
+            down = math.sqrt(2.0) * alpha / lr
+            move, factor = -1, down if self.direction == 0 else max(down, 1.0 / self.reach)
         else:  # in the band
             self.searching = False
             return 1.0

@@ -78,8 +78,11 @@ class Newt(LRMethod):
         gamma: damping of the Newton step on the lr (reference: 1e-3).
         approx: curvature approximation, "secant" (paper) or "taylor".
         factor_min, factor_max: clamp of the lr factor per update (``None``: off).
-        scale_back: lr factor when the lookahead loss exceeds the current one after a step
-            past the minimum along a descent direction (``None``: off).
+        scale_back: lr factor when the step went too far (``None``: off), as
+            ``scale_back_when`` says: "overshot" (default) when the lookahead loss exceeds
+            the current one after a step past the minimum along a descent direction
+            (``_overshot``), "loss_rose" whenever the lookahead loss exceeds the current one
+            (the reference's test).
         lr_min, lr_max: bounds on the lr (``None``: off).
         eps: added to the curvature denominator (reference: 1e-9).
         lookahead: "probe", "next_step" or "window" (see above).
@@ -94,7 +97,8 @@ class Newt(LRMethod):
     # Each lookahead reads only its own options (all read lr_min, lr_max and per_group).
     READ_WHEN = {
         **{name: ("with lookahead='probe' or 'next_step'", lambda o: o["lookahead"] != "window")
-           for name in ("gamma", "approx", "factor_min", "factor_max", "scale_back", "eps")},
+           for name in ("gamma", "approx", "factor_min", "factor_max", "scale_back",
+                        "scale_back_when", "eps")},
         "lookahead_batch": ("with lookahead='probe'", lambda o: o["lookahead"] == "probe"),
         **{name: ("with lookahead='window'", lambda o: o["lookahead"] == "window")
            for name in ("window", "window_gamma")},
@@ -103,7 +107,9 @@ class Newt(LRMethod):
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  gamma: float = 1e-3, approx: Literal["secant", "taylor"] = "secant",
                  factor_min: Optional[float] = 0.0, factor_max: Optional[float] = 1.05,
-                 scale_back: Optional[float] = 0.1, lr_min: Optional[float] = 1e-7,
+                 scale_back: Optional[float] = 0.1,
+                 scale_back_when: Literal["overshot", "loss_rose"] = "overshot",
+                 lr_min: Optional[float] = 1e-7,
                  lr_max: Optional[float] = 1.0, eps: float = 1e-9,
                  lookahead: Literal["probe", "next_step", "window"] = "probe",
                  lookahead_batch: Optional[float] = 0.25, window: int = 100,
@@ -122,6 +128,7 @@ class Newt(LRMethod):
             raise ValueError(f"window must be >= 1, got {window}")
         self.gamma, self.approx, self.eps = gamma, approx, eps
         self.factor_min, self.factor_max, self.scale_back = factor_min, factor_max, scale_back
+        self.scale_back_when = scale_back_when
         self.lr_min, self.lr_max = lr_min, lr_max
         self.lookahead, self.lookahead_batch = lookahead, lookahead_batch
         self.window, self.window_gamma, self.per_group = window, window_gamma, per_group
@@ -269,7 +276,9 @@ class Newt(LRMethod):
         needs_losses = self.approx == "taylor"
         if not finite(num, den) or (needs_losses and not finite(loss0, loss1)):
             return 1.0, {**info, "accepted": 0.0, "fallback": 1.0}
-        if self.scale_back is not None and self._overshot(slope0, slope1, loss0, loss1):
+        rose = finite(loss0, loss1) and loss1 > loss0
+        if self.scale_back is not None and rose and (
+                self.scale_back_when == "loss_rose" or self._overshot(slope0, slope1)):
             return self.scale_back, {**info, "accepted": 1.0, "fallback": 0.0, "scaled_back": 1.0}
         if den < self.eps or den <= 0:
             return NOT_PSD_FACTOR, {**info, "accepted": 0.0, "fallback": 1.0}
@@ -281,14 +290,14 @@ class Newt(LRMethod):
         return factor, {**info, "accepted": 1.0, "fallback": 0.0}
 
     @staticmethod
-    def _overshot(slope0: float, slope1: float, loss0: float, loss1: float) -> bool:
-        """The reference's scale-back test (the loss went up), kept to what it is for: a
-        descent direction (``<g_t, d> > 0``) along which the step raised the loss by the
-        secant's own quadratic model too (``<g_t + g_{t+1}, d> < 0``: the mean slope over
-        the step is uphill, ``s* < 1/2``). A loss increase alone also fires on steps that
-        are not descent directions for this batch, on float32 rounding, and on the noise of a
-        long run, where each x0.1 is not won back (docs/methods.md, "Newt")."""
-        return finite(loss0, loss1) and loss1 > loss0 and slope0 > 0 and slope0 + slope1 < 0
+    def _overshot(slope0: float, slope1: float) -> bool:
+        """Whether a step that raised the loss went past the minimum of a descent direction
+        (``<g_t, d> > 0``) by the secant's own quadratic model too (``<g_t + g_{t+1}, d> < 0``:
+        the mean slope over the step is uphill, ``s* < 1/2``). A loss increase alone (the
+        reference's test, ``scale_back_when="loss_rose"``) also fires on steps that are not
+        descent directions for this batch, on float32 rounding, and on the noise of a long
+        run, where each x0.1 is not won back (docs/methods.md, "Newt")."""
+        return slope0 > 0 and slope0 + slope1 < 0
 
     def _apply_factors(self, factors: list[float]) -> None:
         groups = self.optimizer.param_groups

@@ -34,6 +34,9 @@ from .tables import markdown_table
 
 LEADERBOARD_DIRNAME = "leaderboard"
 TUNE_ROW = "tune"  # DIR/<workload>/tune/<baseline>/: the tuning sweeps
+# DIR/<workload>/sensitivity/: the initial-lr sensitivity runs (genlr.report.sensitivity),
+# from other lrs than the rows' own: never ranked here.
+SENSITIVITY_ROW = "sensitivity"
 TARGET_FRACTION = 0.99  # the target: 99% of the best mean accuracy (loss: the best / 0.99)
 # The rows of each workload's lr figure: gen-suite's rows whose lr an lr method sets (ours
 # and the authors' GeN) against the tuned baselines. The peers are left out: the lr they log
@@ -107,7 +110,7 @@ class Leaderboard:
         return next((e for e in self.entries if e.workload == workload and e.row == row), None)
 
 
-def _metric(runs: Sequence[RunRecord]) -> str:
+def workload_metric(runs: Sequence[RunRecord]) -> str:
     """The workload's metric: the ``objective`` its runs were configured with, else eval
     accuracy where they report it, else eval loss."""
     for run in runs:
@@ -117,7 +120,7 @@ def _metric(runs: Sequence[RunRecord]) -> str:
     return "eval_acc" if has_acc else "eval_loss"
 
 
-def _lower_is_better(metric: str) -> bool:
+def lower_is_better(metric: str) -> bool:
     return "loss" in metric
 
 
@@ -133,7 +136,7 @@ def _median_hit(runs: Sequence[RunRecord], target: Target) -> tuple[float, float
 def _rank(entries: list[Entry]) -> None:
     """Rank the rows of one workload by mean final metric (ties share the mean of their
     places); rows without a completed run share the last places."""
-    lower = _lower_is_better(entries[0].metric)
+    lower = lower_is_better(entries[0].metric)
     key = {id(e): (e.final.mean if e.final.mean is not None else math.nan) for e in entries}
     scored = sorted((e for e in entries if not math.isnan(key[id(e)])),
                     key=lambda e: key[id(e)] if lower else -key[id(e)])
@@ -159,7 +162,7 @@ def _target(entries: list[Entry]) -> Target | None:
         return None
     metric = entries[0].metric
     tag = metric.replace("_", "/", 1)  # eval_acc -> eval/acc, train_loss -> train/loss
-    if _lower_is_better(metric):
+    if lower_is_better(metric):
         return Target(tag, min(means) / TARGET_FRACTION)
     return Target(tag, math.floor(TARGET_FRACTION * max(means) * 1000) / 1000)
 
@@ -204,14 +207,14 @@ def build_leaderboard(root: str | Path, out: str | Path | None = None) -> Leader
         if len(parts) < 3:
             raise NoRunsError(f"{root} is not a suite folder: {run.path} is not at "
                               f"<workload>/<row>/<run> (as gen-suite writes them)")
-        if parts[1] != TUNE_ROW:
+        if parts[1] not in (TUNE_ROW, SENSITIVITY_ROW):
             by_cell.setdefault((parts[0], parts[1]), []).append(run)
     if not by_cell:
-        raise NoRunsError(f"no runs under {root} besides tuning sweeps")
+        raise NoRunsError(f"no runs under {root} besides tuning sweeps and sensitivity runs")
     entries, targets, tuning = [], {}, []
     for workload in sorted({w for w, _ in by_cell}):
         cells = {row: rs for (w, row), rs in sorted(by_cell.items()) if w == workload}
-        metric = _metric([r for rs in cells.values() for r in rs])
+        metric = workload_metric([r for rs in cells.values() for r in rs])
         group_entries = [Entry(workload, row, Group(row, rs[0].config, rs), metric)
                          for row, rs in cells.items()]
         summarise([e.group for e in group_entries], None, _reference(group_entries))
