@@ -104,8 +104,11 @@ def status(run_dir: Path) -> str | None:
 
 
 class Suite:
-    def __init__(self, out: Path, size: str, seeds: int, quick: bool) -> None:
+    def __init__(self, out: Path, size: str, seeds: int, quick: bool,
+                 rows: list[str] | None = None, multipliers: list[float] | None = None) -> None:
         self.out, self.size, self.seeds, self.quick = out, size, seeds, quick
+        # --sensitivity's --rows and --multipliers: only these (None: all)
+        self.only_rows, self.only_multipliers = rows, multipliers
         self.logs = out / "logs"
         self.unseeded: set[str] = set()  # workloads whose task ignores the seed (family())
 
@@ -180,11 +183,13 @@ class Suite:
         from genlr.report.sensitivity import multiplier_dirname
 
         rows = [row for row in sensitivity_rows(self.family(workload))
-                if not self.quick or row.name in QUICK_SENSITIVITY_ROWS]
+                if (not self.quick or row.name in QUICK_SENSITIVITY_ROWS)
+                and (self.only_rows is None or row.name in self.only_rows)]
         defaults = default_lrs(workload, self.size, rows)
         for row in rows:
             for mult in row.multipliers:
-                if self.quick and mult not in QUICK_MULTIPLIERS:
+                if (self.quick and mult not in QUICK_MULTIPLIERS
+                        or self.only_multipliers is not None and mult not in self.only_multipliers):
                     continue
                 # 6 digits: 1e-3 * 0.03 is 3.0000000000000004e-05 in binary, not the 3e-05 meant
                 lr = float(f"{defaults[row.name] * mult:.6g}")
@@ -272,6 +277,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sensitivity", action="store_true",
                    help="instead of the leaderboard's rows, run every row from 1/100 to 100 "
                         "times its default lr (no tuning) and write OUT/sensitivity/")
+    p.add_argument("--rows", metavar="R[,R...]",
+                   help="with --sensitivity: only these rows (of constant, cosine, "
+                        f"{', '.join(OURS)} and the peers)")
+    p.add_argument("--multipliers", metavar="M[,M...]",
+                   help="with --sensitivity: only these multiples of the default lr, of "
+                        f"{', '.join(f'{m:g}' for m in BASELINE_MULTIPLIERS)}")
     return p
 
 
@@ -284,12 +295,26 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser().error(f"--workloads: {', '.join(unknown)} is not a {args.size} workload "
                        f"(choose from {', '.join(known)})")
+    if (args.rows or args.multipliers) and not args.sensitivity:
+        parser().error("--rows and --multipliers select runs of --sensitivity; add it")
+    rows = args.rows.split(",") if args.rows else None
+    known_rows = {*TUNED, *OURS, *(name for peers in PEERS.values() for name in peers)}
+    if rows and set(rows) - known_rows:
+        parser().error(f"--rows: {', '.join(sorted(set(rows) - known_rows))} is no row "
+                       f"(choose from {', '.join(sorted(known_rows))})")
+    try:
+        multipliers = [float(m) for m in args.multipliers.split(",")] if args.multipliers else None
+    except ValueError:
+        parser().error(f"--multipliers: {args.multipliers} is not a list of numbers")
+    if multipliers and set(multipliers) - set(BASELINE_MULTIPLIERS):
+        parser().error(f"--multipliers: {args.multipliers} is not among "
+                       f"{', '.join(f'{m:g}' for m in BASELINE_MULTIPLIERS)}")
     seeds = args.seeds if args.seeds is not None else 1 if args.quick or args.sensitivity else 3
     if seeds < 1:
         parser().error(f"--seeds must be a positive integer, got {seeds}")
     out = Path(args.out)
     started = time.perf_counter()
-    suite = Suite(out, args.size, seeds, args.quick)
+    suite = Suite(out, args.size, seeds, args.quick, rows, multipliers)
     for workload in workloads:
         (suite.sensitivity if args.sensitivity else suite.run)(workload)
     from genlr.messages import duration

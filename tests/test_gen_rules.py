@@ -245,8 +245,10 @@ def test_loss_watch_flags_a_jump_beyond_its_noise_and_not_the_noise():
 
 
 def test_band_probes_lazily_only_while_the_lr_holds():
-    """Holding, the gap between probes doubles up to ``every``; any move makes the next
-    step a probe again (a raised lr is checked before it has run for long)."""
+    """Holding, the gap between probes doubles up to ``every``; a move of the band makes
+    the next step a probe again (a raised lr is checked before it has run for long); the
+    search climbs by ``max_factor`` per ``every`` steps at most (the start's transient
+    can't carry it away)."""
     method = Scripted(stationary(0.0), lr=1.0, every=16)
     probes = []
     for t in range(70):
@@ -254,7 +256,7 @@ def test_band_probes_lazily_only_while_the_lr_holds():
         if method.last_probe == t:
             probes.append(t)
     assert probes == [0, 2, 6, 14, 30, 46, 62]
+    assert not method.searching and method.next_gap(2.0) == 1 and method.next_gap(0.5) == 1
     climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
-    for t in range(12):
-        climbing.run(1)
-        assert climbing.last_probe == t  # each raise is checked at the next step
+    lrs = climbing.run(64)
+    assert lrs[-1] == 16.0 and lrs[15] == 2.0 and lrs[16] == 4.0

@@ -11,9 +11,10 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
   (``lr <- 0.9 lr + 0.1 alpha*``), ``alpha*`` clamped to within ``max_factor`` of the lr.
 * ``"band"`` (default), in three parts:
 
-  - *search*: the initial lr is nobody's evidence, so from the first probe the lr moves on
-    the point estimate of ``alpha*`` (probing every step), up to the Armijo step or down
-    below the edge, until the estimate puts the lr in the band or the move reverses;
+  - *search*: the initial lr is nobody's evidence, and a step above the band's top edge
+    raises the loss, so from the first probe, probing every step, the lr falls on the
+    point estimate of ``alpha*`` (as far as it takes, as a backtracking line search cuts)
+    until the estimate no longer puts it above that edge;
   - *band*: then it holds the lr while the probes are consistent with it lying in
     ``[2(1-c) alpha*, 2 alpha*]`` and moves only when they show it outside. Once the update
     noise dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
@@ -25,13 +26,16 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     ``2(1-c) alpha*`` it meets Armijo's sufficient decrease (a decrease of at least ``c``
     times the linear model's, Armijo 1966; ``c = 0.1`` as in the stochastic Armijo line
     search of Vaswani et al., NeurIPS 2019, which also takes the largest step that meets
-    it); in between, annealing is the horizon scale's job. Probing is lazy where the lr
+    it); in between, annealing is the horizon scale's job. A rise also needs the latest
+    probe's own Armijo step above the lr (the first steps' transient line search, far above
+    the lr that suits the rest of a run, can't carry it). Probing is lazy where the lr
     holds: the gap between probes doubles up to ``every`` and falls back to one step after
-    any move, so that a raised lr is checked at the next step;
-  - *net*: a probe whose step raised the loss by more than ``NET_MARGIN`` times the
-    window's typical change along the step is answered at once, as a backtracking line
-    search answers a failed Armijo test: the lr falls below that probe's own edge, the
-    window starts again from it, and the search resumes downwards.
+    any move, so that a new lr is checked at the next step, and while the window warms up;
+  - *net*: a probe whose step raised the loss along a descent direction by more than
+    ``NET_MARGIN`` times the window's typical change, or raised it at all right after a
+    spike of the training loss (``LossWatch``), is answered at once, as a backtracking
+    line search answers a failed Armijo test: the lr falls below that probe's own edge,
+    the window empties and the search resumes.
 """
 
 from __future__ import annotations
@@ -57,8 +61,6 @@ NET_MARGIN = 8.0
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is netted
 SPIKE_MARGIN = 6.0
-#: the search ends once a move against the last has narrowed its reach below this factor
-SEARCH_END = 1.1
 
 
 class LineSearchWindow:
@@ -97,12 +99,6 @@ class LineSearchWindow:
         # Var(mx/my) ~ Var(x - alpha*y) / (n my^2)
         residual = sum((x - alpha * y) ** 2 for x, y in self.samples) / (n - 1)
         return alpha, math.sqrt(residual / n) / my
-
-    def concave(self) -> bool:
-        """Whether the mean model of the window descends along the step (mean slope > 0)
-        without curvature to stop it (mean curvature <= 0): a longer step lowers it more."""
-        n = len(self.samples)
-        return n > 0 and sum(x for x, _ in self.samples) > 0 >= sum(y for _, y in self.samples)
 
     def typical_change(self, lr: float) -> float:
         """The root mean square of ``phi(1) - phi(0)`` that the window's probes predict for a
@@ -208,12 +204,9 @@ class GeNBase(LRMethod):
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
-        # The band's state: searching, which way the search last moved (+1 up, -1 down, 0
-        # not yet), how far it may move per probe, the probes at its current lr; and the gap
+        # The band's state: searching, the probes at the search's current lr, and the gap
         # from the last probe step to the next.
-        self.searching, self.direction = rule == "band", 0
-        self.reach = max_factor if max_factor is not None else math.inf
-        self.trial = LineSearchWindow(window)
+        self.searching, self.trial = rule == "band", LineSearchWindow(window)
         self.gap, self.last_probe = (1 if rule == "band" else every), -math.inf
         # The training loss's last value and the mean square of its recent step-to-step
         # changes (an exponential average over about ten steps), for the band's spikes.
@@ -354,8 +347,8 @@ class GeNBase(LRMethod):
         if fallback:
             factor = 1.0 if self.fallback == "keep" else self.shrink
         factor = self.bounded(factor)
-        if self.rule == "band":  # lazy only while the lr holds
-            self.gap = 1 if self.searching or factor != 1.0 else min(2 * self.gap, self.every)
+        if self.rule == "band":
+            self.gap = self.next_gap(factor)
         alpha, error = self.window.estimate() if self.rule == "band" else (math.nan, math.nan)
         self.diagnostics = {
             **diag, "probed": 1.0, "skipped": 0.0,
@@ -366,6 +359,12 @@ class GeNBase(LRMethod):
             "fallback": float(fallback), "searching": float(self.searching), "net": float(net),
         }
         return factor
+
+    def next_gap(self, factor: float) -> int:
+        """Steps from this probe to the next under the band: lazy (doubling up to
+        ``every``) only while the lr holds; the next step while searching and after a
+        move, so that a new lr is checked before it has run for long."""
+        return 1 if self.searching or factor != 1.0 else min(2 * self.gap, self.every)
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The paper's rule (its authors' code): ``lr <- smoothing*lr + (1-smoothing)*alpha*``,
@@ -380,20 +379,21 @@ class GeNBase(LRMethod):
         """Whether this probe's step raised the loss (``phi(1) > phi(0)`` on its quadratic
         model): along a descent direction by more than ``NET_MARGIN`` times the window's
         typical change at this lr (a direction uphill on the probe batch is noise, not a
-        step too long), or at all after a spike of the training loss; never while
-        searching (the search moves on every probe)."""
+        step too long) unless searching (the search moves on every probe), or at all after
+        a spike of the training loss."""
         rise = -slope + 0.5 * curvature
-        return not self.searching and rise > 0 and (
-            self.spiked or slope > 0 and rise > NET_MARGIN * self.window.typical_change(lr))
+        if self.spiked:
+            return rise > 0
+        return not self.searching and rise > 0 and slope > 0 and (
+            rise > NET_MARGIN * self.window.typical_change(lr))
 
     def net_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone (a quarter of
         the lr where its slope is uphill), the window emptied (its probes measured another
-        place), and the search started afresh; ``(factor, fallback)``."""
+        place), and the search resumed; ``(factor, fallback)``."""
         self.window.samples.clear()
         self.trial.samples.clear()
-        self.searching, self.direction = True, 0
-        self.reach = self.max_factor if self.max_factor is not None else math.inf
+        self.searching = True
         return (math.sqrt(2.0) * s_star if s_star is not None else 0.25), False
 
     def band_factor(self, slope: float, curvature: float, lr: float) -> tuple[float, bool]:
@@ -405,17 +405,13 @@ class GeNBase(LRMethod):
         ``2 (1 - ARMIJO_C) alpha*`` above the unscaled lr, that lr rises to it (by
         ``max_factor`` at most); when even twice the highest is below the lr (the step
         raises the loss), the lr falls to ``sqrt(2)`` times the highest (by ``max_factor``
-        at most); where the window's mean model is concave along the step
-        (``LineSearchWindow.concave``) it rises by ``max_factor``; else it holds."""
+        at most); else it holds."""
         self.window.add(slope, curvature, lr)
         if self.searching:
             return self.search_factor(slope, curvature, lr), False
-        # a rise needs this probe's own line search above the lr too (or no curvature)
-        agrees = slope > 0 and (curvature <= 0 or
-                                2.0 * (1.0 - ARMIJO_C) * slope * lr > curvature * self.base_lr())
+        # a rise needs this probe's own line search above the lr too
+        agrees = curvature > 0 and 2.0 * (1.0 - ARMIJO_C) * slope * lr > curvature * self.base_lr()
         alpha, error = self.window.estimate()
-        if self.window.concave() and len(self.window.samples) >= LineSearchWindow.MIN_PROBES:
-            return (self.clamped(math.inf) if agrees else 1.0), False
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
@@ -430,34 +426,21 @@ class GeNBase(LRMethod):
         return 1.0, False
 
     def search_factor(self, slope: float, curvature: float, lr: float) -> float:
-        """The search's factor, from the point estimate ``alpha*`` of the probes at the
-        current lr (``trial``): up to the Armijo step (by ``reach`` at most; by ``reach``
-        where their mean model is concave), down to ``sqrt(2) alpha*`` (by ``reach`` at most
-        once the search has moved: its first move, from an lr nobody chose or one the net
-        has just cut, goes as far as it takes, as a backtracking line search does). Each move
-        against the last one narrows ``reach`` to its square root; the search ends when the lr is in the band, when ``reach`` falls below
-        ``SEARCH_END``, or after a window of probes without a descent along ``d``."""
+        """The search's factor: while the point estimate ``alpha*`` of the probes at the
+        current lr (``trial``) puts the lr above the band's top edge (``2 alpha* < lr``: the
+        step raises the loss), down to ``sqrt(2) alpha*`` at once, as a backtracking line
+        search cuts. It ends at the first estimate that does not (rises are the band's, on
+        evidence), or after a window of probes without a descent along ``d``."""
         self.trial.add(slope, curvature, lr)
         alpha, _ = self.trial.estimate(min_probes=1)
-        concave = self.trial.concave()
-        if not (concave or finite(alpha) and alpha > 0):  # no descent along d: no lr fits
+        if not (finite(alpha) and alpha > 0):  # no descent along d, or no curvature: no lr fits
             self.searching = len(self.trial.samples) < self.trial.samples.maxlen
             return 1.0
-        up = math.inf if concave else 2.0 * (1.0 - ARMIJO_C) * alpha / self.base_lr()
-        if up > 1.0:
-            move, factor = 1, min(up, self.reach)
-        elif 2.0 * alpha < lr:
-            down = math.sqrt(2.0) * alpha / lr
-            move, factor = -1, down if self.direction == 0 else max(down, 1.0 / self.reach)
-        else:  # in the band
-            self.searching = False
-            return 1.0
-        if self.direction == -move:
-            self.reach = math.sqrt(self.reach)
-            self.searching = self.reach >= SEARCH_END
-        self.direction = move
-        self.trial.samples.clear()
-        return factor
+        if 2.0 * alpha < lr:
+            self.trial.samples.clear()
+            return math.sqrt(2.0) * alpha / lr
+        self.searching = False
+        return 1.0
 
     def clamped(self, factor: float) -> float:
         """``factor`` within ``[1/max_factor, max_factor]`` (no bound without ``max_factor``,
@@ -480,8 +463,7 @@ class GeNBase(LRMethod):
         # on the training batch (probe_source), having no previous one.
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
                 "window": list(self.window.samples), "trial": list(self.trial.samples),
-                "searching": self.searching, "direction": self.direction, "reach": self.reach,
-                "gap": self.gap, "last_probe": self.last_probe,
+                "searching": self.searching, "gap": self.gap, "last_probe": self.last_probe,
                 "loss_watch": self.loss_watch.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -490,7 +472,6 @@ class GeNBase(LRMethod):
         for window, key in ((self.window, "window"), (self.trial, "trial")):
             window.samples.clear()
             window.samples.extend(tuple(sample) for sample in state[key])
-        self.searching, self.direction = state["searching"], state["direction"]
-        self.reach = state["reach"]
+        self.searching = state["searching"]
         self.loss_watch = LossWatch(*state["loss_watch"])
         self.gap, self.last_probe = state["gap"], state["last_probe"]
