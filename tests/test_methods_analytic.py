@@ -317,10 +317,11 @@ def test_newt_scales_back_only_past_the_minimum_of_a_descent_direction():
 @pytest.mark.parametrize("lr", [1e-7, 1e-2, 10.0])
 @pytest.mark.parametrize("method_cls", [ExactGeN, ParabolaGeN])
 def test_band_search_starts_from_the_first_probe(method_cls, lr):
-    """The band's search moves from the first probe: from above the line search's edge
-    (the step raises the loss) straight down to ``sqrt(2)`` times the exact line search
-    (the parabola variant through its search down from the uphill step); from below up by
-    ``max_factor``; and it ends in the band ``[1.8 alpha*, 2 alpha*]``."""
+    """The band's search acts on the first probe: from above the line search's edge (the
+    step raises the loss) straight down to ``sqrt(2)`` times the exact line search (the
+    parabola variant through its search down from the uphill step); from below the lr
+    holds until the window has evidence, then climbs; either way it ends in the band
+    ``[1.8 alpha*, 2 alpha*]``."""
     model = Quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     method = method_cls(opt, model, quadratic_loss, every=1)
@@ -332,8 +333,8 @@ def test_band_search_starts_from_the_first_probe(method_cls, lr):
         if method_cls is ParabolaGeN:
             assert 3 <= method.diagnostics["search_points"] <= 3 + ParabolaGeN.SEARCH_STEPS
     else:
-        assert first == pytest.approx(2.0 * lr, rel=1e-12)
-    for _ in range(40):
+        assert first == lr
+    for _ in range(80):
         loss = train_step(model, quadratic_loss, None, opt)
         method.step(None, loss=loss)
     assert not method.searching

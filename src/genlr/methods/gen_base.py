@@ -204,8 +204,8 @@ class GeNBase(LRMethod):
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
-        # The band's state: searching, the probes at the search's current lr, and the gap
-        # from the last probe step to the next.
+        # The band's state: searching, the probes since the lr last moved, and the gap from
+        # the last probe step to the next.
         self.searching, self.trial = rule == "band", LineSearchWindow(window)
         self.gap, self.last_probe = (1 if rule == "band" else every), -math.inf
         # The training loss's last value and the mean square of its recent step-to-step
@@ -349,6 +349,8 @@ class GeNBase(LRMethod):
         factor = self.bounded(factor)
         if self.rule == "band":
             self.gap = self.next_gap(factor)
+            if factor != 1.0:  # the probes at the current lr
+                self.trial.samples.clear()
         alpha, error = self.window.estimate() if self.rule == "band" else (math.nan, math.nan)
         self.diagnostics = {
             **diag, "probed": 1.0, "skipped": 0.0,
@@ -362,9 +364,11 @@ class GeNBase(LRMethod):
 
     def next_gap(self, factor: float) -> int:
         """Steps from this probe to the next under the band: lazy (doubling up to
-        ``every``) only while the lr holds; the next step while searching and after a
-        move, so that a new lr is checked before it has run for long."""
-        return 1 if self.searching or factor != 1.0 else min(2 * self.gap, self.every)
+        ``every``) only while the lr holds and has proven itself (``MIN_PROBES`` probes
+        since it moved); the next step while searching and after a move, so that a new lr
+        is checked before it has run for long."""
+        settled = factor == 1.0 and len(self.trial.samples) >= LineSearchWindow.MIN_PROBES
+        return min(2 * self.gap, self.every) if settled and not self.searching else 1
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The paper's rule (its authors' code): ``lr <- smoothing*lr + (1-smoothing)*alpha*``,
@@ -405,19 +409,22 @@ class GeNBase(LRMethod):
         ``2 (1 - ARMIJO_C) alpha*`` above the unscaled lr, that lr rises to it (by
         ``max_factor`` at most); when even twice the highest is below the lr (the step
         raises the loss), the lr falls to ``sqrt(2)`` times the highest (by ``max_factor``
-        at most); else it holds."""
+        at most); else it holds. A rise also needs ``MIN_PROBES`` probes at the current lr
+        (``trial``): each new lr proves itself before the next rise, so that a climb does
+        not outrun what the probes can see (on a valley floor, gradient descent's lr may
+        look tiny along ``d`` while the steep walls already make it unstable)."""
         self.window.add(slope, curvature, lr)
+        self.trial.add(slope, curvature, lr)
         if self.searching:
-            return self.search_factor(slope, curvature, lr), False
-        # a rise needs this probe's own line search above the lr too
-        agrees = curvature > 0 and 2.0 * (1.0 - ARMIJO_C) * slope * lr > curvature * self.base_lr()
+            return self.search_factor(lr), False
         alpha, error = self.window.estimate()
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
         armijo = 2.0 * (1.0 - ARMIJO_C) * low
         if armijo > self.base_lr():
-            return (self.clamped(armijo / self.base_lr()) if agrees else 1.0), False
+            proven = len(self.trial.samples) >= LineSearchWindow.MIN_PROBES
+            return (self.clamped(armijo / self.base_lr()) if proven else 1.0), False
         # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
         # a step along d would not lower a quadratic at all; from there it climbs back to the
         # Armijo step only on evidence.
@@ -425,19 +432,17 @@ class GeNBase(LRMethod):
             return self.clamped(max(math.sqrt(2.0) * high / lr, 0.0)), False
         return 1.0, False
 
-    def search_factor(self, slope: float, curvature: float, lr: float) -> float:
+    def search_factor(self, lr: float) -> float:
         """The search's factor: while the point estimate ``alpha*`` of the probes at the
         current lr (``trial``) puts the lr above the band's top edge (``2 alpha* < lr``: the
         step raises the loss), down to ``sqrt(2) alpha*`` at once, as a backtracking line
         search cuts. It ends at the first estimate that does not (rises are the band's, on
         evidence), or after a window of probes without a descent along ``d``."""
-        self.trial.add(slope, curvature, lr)
         alpha, _ = self.trial.estimate(min_probes=1)
         if not (finite(alpha) and alpha > 0):  # no descent along d, or no curvature: no lr fits
             self.searching = len(self.trial.samples) < self.trial.samples.maxlen
             return 1.0
         if 2.0 * alpha < lr:
-            self.trial.samples.clear()
             return math.sqrt(2.0) * alpha / lr
         self.searching = False
         return 1.0

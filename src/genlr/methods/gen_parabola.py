@@ -50,7 +50,9 @@ class ParabolaGeN(GeNBase):
     """GeN from a fitted parabola (Bu & Xu, ICLR 2025, the practical version).
 
     On a probe step, the loss is probed (no-grad forwards, counted in
-    ``passes["forward"]``) on the probe batch at ``theta - s d`` for ``s`` in ``points``,
+    ``passes["forward"]``) on the probe batch at ``theta - s d`` for ``s`` in ``points``
+    (under the band spread towards the window's line search where it lies beyond them:
+    ``stretch``),
     and ``a + b s + c s^2`` is fitted (slope ``-b``, curvature ``2c``). Two points may come
     free: with ``probe="same"``, ``L(0)`` is the training loss passed as ``loss``; with
     ``defer`` and a ``probe_batch`` given, ``L(+1)`` is the next step's training loss on that
@@ -112,9 +114,11 @@ class ParabolaGeN(GeNBase):
         # the band has just moved to, which is measured before the step is taken. Both
         # only if the training forward applies no dropout, which the other probes have
         # found out by then.
+        stretch = self.stretch()
+        points = [p * stretch for p in self.points]
         free = {0.0: same and loss is not None,
                 1.0: self.defer and not same and batch is self._probe_batch
-                and not self.profile_due() and not self.checking()}
+                and not self.profile_due() and not self.checking() and stretch == 1.0}
         losses: dict[float, float] = {}
         at = 1.0
 
@@ -124,17 +128,17 @@ class ParabolaGeN(GeNBase):
             at = s
             losses[s] = self.probe_loss(batch)
 
-        for s in sorted(self.points, key=lambda p: abs(p - 1.0)):  # start where we are
+        for s in sorted(points, key=lambda p: abs(p - 1.0)):  # start where we are
             if not free.get(s):
                 probe(s)
         dropout = self.applies_dropout()
-        if free[0.0] and 0.0 in self.points:
+        if free[0.0] and 0.0 in points:
             if dropout:
                 probe(0.0)
             else:
                 losses[0.0] = self.batch_mean(as_float(loss))
-        defer = free[1.0] and 1.0 in self.points and not dropout
-        if free[1.0] and 1.0 in self.points and not defer:
+        defer = free[1.0] and 1.0 in points and not dropout
+        if free[1.0] and 1.0 in points and not defer:
             probe(1.0)
         self.shift(params, d, 1.0, current=at)
         if defer:
@@ -142,6 +146,20 @@ class ParabolaGeN(GeNBase):
             self._deferred = {"losses": losses, "batch": batch, "digest": batch_digest(batch)}
             return None
         return self.fit(losses)
+
+    #: the probes spread at most this many times ``points``
+    STRETCH_MAX = 16.0
+
+    def stretch(self) -> float:
+        """How far this probe's points spread, as a multiple of ``points``: under the band,
+        towards the window's line search where it lies beyond them (``STRETCH_MAX`` at
+        most), else 1. A parabola through points far inside its vertex reads the curvature
+        off a nearly straight stretch of loss, in the noise of the batch: from an lr far
+        below the line search its window could never show the lr too low."""
+        if self.rule != "band" or not self.last_lr > 0:
+            return 1.0
+        alpha, _ = self.window.estimate(min_probes=1)
+        return min(max(alpha / self.last_lr, 1.0), self.STRETCH_MAX) if finite(alpha) else 1.0
 
     #: how far the search goes down: 4**12 = 1.7e7 times below the lr
     SEARCH_STEPS = 12
@@ -214,12 +232,13 @@ class ParabolaGeN(GeNBase):
         return True
 
     def fit(self, losses: dict[float, float]) -> tuple[float | None, dict[str, float], Any]:
-        """``(s*, diagnostics, model)`` from the losses at ``points``."""
-        ys = [losses[s] for s in self.points]
+        """``(s*, diagnostics, model)`` from the losses at the probed points."""
+        points = sorted(losses)
+        ys = [losses[s] for s in points]
         if not finite(*ys):
             return None, {"r2": math.nan, "nonfinite_probe": 1.0}, None
-        a, b, c, r2 = fit_parabola(self.points, ys)
-        fits = len(self.points) == 3 or r2 >= self.r2_min
+        a, b, c, r2 = fit_parabola(points, ys)
+        fits = len(points) == 3 or r2 >= self.r2_min
         # A fit below r2_min measures nothing: no slope or curvature for the rule to use.
         diag = {"slope": -b if fits else math.nan, "curvature": 2.0 * c if fits else math.nan,
                 "r2": r2, "nonfinite_probe": 0.0, "search_points": 0.0}
