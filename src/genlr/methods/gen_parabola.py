@@ -171,9 +171,10 @@ class ParabolaGeN(GeNBase):
         past the minimum along ``d``, where a parabola through ``s in {-1, 0, 1}`` says
         nothing: from ``s = 1`` down by steps of x4 until a point lies below ``phi(0)``,
         then the parabola through the three points around it. None (probe as usual) when
-        the step goes downhill, when the points show no descent along ``d`` on this batch
-        (an uphill slope or no curvature: no lr fits), or when their differences are float
-        rounding; ends at ``s = 1``."""
+        the step goes downhill, or when the points come within float rounding of ``phi(0)``
+        before one lies below it (a direction uphill on this batch ends so: its rise
+        shrinks with ``s``, where a step past the minimum turns to a fall); a difference in
+        the rounding is no evidence (issue 26: it took the lr to 1e-11); ends at ``s = 1``."""
         at = 1.0
 
         def phi(s: float) -> float:
@@ -196,16 +197,13 @@ class ParabolaGeN(GeNBase):
         for _ in range(self.SEARCH_STEPS):
             s = points[1][0] / 4.0
             points.insert(1, (s, phi(s)))
-            (s1, y1), (s2, y2) = points[1], points[2]
-            if not finite(y1) or not finite(y2):
+            s1, y1 = points[1]
+            if not finite(y1):
                 continue
-            if abs(y1 - f0) <= rounding:
+            if abs(y1 - f0) <= rounding:  # an uphill slope ends here too
                 return done(None)
             if y1 < f0:
                 break
-            _, b, c, _ = fit_parabola([0.0, s1, s2], [f0, y1, y2])
-            if not (b < 0 and c > 0):  # uphill along d, or no curvature
-                return done(None)
         else:
             return done(None)
         (s0, y0), (s1, y1), (s2, y2) = points[:3]
