@@ -147,17 +147,23 @@ class ParabolaGeN(GeNBase):
             return None
         return self.fit(losses)
 
-    #: the probes spread at most this many times ``points``
-    STRETCH_MAX = 16.0
+    #: the probes spread at most this many times ``points``; while searching, this
+    STRETCH_MAX, SEARCH_SPREAD = 16.0, 0.25
 
     def stretch(self) -> float:
         """How far this probe's points spread, as a multiple of ``points``: under the band,
-        towards the window's line search where it lies beyond them (``STRETCH_MAX`` at
-        most), else 1. A parabola through points far inside its vertex reads the curvature
-        off a nearly straight stretch of loss, in the noise of the batch: from an lr far
-        below the line search its window could never show the lr too low."""
+        ``SEARCH_SPREAD`` while searching, then towards the window's line search where it
+        lies beyond them (``STRETCH_MAX`` at most); else 1. The search asks whether the lr
+        is above the edge of the *local* quadratic model (the exact variant's), which a
+        parabola over a step too long for it does not see: a fresh language model's loss
+        falls and flattens along AdamW's first step at 10x its lr. A parabola through
+        points far inside its vertex reads the curvature off a nearly straight stretch of
+        loss, in the noise of the batch: from an lr far below the line search its window
+        could never show the lr too low."""
         if self.rule != "band" or not self.last_lr > 0:
             return 1.0
+        if self.searching:
+            return self.SEARCH_SPREAD
         alpha, _ = self.window.estimate(min_probes=1)
         return min(max(alpha / self.last_lr, 1.0), self.STRETCH_MAX) if finite(alpha) else 1.0
 
