@@ -363,12 +363,12 @@ class GeNBase(LRMethod):
         return factor
 
     def next_gap(self, factor: float) -> int:
-        """Steps from this probe to the next under the band: lazy (doubling up to
-        ``every``) only while the lr holds and has proven itself (``MIN_PROBES`` probes
-        since it moved); the next step while searching and after a move, so that a new lr
-        is checked before it has run for long."""
-        settled = factor == 1.0 and len(self.trial.samples) >= LineSearchWindow.MIN_PROBES
-        return min(2 * self.gap, self.every) if settled and not self.searching else 1
+        """Steps from this probe to the next under the band: the next step while searching
+        and after a fall (a backtracking line search checks its cut), else lazy, the gap
+        doubling up to ``every``: a rise waits for evidence gathered over time, so that the
+        first steps' line search, far above the lr that suits the rest of a run, can't
+        carry the lr away (a raised lr that fails is the net's to catch)."""
+        return 1 if self.searching or factor < 1.0 else min(2 * self.gap, self.every)
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The paper's rule (its authors' code): ``lr <- smoothing*lr + (1-smoothing)*alpha*``,
@@ -394,10 +394,10 @@ class GeNBase(LRMethod):
     def net_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone (a quarter of
         the lr where its slope is uphill), the window emptied (its probes measured another
-        place), and the search resumed; ``(factor, fallback)``."""
+        place); a divergence that goes on spikes the loss again, and is netted again;
+        ``(factor, fallback)``."""
         self.window.samples.clear()
         self.trial.samples.clear()
-        self.searching = True
         return (math.sqrt(2.0) * s_star if s_star is not None else 0.25), False
 
     def band_factor(self, slope: float, curvature: float, lr: float) -> tuple[float, bool]:
@@ -410,21 +410,24 @@ class GeNBase(LRMethod):
         ``max_factor`` at most); when even twice the highest is below the lr (the step
         raises the loss), the lr falls to ``sqrt(2)`` times the highest (by ``max_factor``
         at most); else it holds. A rise also needs ``MIN_PROBES`` probes at the current lr
-        (``trial``): each new lr proves itself before the next rise, so that a climb does
-        not outrun what the probes can see (on a valley floor, gradient descent's lr may
-        look tiny along ``d`` while the steep walls already make it unstable)."""
+        (``trial``) whose own Armijo step is above it: each new lr proves itself before the
+        next rise, so that a climb does not outrun what the probes can see (on a valley
+        floor, gradient descent's lr may look tiny along ``d`` while the steep walls
+        already make it unstable), nor the line search falling in a run's first steps."""
         self.window.add(slope, curvature, lr)
         self.trial.add(slope, curvature, lr)
         if self.searching:
-            return self.search_factor(lr), False
+            return self.search_factor(slope, curvature, lr), False
         alpha, error = self.window.estimate()
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
         armijo = 2.0 * (1.0 - ARMIJO_C) * low
-        if armijo > self.base_lr():
-            proven = len(self.trial.samples) >= LineSearchWindow.MIN_PROBES
-            return (self.clamped(armijo / self.base_lr()) if proven else 1.0), False
+        # A rise also needs the probes at the current lr (MIN_PROBES of them) to put their
+        # own Armijo step above it: the window's older probes lag a falling line search.
+        alpha_now, _ = self.trial.estimate()
+        if armijo > self.base_lr() and 2.0 * (1.0 - ARMIJO_C) * alpha_now > self.base_lr():
+            return self.clamped(armijo / self.base_lr()), False
         # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
         # a step along d would not lower a quadratic at all; from there it climbs back to the
         # Armijo step only on evidence.
@@ -432,16 +435,16 @@ class GeNBase(LRMethod):
             return self.clamped(max(math.sqrt(2.0) * high / lr, 0.0)), False
         return 1.0, False
 
-    def search_factor(self, lr: float) -> float:
-        """The search's factor: while the point estimate ``alpha*`` of the probes at the
-        current lr (``trial``) puts the lr above the band's top edge (``2 alpha* < lr``: the
-        step raises the loss), down to ``sqrt(2) alpha*`` at once, as a backtracking line
-        search cuts. It ends at the first estimate that does not (rises are the band's, on
-        evidence), or after a window of probes without a descent along ``d``."""
-        alpha, _ = self.trial.estimate(min_probes=1)
-        if not (finite(alpha) and alpha > 0):  # no descent along d, or no curvature: no lr fits
+    def search_factor(self, slope: float, curvature: float, lr: float) -> float:
+        """The search's factor: while a probe's own line search ``alpha*`` puts the lr
+        above the band's top edge (``2 alpha* < lr``: the step raises the loss), down to
+        ``sqrt(2) alpha*`` at once, as a backtracking line search cuts. It ends at the first
+        probe that shows a descent along ``d`` that does not (rises are the band's, on
+        evidence), or after a window of probes without one."""
+        if not (slope > 0 and curvature > 0):  # no descent along d, or no curvature: no lr fits
             self.searching = len(self.trial.samples) < self.trial.samples.maxlen
             return 1.0
+        alpha = slope / curvature * lr
         if 2.0 * alpha < lr:
             return math.sqrt(2.0) * alpha / lr
         self.searching = False
