@@ -314,12 +314,12 @@ def test_newt_scales_back_only_past_the_minimum_of_a_descent_direction():
     assert uphill.diagnostics["scaled_back"] == 0.0 and uphill.diagnostics["slope"] < 0
 
 
-@pytest.mark.parametrize("lr", [1e-7, 1e-2, 10.0])
+@pytest.mark.parametrize("lr", [1e-4, 1e-2, 10.0])
 @pytest.mark.parametrize("method_cls", [ExactGeN, ParabolaGeN])
 def test_band_search_starts_from_the_first_probe(method_cls, lr):
     """The band's search acts on the first probe: from above the line search's edge (the
-    step raises the loss) straight down to ``sqrt(2)`` times the exact line search (the
-    parabola variant through its search down from the uphill step); from below the lr
+    step raises the loss) down towards ``sqrt(2)`` times the exact line search, by 4 at
+    most (the parabola variant through its search down from the uphill step); from below the lr
     holds until the window has evidence, then climbs; either way it ends in the band
     ``[1.8 alpha*, 2 alpha*]``."""
     model = Quadratic()
@@ -328,13 +328,13 @@ def test_band_search_starts_from_the_first_probe(method_cls, lr):
     expected = exact_line_search(model)
     loss = train_step(model, quadratic_loss, None, opt)
     first = method.step(None, loss=loss)
-    if lr > 2 * expected:  # phi(1) > phi(0)
-        assert first == pytest.approx(math.sqrt(2.0) * expected, rel=1e-6)
+    if lr > 2 * expected:  # phi(1) > phi(0): cut, by 4 at most
+        assert first == pytest.approx(max(math.sqrt(2.0) * expected, lr / 4), rel=1e-6)
         if method_cls is ParabolaGeN:
             assert 3 <= method.diagnostics["search_points"] <= 3 + ParabolaGeN.SEARCH_STEPS
     else:
         assert first == lr
-    for _ in range(80):
+    for _ in range(150):
         loss = train_step(model, quadratic_loss, None, opt)
         method.step(None, loss=loss)
     assert not method.searching

@@ -204,9 +204,10 @@ class GeNBase(LRMethod):
         self.lr_min, self.lr_max = lr_min, lr_max
         self.every, self.smoothing, self.max_factor = every, smoothing, max_factor
         self.fallback, self.shrink, self.probe, self.scale = fallback, shrink, probe, scale
-        # The band's state: searching, the probes since the lr last moved, and the gap from
-        # the last probe step to the next.
+        # The band's state: searching, the probes since the lr last moved and the step it
+        # moved at, and the gap from the last probe step to the next.
         self.searching, self.trial = rule == "band", LineSearchWindow(window)
+        self.moved_at = 0
         self.gap, self.last_probe = (1 if rule == "band" else every), -math.inf
         # The training loss's last value and the mean square of its recent step-to-step
         # changes (an exponential average over about ten steps), for the band's spikes.
@@ -349,8 +350,9 @@ class GeNBase(LRMethod):
         factor = self.bounded(factor)
         if self.rule == "band":
             self.gap = self.next_gap(factor)
-            if factor != 1.0:  # the probes at the current lr
+            if factor != 1.0:  # the probes at the current lr, and since when
                 self.trial.samples.clear()
+                self.moved_at = self.step_count
         alpha, error = self.window.estimate() if self.rule == "band" else (math.nan, math.nan)
         self.diagnostics = {
             **diag, "probed": 1.0, "skipped": 0.0,
@@ -363,12 +365,10 @@ class GeNBase(LRMethod):
         return factor
 
     def next_gap(self, factor: float) -> int:
-        """Steps from this probe to the next under the band: the next step while searching
-        and after a fall (a backtracking line search checks its cut), else lazy, the gap
-        doubling up to ``every``: a rise waits for evidence gathered over time, so that the
-        first steps' line search, far above the lr that suits the rest of a run, can't
-        carry the lr away (a raised lr that fails is the net's to catch)."""
-        return 1 if self.searching or factor < 1.0 else min(2 * self.gap, self.every)
+        """Steps from this probe to the next under the band: lazy (doubling up to
+        ``every``) only while the lr holds; the next step while searching and after a move,
+        so that a new lr is checked before it has run for long."""
+        return 1 if self.searching or factor != 1.0 else min(2 * self.gap, self.every)
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The paper's rule (its authors' code): ``lr <- smoothing*lr + (1-smoothing)*alpha*``,
@@ -410,10 +410,12 @@ class GeNBase(LRMethod):
         ``max_factor`` at most); when even twice the highest is below the lr (the step
         raises the loss), the lr falls to ``sqrt(2)`` times the highest (by ``max_factor``
         at most); else it holds. A rise also needs ``MIN_PROBES`` probes at the current lr
-        (``trial``) whose own Armijo step is above it: each new lr proves itself before the
-        next rise, so that a climb does not outrun what the probes can see (on a valley
-        floor, gradient descent's lr may look tiny along ``d`` while the steep walls
-        already make it unstable), nor the line search falling in a run's first steps."""
+        (``trial``) whose own Armijo step is above it, and ``window`` steps since the last
+        move: each new lr proves itself before the next rise, and the lr doubles at most
+        once per ``window`` steps, so that a climb outruns neither what the probes can see
+        (on a valley floor, gradient descent's lr may look tiny along ``d`` while the steep
+        walls already make it unstable) nor the first steps of a run, whose line search
+        lies far above the lr that suits the rest of it and falls fast."""
         self.window.add(slope, curvature, lr)
         self.trial.add(slope, curvature, lr)
         if self.searching:
@@ -426,7 +428,9 @@ class GeNBase(LRMethod):
         # A rise also needs the probes at the current lr (MIN_PROBES of them) to put their
         # own Armijo step above it: the window's older probes lag a falling line search.
         alpha_now, _ = self.trial.estimate()
-        if armijo > self.base_lr() and 2.0 * (1.0 - ARMIJO_C) * alpha_now > self.base_lr():
+        waited = self.step_count - self.moved_at >= self.window.samples.maxlen
+        if (armijo > self.base_lr() and 2.0 * (1.0 - ARMIJO_C) * alpha_now > self.base_lr()
+                and waited):
             return self.clamped(armijo / self.base_lr()), False
         # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
         # a step along d would not lower a quadratic at all; from there it climbs back to the
@@ -438,15 +442,17 @@ class GeNBase(LRMethod):
     def search_factor(self, slope: float, curvature: float, lr: float) -> float:
         """The search's factor: while a probe's own line search ``alpha*`` puts the lr
         above the band's top edge (``2 alpha* < lr``: the step raises the loss), down to
-        ``sqrt(2) alpha*`` at once, as a backtracking line search cuts. It ends at the first
+        ``sqrt(2) alpha*`` (by ``max_factor**2`` a probe at most), probing every step, as a
+        backtracking line search cuts. It ends at the first
         probe that shows a descent along ``d`` that does not (rises are the band's, on
         evidence), or after a window of probes without one."""
         if not (slope > 0 and curvature > 0):  # no descent along d, or no curvature: no lr fits
             self.searching = len(self.trial.samples) < self.trial.samples.maxlen
             return 1.0
         alpha = slope / curvature * lr
-        if 2.0 * alpha < lr:
-            return math.sqrt(2.0) * alpha / lr
+        if 2.0 * alpha < lr:  # by max_factor**2 at most: one noisy probe can't cut far
+            floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.0
+            return max(math.sqrt(2.0) * alpha / lr, floor)
         self.searching = False
         return 1.0
 
@@ -471,7 +477,7 @@ class GeNBase(LRMethod):
         # on the training batch (probe_source), having no previous one.
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
                 "window": list(self.window.samples), "trial": list(self.trial.samples),
-                "searching": self.searching, "gap": self.gap, "last_probe": self.last_probe,
+                "searching": self.searching, "gap": self.gap, "moved_at": self.moved_at, "last_probe": self.last_probe,
                 "loss_watch": self.loss_watch.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -480,6 +486,6 @@ class GeNBase(LRMethod):
         for window, key in ((self.window, "window"), (self.trial, "trial")):
             window.samples.clear()
             window.samples.extend(tuple(sample) for sample in state[key])
-        self.searching = state["searching"]
+        self.searching, self.moved_at = state["searching"], state["moved_at"]
         self.loss_watch = LossWatch(*state["loss_watch"])
         self.gap, self.last_probe = state["gap"], state["last_probe"]
