@@ -55,8 +55,8 @@ BAND_MARGIN = 2.0
 #: Armijo's sufficient-decrease constant: on the quadratic model the largest lr that meets
 #: it is ``2 (1 - ARMIJO_C) alpha*``, where the band's lr climbs to
 ARMIJO_C = 0.1
-#: the net answers a probe whose step raised the loss by more than this many times the
-#: root mean square of the changes the window's probes predict for a step at the same lr
+#: the net answers a probe whose step raised the loss beyond the change the window's probes
+#: predict for a step at the same lr by more than this many of their standard deviations
 NET_MARGIN = 8.0
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is netted
@@ -100,13 +100,15 @@ class LineSearchWindow:
         residual = sum((x - alpha * y) ** 2 for x, y in self.samples) / (n - 1)
         return alpha, math.sqrt(residual / n) / my
 
-    def typical_change(self, lr: float) -> float:
-        """The root mean square of ``phi(1) - phi(0)`` that the window's probes predict for a
-        step at ``lr``; NaN until ``MIN_PROBES`` probes."""
-        if len(self.samples) < self.MIN_PROBES:
-            return math.nan
+    def changes(self, lr: float) -> tuple[float, float]:
+        """The mean and the standard deviation of ``phi(1) - phi(0)`` that the window's
+        probes predict for a step at ``lr``; NaN until ``MIN_PROBES`` probes."""
+        n = len(self.samples)
+        if n < self.MIN_PROBES:
+            return math.nan, math.nan
         changes = [-x * lr + 0.5 * y * lr * lr for x, y in self.samples]
-        return math.sqrt(sum(c * c for c in changes) / len(changes))
+        mean = sum(changes) / n
+        return mean, math.sqrt(sum((c - mean) ** 2 for c in changes) / (n - 1))
 
 
 class LossWatch:
@@ -381,24 +383,25 @@ class GeNBase(LRMethod):
 
     def net_catches(self, slope: float, curvature: float, lr: float) -> bool:
         """Whether this probe's step raised the loss (``phi(1) > phi(0)`` on its quadratic
-        model): along a descent direction by more than ``NET_MARGIN`` times the window's
-        typical change at this lr (a direction uphill on the probe batch is noise, not a
-        step too long) unless searching (the search moves on every probe), or at all after
-        a spike of the training loss."""
+        model): along a descent direction, beyond the change the window's probes predict
+        for a step at this lr by more than ``NET_MARGIN`` of their standard deviations (a
+        direction uphill on the probe batch is noise, not a step too long) unless
+        searching (the search moves on every probe); or at all after a spike of the
+        training loss."""
         rise = -slope + 0.5 * curvature
         if self.spiked:
             return rise > 0
-        return not self.searching and rise > 0 and slope > 0 and (
-            rise > NET_MARGIN * self.window.typical_change(lr))
+        mean, spread = self.window.changes(lr)
+        return not self.searching and rise > 0 and slope > 0 and rise > mean + NET_MARGIN * spread
 
     def net_factor(self, s_star: float | None) -> tuple[float, bool]:
-        """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone (a quarter of
-        the lr where its slope is uphill), the window emptied (its probes measured another
-        place); a divergence that goes on spikes the loss again, and is netted again;
-        ``(factor, fallback)``."""
-        self.window.samples.clear()
-        self.trial.samples.clear()
-        return (math.sqrt(2.0) * s_star if s_star is not None else 0.25), False
+        """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone, by
+        ``max_factor**2`` at most (by that where its slope is uphill), the next step
+        probed; the probe is left out of the window (an outlier by the net's own test), so
+        that a rise that goes on is netted again; ``(factor, fallback)``."""
+        floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.25
+        cut = math.sqrt(2.0) * s_star if s_star is not None else 0.0
+        return (max(cut, floor) if self.max_factor is not None or cut <= 0 else cut), False
 
     def band_factor(self, slope: float, curvature: float, lr: float) -> tuple[float, bool]:
         """``(factor, fallback)`` of the band rule, this probe added to the window: the
