@@ -9,8 +9,9 @@ the configs ``@hydra.main`` would use (``--config-path``, ``--config-name``,
 an unknown option or key is said again from the exception's own fields (the group's
 options, the schema's fields). The checks come in two stages. The first needs no torch:
 composition (names, keys, types), the values a signature judges
-(``genlr.options.check_options``), the trainer settings, Hydra's own settings, the output
-folder. The second builds every job's components without data (what only the builders can
+(``genlr.options.check_options``: choices, lengths, ranges), the trainer settings, Hydra's
+own settings, the output folder (it can be made, no run is writing there, and it holds no
+earlier run the command line neither resumes nor overwrites: ``genlr.rundir``). The second builds every job's components without data (what only the builders can
 judge), finds or downloads the data, and reads the checkpoint a job resumes from.
 """
 
@@ -41,6 +42,8 @@ from gen_cli.objective import objective_of
 from gen_cli.schema import GROUPS, Table, TrainSchema, option_table, schema_of
 from genlr.messages import one_line
 from genlr.options import check_options
+from genlr.rundir import (CLI_OUTPUTS, ENGINE_OUTPUTS, SWEEP_OUTPUTS, check_run_dir, clear_run,
+                          earlier_run, earlier_sweep, resume_path, resumes_here, run_folders)
 from genlr.spec import RunSpec, TrainerConfig
 
 # Where @hydra.main finds its configs (gen_cli/train.py) and its job's name.
@@ -128,9 +131,26 @@ def parse_overrides(lines: list[str]) -> list[Override]:
 
 
 # ---------------------------------------------------------------------- the whole check
-def check_command_line(argv: list[str]) -> bool:
+@dataclasses.dataclass
+class Checked:
+    """A command line that passed: what ``trainer.overwrite`` removes before Hydra writes
+    (each folder with the names to remove there)."""
+
+    clear: list[tuple[Path, tuple[str, ...]]] = dataclasses.field(default_factory=list)
+
+    def start_over(self) -> None:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun the folder is rank 0's
+            return
+        for folder, names in self.clear:
+            clear_run(folder, names)
+            with contextlib.suppress(OSError):  # a job folder left empty goes too
+                folder.rmdir()
+
+
+def check_command_line(argv: list[str]) -> Checked | bool:
     """Raise UsageError (one line) if any job the command line asks for cannot start; False
-    where it asks Hydra to show something instead (nothing checked), else True."""
+    where it asks Hydra to show something instead (nothing checked), else what passed
+    (``Checked``, true)."""
     args = read_command_line(argv)
     if args is None:
         return False
@@ -141,6 +161,8 @@ def check_command_line(argv: list[str]) -> bool:
     given = {o.key_or_group for o in parsed}
     table = option_table()
     with app_configs(args.config_path):
+        _check_group_lists(parsed)
+
         def job_config(overrides: list[str]) -> DictConfig:
             return _compose(args.config_path or CONFIG_PATH, args.config_name or CONFIG_NAME,
                             [*extra, *overrides], given)  # Hydra reads the first hydra.searchpath
@@ -150,6 +172,8 @@ def check_command_line(argv: list[str]) -> bool:
         multirun = args.multirun or OmegaConf.select(first, "hydra.mode") == RunMode.MULTIRUN
         _check_hydra_settings(first, multirun)
         run_dir = None if multirun else Path(str(OmegaConf.select(first, "hydra.run.dir")))
+        sweep = (Path(str(OmegaConf.select(first, "hydra.sweep.dir"))),
+                 str(OmegaConf.to_container(first.hydra.sweep)["subdir"])) if multirun else None
         configs = []
         for job in _jobs(parsed, first, multirun):
             cfg = first if job == first_job else job_config(job)  # (composed once)
@@ -160,9 +184,29 @@ def check_command_line(argv: list[str]) -> bool:
                 cfg.pop("hydra", None)
             check_values(cfg, table)
             configs.append(cfg)
+    clear = check_folders(configs, run_dir, sweep)
     seed_given = next((o.input_line for o in parsed if o.get_key_element() == "seed"), None)
-    check_buildable(configs, run_dir, seed_given)
-    return True
+    chosen = {o.key_or_group: o.input_line for o in parsed if o.key_or_group in GROUPS}
+    check_buildable(configs, run_dir, seed_given, chosen)
+    return Checked(clear)
+
+
+def _check_group_lists(parsed: list[Override]) -> None:
+    """``lr=[constant,cosine]``: a config group takes one option (Hydra's own error, a merge
+    error between two schemas, does not say so); a sweep is ``-m lr=constant,cosine``."""
+    loader = GlobalHydra.instance().config_loader()
+    for override in parsed:
+        if override.is_delete() or override.is_sweep_override():
+            continue
+        group = override.key_or_group
+        try:
+            values, is_group = override.value(), bool(loader.get_group_options(group))
+        except Exception:  # a value Hydra reads otherwise: its business
+            continue
+        if isinstance(values, list) and is_group:
+            raise UsageError(f"{override.input_line}: {group} is a config group and takes one "
+                             f"option; to run each as its own job, sweep: gen-train -m "
+                             f"{group}={','.join(map(str, values))}")
 
 
 def _check_deletions(parsed: list[Override]) -> None:
@@ -238,9 +282,39 @@ def _compose(config_path: str, config_name: str, overrides: list[str], given: se
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except Exception as err:
         primary = f"--config-path {config_path} --config-name {config_name}"
-        raise UsageError(_describe(err, given, primary)) from None
+        line = _describe(err, given, primary)
+        raise UsageError(_option_misfit(err, config_name, overrides) or line) from None
     _check_references(cfg.hydra, "hydra.")
     return cfg
+
+
+def _option_misfit(err: BaseException, config_name: str, overrides: list[str]) -> str | None:
+    """``task=mnist does not fit workload=charlm_gpt: ...`` where the command line swapped a
+    component (``task=mnist``) whose new schema lacks an option the workload sets for its
+    own (``task.max_chars`` for task=charlm); None for any other error."""
+    cause = err
+    while cause is not None and not (isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+                                     and cause.full_key):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    key = cause.full_key
+    group = key.split(".")[0]
+    parsed = parse_overrides(overrides)
+    swapped = [o.input_line for o in parsed if o.key_or_group == group and not o.is_delete()]
+    given = {o.key_or_group for o in parsed}
+    if group not in ("task", "model", "optimizer") or not swapped or key in given:
+        return None
+    try:  # the workload's own components: the command line's swaps left out
+        own = compose(config_name=config_name, overrides=[
+            o.input_line for o in parsed if o.key_or_group not in ("task", "model", "optimizer")])
+    except Exception:
+        return None
+    if own.get("workload") is None:
+        return None
+    return (f"{swapped[-1]} does not fit workload={own.workload}: the workload sets {key} for "
+            f"its {group}={own[group].name}, an option {swapped[-1]} does not have; drop "
+            f"{swapped[-1]}, or drop workload= and choose the settings yourself")
 
 
 def _describe(err: BaseException, given: set[str], primary: str) -> str:
@@ -347,6 +421,43 @@ def check_values(cfg: DictConfig, table: Table) -> None:
         raise UsageError(one_line(err)) from None
 
 
+def check_folders(configs: list[DictConfig], run_dir: Path | None,
+                  sweep: tuple[Path, str] | None) -> list[tuple[Path, tuple[str, ...]]]:
+    """A run's folder is not in use and holds no earlier run that it neither continues
+    (``trainer.resume``) nor overwrites (``trainer.overwrite``); a sweep's job folders
+    (``sweep``: its folder and the subfolder's template) hold no earlier sweep's runs
+    unless it continues them (``trainer.resume=auto``) or overwrites them. Return what
+    ``trainer.overwrite`` removes (``Checked.clear``). (Under torchrun every process checks:
+    rank 0 writes nothing of a run before the others joined its process group.)"""
+    trainer = [cfg.trainer for cfg in configs]
+    overwrite = any(t.overwrite for t in trainer)
+    run_outputs = (*ENGINE_OUTPUTS, *CLI_OUTPUTS)
+    if run_dir is not None:
+        try:
+            resume_from = resume_path(trainer[0].resume, run_dir)
+        except OSError:  # nothing to resume: check_resume says so
+            resume_from = None
+        try:
+            check_run_dir(run_dir, overwrite or resumes_here(resume_from, run_dir), "hydra.run.dir")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return [(run_dir, run_outputs)] if overwrite and earlier_run(run_dir) else []
+    sweep_dir, subdir = sweep
+    if all(str(t.resume).lower() in ("auto", "true", "yes", "1") for t in trainer):
+        return []
+    # the job folders' names: ${hydra.job.num} a number, any other interpolation a name
+    pattern = re.compile("".join(
+        r"\d+" if part == "${hydra.job.num}" else "[^/]+" if part.startswith("${")
+        else re.escape(part) for part in re.split(r"(\$\{[^}]*\})", subdir)))
+    jobs = [job for job in run_folders(sweep_dir, depth=len(Path(subdir).parts))
+            if pattern.fullmatch(job.relative_to(sweep_dir).as_posix())]
+    if jobs and not overwrite:
+        raise UsageError(earlier_sweep(sweep_dir, jobs))
+    # (the job folders go, so their lock files too: no run holds them, or it would be writing)
+    return ([(job, (*run_outputs, ".lock")) for job in jobs]
+            + ([(sweep_dir, SWEEP_OUTPUTS)] if jobs else []))
+
+
 def _check_hydra_settings(cfg: DictConfig, multirun: bool) -> None:
     """The output folder can be made, and the launcher can launch."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -407,10 +518,11 @@ def spec_from_config(cfg) -> RunSpec:
 
 
 def check_buildable(configs: list[DictConfig], run_dir: Path | None,
-                    seed_given: str | None = None) -> None:
+                    seed_given: str | None = None, chosen: dict[str, str] | None = None) -> None:
     """Build every job's components without data, on the CPU; find (or download) each
-    task's data; the device and the strategy exist; a seed given on the command line
-    changes something."""
+    task's data; the batch fits it; the device and the strategy exist; a seed given on the
+    command line changes something. ``chosen``: the groups the command line sets
+    (``{"task": "task=mnist"}``), to say which of them a workload does not fit."""
     import torch
 
     from genlr.engine import build_run, resolve_device
@@ -421,41 +533,55 @@ def check_buildable(configs: list[DictConfig], run_dir: Path | None,
         try:
             run = build_run(spec, torch.device("cpu"), load_data=False)
         except Exception as err:  # the builders' own refusals say it all; a crash needs its type
-            raise UsageError(one_line(err, with_type=not isinstance(err, (ValueError, TypeError, OSError)))) from None
+            line = one_line(err, with_type=not isinstance(err, (ValueError, TypeError, OSError)))
+            raise UsageError(_workload_misfit(cfg, chosen or {}, line) or line) from None
         try:
             objective_of(cfg.objective, spec.task["name"])
             resolve_device(spec.trainer.device)
         except ValueError as err:
             raise UsageError(one_line(err)) from None
-        if spec.trainer.strategy == "ddp" and not {"RANK", "WORLD_SIZE"} <= set(os.environ):
-            raise UsageError("trainer.strategy=ddp needs torchrun: torchrun --nproc_per_node=N "
-                             "$(which gen-train) trainer.strategy=ddp ...")
+        if spec.trainer.strategy == "ddp":
+            if not {"RANK", "WORLD_SIZE"} <= set(os.environ):
+                raise UsageError("trainer.strategy=ddp needs torchrun: torchrun --nproc_per_node=N "
+                                 "$(which gen-train) trainer.strategy=ddp ...")
+            world = int(os.environ["WORLD_SIZE"])
+            if spec.trainer.batch_size % world:
+                raise UsageError(f"trainer.batch_size={spec.trainer.batch_size}: the global batch "
+                                 f"is split across the {world} processes; choose a multiple of "
+                                 f"{world}")
         check_resume(spec, run, run_dir)
         if seed_given and not run.task.depends_on_seed:
             raise UsageError(f"{seed_given}: task={spec.task['name']} does not depend on the seed "
                              "(a fixed start and no data); set task.start_noise > 0 to draw the "
                              "start from the seed")
-        if spec.task not in prepared:
-            prepared.append(spec.task)
-            try:
+        try:
+            if spec.task not in prepared:
+                prepared.append(spec.task)
                 run.task.prepare_data()
-            except (OSError, ValueError) as err:
-                raise UsageError(one_line(err)) from None
+            run.task.check_batch_size(spec.trainer.batch_size)  # (the data is there now)
+        except (OSError, ValueError) as err:
+            raise UsageError(one_line(err)) from None
+
+
+def _workload_misfit(cfg: DictConfig, chosen: dict[str, str], refused: str) -> str | None:
+    """``task=charlm does not fit workload=fmnist_cnn, which sets model=cnn: ...`` where a
+    builder refused a component (``refused`` starts ``model=cnn:``) that the workload set
+    and the command line left, while it changed another; None otherwise."""
+    workload = cfg.get("workload")
+    blamed = next((g for g in GROUPS if refused.startswith(f"{g}=")), None)
+    changed = [line for group, line in chosen.items() if group in ("task", "model", "optimizer")
+               and group != blamed]  # what a workload sets
+    if workload is None or blamed is None or blamed in chosen or not changed:
+        return None
+    return f"{', '.join(changed)} does not fit workload={workload}, which sets {refused}"
 
 
 def check_resume(spec: RunSpec, run, run_dir: Path | None) -> None:
     """The checkpoint to resume from exists, is readable, was trained with this config
-    (or trainer.resume_with_changes says to go on) and fits the run's components; the run
-    folder is not in use by another run."""
-    from genlr.engine import RunDirInUse, WallClock, load_checkpoint, resume_path, run_dir_lock
+    (or trainer.resume_with_changes says to go on) and fits the run's components."""
+    from genlr.engine import WallClock, load_checkpoint
     from genlr.tracking import RunStats
 
-    if run_dir is not None and run_dir.is_dir():
-        try:
-            with run_dir_lock(run_dir):
-                pass
-        except RunDirInUse as err:
-            raise UsageError(f"hydra.run.dir={err}") from None
     resume = spec.trainer.resume
     if resume is None or (run_dir is None and str(resume).lower() in ("true", "yes", "1", "auto")):
         return  # nothing to resume, or each sweep job's own folder (known once it runs)

@@ -23,7 +23,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from gen_cli.objective import register_resolver
-from genlr.options import Option, options_of
+from genlr.options import Option, Range, options_of
 from genlr.spec import TrainerConfig
 
 GROUPS = ("task", "model", "optimizer", "lr")
@@ -72,7 +72,8 @@ def option_table() -> Table:
     """Every group's options, as ``gen_cli/options.json`` holds them (no torch)."""
     data = json.loads(TABLE_FILE.read_text(encoding="utf-8"))
     return {group: {name: [Option(o["name"], _type_of(o["type"]), o["default"],
-                                  tuple(o["choices"]) if "choices" in o else None, o.get("length"))
+                                  tuple(o["choices"]) if "choices" in o else None, o.get("length"),
+                                  Range.parse(o["range"]) if "range" in o else None)
                            for o in options] for name, options in names.items()}
             for group, names in data.items()}
 
@@ -83,6 +84,7 @@ def table_text(table: Table) -> str:
         fields = {"name": o.name, "type": _type_name(o.type), "default": o.default}
         fields.update({"choices": list(o.choices)} if o.choices is not None else {})
         fields.update({"length": o.length} if o.length is not None else {})
+        fields.update({"range": str(o.range)} if o.range is not None else {})
         return json.dumps(fields)
 
     groups = []

@@ -4,6 +4,7 @@ sweeps, the run-output contract (the bad command lines: test_rejections.py)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -211,7 +212,8 @@ def test_help_lists_what_a_user_chooses_and_explains_the_trainer(tmp_path):
     assert "  resume_with_changes (False): resume although" in proc.stdout
 
 
-@pytest.mark.parametrize("args", [["lr=nonexistent"], ["trainer.max_steps=abc"], ["--help"]])
+@pytest.mark.parametrize("args", [["lr=nonexistent"], ["trainer.max_steps=abc"], ["--help"],
+                                  ["optimizer=sgd", "optimizer.momentum=1.5"]])
 def test_rejections_and_help_load_no_torch(args, tmp_path):
     """What start-up time is made of: torch, TensorBoard and matplotlib take seconds to
     import, and a command line is judged (and --help shown) without them."""
@@ -272,3 +274,96 @@ def test_seeds_change_synthetic_runs(tmp_path):
     assert final(0, start_noise=0.0) == final(1, start_noise=0.0)
     with pytest.raises(UsageError, match="seed=1: task=quadratic does not depend on the seed"):
         check_command_line(["task=quadratic", "task.start_noise=0", "seed=1"])
+
+
+# ------------------------------------------------------------------ issue 28's rows
+def test_the_folders_the_readme_writes_to_are_ignored_by_git():
+    """``hydra.run.dir=runs/cosine`` (the README's) and gen-train's default outputs/."""
+    import shutil
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = (REPO / "README.md").read_text() + (REPO / "docs" / "running.md").read_text()
+    folders = set(re.findall(r"hydra\.(?:run|sweep)\.dir=([A-Za-z_][\w-]*)/", readme))  # relative ones
+    assert "runs" in folders
+    for folder in sorted(folders | {"outputs"}):
+        proc = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x/summary.json"], cwd=REPO)
+        assert proc.returncode == 0, f"{folder}/ is not in .gitignore"
+
+
+def test_under_torchrun_rank_0_reports_and_every_rank_tags_its_warnings(monkeypatch):
+    """Each process torchrun starts logs the job: rank 0 alone says how training goes,
+    every rank's warnings and errors carry its rank (the console's format of
+    conf/hydra/job_logging/gen_train.yaml)."""
+    import logging
+
+    from gen_cli.train import RankFilter
+
+    console = logging.Formatter("gen-train: %(rank_tag)s%(message)s")
+
+    def seen(level: int) -> str | None:
+        record = logging.LogRecord("genlr.engine", level, __file__, 1, "step 1/4", None, None)
+        return console.format(record) if RankFilter().filter(record) else None
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert seen(logging.INFO) == "gen-train: step 1/4" and seen(logging.ERROR) == "gen-train: step 1/4"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert seen(logging.INFO) is None
+    assert seen(logging.WARNING) == "gen-train: [rank 1] step 1/4"
+    monkeypatch.setenv("RANK", "0")
+    assert seen(logging.INFO) == "gen-train: step 1/4"
+    assert seen(logging.ERROR) == "gen-train: [rank 0] step 1/4"
+
+
+@pytest.mark.slow
+def test_torchrun_prints_each_line_once_and_tags_each_ranks_refusal(tmp_path):
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    run_dir = tmp_path / "ddp"
+    args = [torchrun, "--standalone", "--nproc_per_node=2", *GEN_TRAIN, "trainer.strategy=ddp",
+            "trainer.device=cpu", "task=logreg", "model=mlp", "trainer.max_steps=4",
+            "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[1].strip() for line in lines[:-1]] == [f"step {s}/4" for s in (1, 2, 3, 4)]
+    assert lines[-1].startswith("gen-train: completed 4 steps") and len(lines) == 5
+    assert (run_dir / "train.log").read_text().count("completed 4 steps") == 1
+    # again into the finished run's folder: each process refuses, saying which it is (the
+    # first to refuse ends the others: torchrun stops them, maybe before they say it)
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    refusals = [line for line in proc.stderr.splitlines() if line.startswith("gen-train:")]
+    assert proc.returncode != 0 and refusals, proc.stderr
+    for line in refusals:
+        assert re.match(rf"gen-train: \[rank [01]\] hydra.run.dir={run_dir} holds an earlier run "
+                        r"\(completed at step 4\)", line), line
+
+
+def test_a_gpu_size_on_the_cpu_says_so(tmp_path, fake_fashion_root, monkeypatch):
+    """Issue 28: ``size=gpu`` on a CPU ran for minutes without a hint."""
+    from test_rejections import in_process
+
+    monkeypatch.setattr("genlr.engine.resolve_device", lambda name: __import__("torch").device("cpu"))
+    args = ["workload=fmnist_linear", "size=gpu", f"task.data_root={fake_fashion_root[0]}",
+            "trainer.max_steps=1", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'run'}"]
+    code, stderr = in_process(args, tmp_path)
+    assert code == 0 and stderr.splitlines() == [
+        "gen-train: size=gpu runs on the CPU here (no CUDA device): workload fmnist_linear at its "
+        "GPU size (trainer.max_steps=1) is meant for a GPU and takes far longer than at size=cpu"]
+    code, stderr = in_process([*args[:1], *args[2:-1], f"hydra.run.dir={tmp_path / 'cpu'}"], tmp_path)
+    assert code == 0 and stderr == ""
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_an_experiments_own_sweep_folder_wins_over_train_yaml(experiment):
+    """Issue 28: train.yaml's hydra.sweep.dir won over the experiment's, so its jobs went to
+    outputs/multirun/ where gen-report (and the README) did not look. The slow set runs
+    them: tests/test_documented_commands.py."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gen_cli.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}"],
+                      return_hydra_config=True)
+    folder = experiment.removesuffix("_peers")  # (the peers' sweep sits beside the methods')
+    assert cfg.hydra.sweep.dir.startswith(f"outputs/experiments/{folder}/"), cfg.hydra.sweep.dir

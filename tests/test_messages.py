@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genlr.messages import LIMIT, duration, one_line
+from genlr.messages import LIMIT, duration, one_line, shorten
 
 
 @pytest.mark.parametrize("err, expected", [
@@ -22,8 +22,21 @@ def test_one_line(err, expected):
 
 def test_one_line_names_the_type_when_asked_and_keeps_it_short():
     assert one_line(ValueError("bad"), with_type=True) == "ValueError: bad"
-    long = one_line(ValueError("x" * 1000))
-    assert len(long) == LIMIT and long.endswith("...")
+    long = one_line(ValueError("a" * 500 + "z" * 500))
+    assert len(long) == LIMIT and long.startswith("aaa") and " ... " in long and long.endswith("zzz")
+    assert len(one_line(ValueError("x" * 1000), limit=80)) == 80
+
+
+def test_a_cut_keeps_what_to_do():
+    """A long line is cut in its middle (a path, a cause), never at its end: the start says
+    what is wrong, the last "; " clause what to do (issue 28: "...into tas...")."""
+    advice = "put it in torchvision's layout (DIR/MNIST/raw/) into task.data_root=DIR"
+    text = f"mnist: not found in /root/.cache/genlr/MNIST/raw, and the download failed ({'x' * 400}); {advice}"
+    cut = one_line(OSError(text))
+    assert len(cut) <= LIMIT
+    assert cut.startswith("mnist: not found in /root/.cache/genlr/MNIST/raw")
+    assert cut.endswith(f" ...; {advice}")
+    assert shorten("short; enough") == "short; enough"
 
 
 @pytest.mark.parametrize("seconds, expected", [

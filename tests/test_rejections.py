@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -47,7 +48,15 @@ TABLE: list[tuple[list[str], str]] = [
     (["workload=fmnist_cnn", "size=tpu"], "unknown size 'tpu'; choose one of: cpu, gpu"),
     (["workload=nope"], "unknown workload 'nope'; choose one of: "),
     (["workload=fmnist_linear", "optimizer=prodigy"],
-     "optimizer.momentum: optimizer=prodigy has no option 'momentum'; choose one of: lr, betas"),
+     "optimizer=prodigy does not fit workload=fmnist_linear: the workload sets optimizer.momentum "
+     "for its optimizer=sgd, an option optimizer=prodigy does not have; drop optimizer=prodigy, "
+     "or drop workload= and choose the settings yourself"),
+    (["workload=charlm_gpt", "task=mnist"],
+     "task=mnist does not fit workload=charlm_gpt: the workload sets task.max_chars for its "
+     "task=charlm, an option task=mnist does not have"),
+    (["lr=[constant,cosine]"], "lr=[constant,cosine]: lr is a config group and takes one option; "
+                               "to run each as its own job, sweep: gen-train -m lr=constant,cosine"),
+    (["optimizer=[sgd]"], "optimizer=[sgd]: optimizer is a config group and takes one option"),
     # trainer settings
     (["trainer.max_steps=abc"], "trainer.max_steps: Value 'abc' of type 'str' could not be converted to Integer"),
     (["trainer.max_steps=2.5"], "trainer.max_steps"),
@@ -55,6 +64,15 @@ TABLE: list[tuple[list[str], str]] = [
     (["trainer.compile=maybe"], "trainer.compile"),
     (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer, got 0"),
     (["trainer.batch_size=-4"], "trainer.batch_size"),
+    (["trainer.batch_size=100000"],
+     "trainer.batch_size=100000: task logreg has 4096 training examples; choose at most 4096"),
+    (["task.train_samples=100", "trainer.batch_size=101"],
+     "trainer.batch_size=101: task logreg has 100 training examples; choose at most 100"),
+    (["task=charlm", "model=gpt", "trainer.batch_size=100000"],
+     "training windows of block_size + 1 = 65 characters; choose at most"),
+    (["trainer.overwrite=true", "trainer.resume=auto"],
+     "trainer.overwrite=true and trainer.resume=auto: the one starts over, the other "
+     "continues; give one of them"),
     (["trainer.eval_batch_size=0"], "trainer.eval_batch_size"),
     (["trainer.epochs=0"], "trainer.epochs"),
     (["trainer.log_every=0"], "trainer.log_every"),
@@ -82,14 +100,54 @@ TABLE: list[tuple[list[str], str]] = [
     (["optimizer.lr=inf"], "optimizer.lr=inf: not a finite number"),
     (["optimizer.lr=1e400"], "optimizer.lr"),
     (["optimizer.lr=nan"], "optimizer.lr=nan: not a finite number"),
-    (["optimizer.lr=-1"], "optimizer=adamw: lr must be >= 0, got -1"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0: must be >= 0"),
     (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: needs 2 values, got 1"),
     (["optimizer.betas=[0.9,0.99,0.999]"], "optimizer.betas=[0.9, 0.99, 0.999]: needs 2 values, got 3"),
     (["optimizer.betas=0.9"], "optimizer.betas"),
-    (["optimizer.betas=[0.9,2]"], "betas"),
-    (["optimizer.weight_decay=-0.1"], "weight_decay"),
-    (["optimizer.eps=-1"], "eps"),
-    (["optimizer=sgd", "optimizer.momentum=-1"], "momentum"),
+    # ... each within what its optimizer's maths needs (genlr.options.Range in the signature)
+    (["optimizer.betas=[0.9,2]"], "optimizer.betas=[0.9, 2.0]: each value must be in [0, 1)"),
+    (["optimizer.betas=[1.0,0.999]"], "optimizer.betas=[1.0, 0.999]: each value must be in [0, 1)"),
+    (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1: must be >= 0"),
+    (["optimizer.eps=-1"], "optimizer.eps=-1.0: must be > 0"),
+    (["optimizer.eps=0"], "optimizer.eps=0.0: must be > 0"),
+    (["optimizer=adam", "optimizer.eps=0"], "optimizer.eps=0.0: must be > 0"),
+    (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum=-1.0: must be in [0, 1)"),
+    (["optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum=1.5: must be in [0, 1)"),
+    (["optimizer=sgd", "optimizer.momentum=1"], "optimizer.momentum=1.0: must be in [0, 1)"),
+    (["optimizer=sgd", "optimizer.dampening=1"], "optimizer.dampening=1.0: must be in [0, 1)"),
+    (["optimizer=sgd", "optimizer.lr=-0.1"], "optimizer.lr=-0.1: must be >= 0"),
+    (["optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"],
+     "optimizer.nesterov=true: needs optimizer.momentum > 0 and optimizer.dampening=0 (got "
+     "momentum 0.0, dampening 0.0)"),
+    (["optimizer=sgd", "optimizer.nesterov=true", "optimizer.dampening=0.5"],
+     "optimizer.nesterov=true: needs optimizer.momentum > 0 and optimizer.dampening=0 (got "
+     "momentum 0.9, dampening 0.5)"),
+    (["optimizer=rmsprop", "optimizer.alpha=1"], "optimizer.alpha=1.0: must be in [0, 1)"),
+    (["optimizer=rmsprop", "optimizer.momentum=1.5"], "optimizer.momentum=1.5: must be in [0, 1)"),
+    (["optimizer=rmsprop", "optimizer.eps=0"], "optimizer.eps=0.0: must be > 0"),
+    (["optimizer=adagrad", "optimizer.lr_decay=-1"], "optimizer.lr_decay=-1.0: must be >= 0"),
+    (["optimizer=adagrad", "optimizer.initial_accumulator_value=-1"],
+     "optimizer.initial_accumulator_value=-1.0: must be >= 0"),
+    (["optimizer=adagrad", "optimizer.eps=0"], "optimizer.eps=0.0: must be > 0"),
+    (["optimizer=prodigy", "lr=constant", "optimizer.lr=0"], "optimizer.lr=0.0: must be > 0"),
+    (["optimizer=prodigy", "lr=constant", "optimizer.d0=0"], "optimizer.d0=0.0: must be > 0"),
+    (["optimizer=prodigy", "lr=constant", "optimizer.beta3=1"], "optimizer.beta3=1.0: must be in [0, 1)"),
+    (["optimizer=prodigy", "lr=constant", "optimizer.growth_rate=0.5"],
+     "optimizer.growth_rate=0.5: must be >= 1"),
+    (["optimizer=prodigy", "lr=constant", "optimizer.slice_p=0"], "optimizer.slice_p=0: must be >= 1"),
+    (["optimizer=schedulefree_sgd", "lr=constant", "optimizer.momentum=0"],
+     "optimizer.momentum=0.0: must be in (0, 1)"),
+    (["optimizer=schedulefree_adamw", "lr=constant", "optimizer.warmup_steps=-1"],
+     "optimizer.warmup_steps=-1: must be >= 0"),
+    (["optimizer=dog", "lr=constant", "optimizer.reps_rel=0"], "optimizer.reps_rel=0.0: must be > 0"),
+    (["optimizer=ldog", "lr=constant", "optimizer.init_eta=-1"], "optimizer.init_eta=-1.0: must be > 0"),
+    (["optimizer=dog", "lr=constant", "optimizer.averager_gamma=-1"],
+     "optimizer.averager_gamma=-1.0: must be >= 0"),
+    (["optimizer=dadapt_adam", "lr=constant", "optimizer.growth_rate=0"],
+     "optimizer.growth_rate=0.0: must be >= 1"),
+    (["optimizer=dadapt_sgd", "lr=constant", "optimizer.momentum=1"], "optimizer.momentum=1.0: must be in [0, 1)"),
+    (["optimizer=gen_optim_sgd", "lr=constant", "optimizer.every=0"], "optimizer.every=0: must be >= 1"),
+    (["optimizer=gen_optim_adamw", "lr=constant", "optimizer.scale=0"], "optimizer.scale=0.0: must be > 0"),
     (["optimizer.foo=1"], "optimizer.foo: optimizer=adamw has no option 'foo'; choose one of: lr, "),
     (["+optimizer.foo=1"], "optimizer.foo"),
     # lr-method options
@@ -123,8 +181,11 @@ TABLE: list[tuple[list[str], str]] = [
     (["task=fashion_mnist", "model=cnn", "task.train_size=-10"], "train_size"),
     (["task=fashion_mnist", "model=cnn", "task.train_size=0"], "train_size"),
     (["task=mnist", "model=cnn", "task.download=false", "task.data_root={tmp}/nowhere"],
-     "task.data_root"),
-    (["task=fashion_mnist", "model=cnn", "task.data_root={tmp}/a_file"], "task.data_root"),
+     "task.data_root={tmp}/nowhere: no mnist data there (MNIST/raw/); put the files there "
+     "(torchvision's layout), or set task.download=true to download them"),
+    (["task=fashion_mnist", "model=cnn", "task.data_root={tmp}/a_file"],
+     "task.data_root={tmp}/a_file: it is a file; give the folder that holds the fashion_mnist "
+     "data"),
     (["task=mnist", "model=cnn", "task.data_root="], "task.data_root='': no folder"),
     (["task=charlm", "model=gpt", "task.path={tmp}/binary"], "task.path={tmp}/binary: not UTF-8 text"),
     (["task=charlm", "model=gpt", "task.path={tmp}/missing"],
@@ -146,8 +207,8 @@ TABLE: list[tuple[list[str], str]] = [
     (["hydra.foo=1"], "hydra.foo: no such setting"),
     (["lr=constant,cosine"], "'lr=constant,cosine' sweeps over several values: add -m"),
     (["-m", "lr=constant,nope"], "unknown lr 'nope'"),
-    (["-m", "seed=0,1", "optimizer=sgd,adamw", "optimizer.lr=-1"], "lr must be >= 0"),
-    (["-m", "optimizer.lr=0.1,-1"], "optimizer=adamw: lr must be >= 0, got -1"),
+    (["-m", "seed=0,1", "optimizer=sgd,adamw", "optimizer.lr=-1"], "optimizer.lr=-1.0: must be >= 0"),
+    (["-m", "optimizer.lr=0.1,-1"], "optimizer.lr=-1.0: must be >= 0"),
     (["-m", "hydra.sweep.dir="], "hydra.sweep.dir is empty"),
     (["--foo"], "--foo: not a flag of gen-train"),
     (["--run", "--multirun"], "--run and --multirun"),
@@ -251,6 +312,10 @@ def test_representative_rows_through_the_real_cli(row, tmp_path):
     ("optimizer", "adamw", {"betas": [0.9]}),
     ("optimizer", "adamw", {"lr": float("nan")}),
     ("optimizer", "adamw", {"foo": 1}),
+    ("optimizer", "sgd", {"momentum": 1.5}),
+    ("optimizer", "adamw", {"eps": 0.0}),
+    ("optimizer", "adamw", {"betas": [0.9, 1.0]}),
+    ("optimizer", "sgd", {"nesterov": "true", "momentum": 0.0}),
     ("task", "charlm", {"foo": 1}),
 ])
 def test_the_library_refuses_an_option_in_the_command_lines_words(group, name, options, tmp_path):
@@ -259,13 +324,82 @@ def test_the_library_refuses_an_option_in_the_command_lines_words(group, name, o
     from genlr.optimizers import build_optimizer
     from genlr.tasks import build_task
 
-    build = {"optimizer": lambda: build_optimizer(name, build_model("linear", build_task("logreg")).parameters(), **options),
-             "task": lambda: build_task(name, **options)}[group]
+    typed = {key: value == "true" if value == "true" else value for key, value in options.items()}
+    build = {"optimizer": lambda: build_optimizer(name, build_model("linear", build_task("logreg")).parameters(), **typed),
+             "task": lambda: build_task(name, **typed)}[group]
     with pytest.raises(ValueError) as refused:
         build()
     overrides = [f"{group}={name}", *(f"{group}.{key}={value}" for key, value in options.items())]
     code, stderr = in_process(command(overrides, tmp_path), tmp_path)
     assert code == 2 and stderr.strip() == f"gen-train: {refused.value}"
+
+
+def test_a_workload_with_a_component_it_does_not_fit_is_named(tmp_path):
+    """``workload=fmnist_cnn task=charlm``: the line names the workload and what it sets
+    (the table's rows carry task=logreg model=mlp, which would hide it)."""
+    code, stderr = in_process(["workload=fmnist_cnn", "task=charlm", f"hydra.run.dir={tmp_path / 'run'}"],
+                              tmp_path)
+    assert code == 2 and stderr.splitlines() == [
+        "gen-train: task=charlm does not fit workload=fmnist_cnn, which sets model=cnn: model "
+        "'cnn' needs images (channels, height, width); task 'charlm' has inputs of shape (64,) "
+        "(use model=gpt)"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_images_is_refused_before_they_load(tmp_path, monkeypatch):
+    """The image tasks count their training set from the labels' IDX header (8 bytes)."""
+    write_mnist_layout(tmp_path, "MNIST")  # 64 training images
+
+    def read_idx(path):
+        pytest.fail(f"{path} was read")
+
+    monkeypatch.setattr("genlr.tasks.images.read_idx", read_idx)
+    monkeypatch.setattr("torchvision.datasets.MNIST.__init__", read_idx)
+    code, stderr = in_process(["task=mnist", "model=cnn", f"task.data_root={tmp_path}",
+                               "trainer.batch_size=65", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert code == 2 and stderr.splitlines() == [
+        "gen-train: trainer.batch_size=65: task mnist has 64 training examples; choose at most 64"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_download_says_what_to_do_and_leaves_no_folder(tmp_path, monkeypatch):
+    """Issue 28: cut at 300 characters, the line lost its end ("...into tas..."), and a
+    task.data_root given was not named. A download that fails (here with a long message)
+    leaves no empty folders behind either."""
+    import torchvision
+
+    def offline(self, root, *args, **kwargs):
+        os.makedirs(os.path.join(root, "MNIST", "raw"), exist_ok=True)  # as torchvision does
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried "
+                           + "https://mirror.example/mnist/, " * 20 + "got: <urlopen error>")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "__init__", offline)
+    monkeypatch.setenv("GENLR_DATA", str(tmp_path / "cache"))
+    root = tmp_path / "new" / "dir"
+    for args, start, end in [
+            ([f"task.data_root={root}"], f"gen-train: task.data_root={root}: no mnist data there "
+                                          "(MNIST/raw/), and the download into it failed (Error downloading",
+             "; put the files there (torchvision's layout), or check the network"),
+            ([], f"gen-train: mnist: not found in {tmp_path}/cache/MNIST/raw, and the download",
+             "; put it in torchvision's layout (DIR/MNIST/raw/) into task.data_root=DIR")]:
+        code, stderr = in_process(["task=mnist", "model=cnn", *args,
+                                   f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+        (line,) = stderr.splitlines()
+        assert code == 2 and line.startswith(start) and line.endswith(end), line
+    assert not (tmp_path / "new").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_truncated_checkpoint_is_refused_with_how_to_go_on(tmp_path):
+    torch.save({"model": {"w": torch.zeros(10_000)}}, tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    code, stderr = in_process([*BASE, f"trainer.resume={tmp_path / 'cut.pt'}",
+                               f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    (line,) = stderr.splitlines()  # torch's reason between, in its first sentence
+    assert code == 2 and line.startswith(
+        f"gen-train: trainer.resume: {tmp_path / 'cut.pt'} is not a readable checkpoint (")
+    assert line.endswith("); resume from another checkpoint, or start the run over: "
+                         "trainer.overwrite=true instead of trainer.resume")
 
 
 def test_data_found_corrupt_when_read_fails_its_run_in_one_line(tmp_path):
@@ -276,7 +410,7 @@ def test_data_found_corrupt_when_read_fails_its_run_in_one_line(tmp_path):
     images.write_bytes(images.read_bytes()[:1000])
     code, stderr = in_process(["task=mnist", "model=cnn", f"task.data_root={tmp_path}",
                                "task.download=false", "trainer.max_steps=2",
-                               f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+                               "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "the files in" in lines[0], stderr
     assert "truncated or corrupt" in lines[0] and not CLASS_NAME.search(lines[0]), stderr
@@ -357,3 +491,81 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path):
         f"gen-train: hydra.run.dir={tmp_path / 'run'}: another run is using this folder (it holds "
         f"{tmp_path / 'run' / '.lock'}); give this run its own folder"]
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+# ---------------------------------------------------------- a folder that holds a run
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_into_a_finished_runs_folder_is_refused_and_changes_nothing(tmp_path):
+    """Issue 28: a second run into the folder of a finished run replaced its summary.json
+    and last.pt and mixed two runs' TensorBoard events. Refused in one line naming the
+    ways on, nothing written; trainer.overwrite=true starts clean; resume=auto skips."""
+    run = tmp_path / "run"
+    args = [*BASE, f"hydra.run.dir={run}"]
+    assert in_process(args, tmp_path)[0] == 0
+    before = snapshot(run)
+    code, stderr = in_process(args, tmp_path)
+    assert code == 2 and stderr.splitlines() == [
+        f"gen-train: hydra.run.dir={run} holds an earlier run (completed at step 2); continue it "
+        "with trainer.resume=true, start over with trainer.overwrite=true (removes its outputs), "
+        "or give this run another folder"]
+    assert snapshot(run) == before
+    # the README's own example: hydra.run.dir=. where a summary.json is
+    code, stderr = in_process([*BASE, "hydra.run.dir=."], run)
+    assert code == 2 and "hydra.run.dir=. holds an earlier run" in stderr
+    assert snapshot(run) == before
+
+    code, _ = in_process([*args, "trainer.resume=auto"], tmp_path)  # a finished run: given back
+    finished = json.loads(before["summary.json"][0])
+    again = json.loads((run / "summary.json").read_text())
+    assert code == 0 and (again["steps"], again["final"]) == (finished["steps"], finished["final"])
+
+    (run / "notes.txt").write_text("mine")
+    code, _ = in_process([*BASE[:2], "trainer.max_steps=3", "trainer.overwrite=true",
+                          f"hydra.run.dir={run}"], tmp_path)
+    assert code == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    assert len(list((run / "tb").iterdir())) == 1  # one run's events, not two
+    log = (run / "train.log").read_text()
+    assert "step 3/3" in log and "step 2/2" not in log  # the earlier run's log went too
+    assert (run / "notes.txt").read_text() == "mine"  # what is not a run's output stays
+
+
+def test_a_sweep_into_an_earlier_sweeps_folder_is_refused_unless_continued_or_overwritten(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *BASE, "lr=constant,cosine", f"hydra.sweep.dir={sweep}"]
+    assert in_process(args, tmp_path)[0] == 0
+    before = snapshot(sweep)
+    code, stderr = in_process(["-m", *BASE, "lr=newt", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert code == 2 and stderr.splitlines() == [
+        f"gen-train: hydra.sweep.dir={sweep} holds 2 run(s) of an earlier sweep (0, 1); continue "
+        "that sweep with trainer.resume=auto, start over with trainer.overwrite=true (removes "
+        "their outputs), or give this sweep another folder"]
+    assert snapshot(sweep) == before
+    # a sweep into the parent of another sweep's folders uses other folders (0, 1, ...)
+    assert in_process(["-m", *BASE, "lr=constant", f"hydra.sweep.dir={tmp_path}"], tmp_path)[0] == 0
+
+    assert in_process([*args, "trainer.resume=auto"], tmp_path)[0] == 0  # gen-suite's reruns
+    for job in ("0", "1"):
+        finished = json.loads(before[f"{job}/summary.json"][0])
+        assert json.loads((sweep / job / "summary.json").read_text())["final"] == finished["final"]
+
+    code, _ = in_process(["-m", *BASE, "lr=newt", "trainer.overwrite=true",
+                          f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert code == 0
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]  # job 1 is gone
+    assert json.loads((sweep / "0" / "summary.json").read_text())["lr_method"] == "newt"
+
+
+def test_under_torchrun_a_refusal_names_its_rank_and_the_batch_must_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, stderr = in_process([*BASE, "trainer.strategy=ddp", "trainer.batch_size=63",
+                               f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert code == 2 and stderr.splitlines() == [
+        "gen-train: [rank 1] trainer.batch_size=63: the global batch is split across the 2 "
+        "processes; choose a multiple of 2"]

@@ -74,7 +74,7 @@ def test_in_memory_batches(name):
     assert sum(len(b[1]) for b in evals) == 30 and len(evals[-1][1]) == 30 % 8
     assert torch.equal(torch.cat([b[0] for b in evals]), torch.cat([b[0] for b in task.eval_batches(30)]))
 
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError, match=r"^trainer.batch_size=1000: task .* has \d+ training examples; choose at most"):
         task.steps_per_epoch(1000)
 
 
@@ -487,3 +487,26 @@ def test_configs_compose_and_pick_the_task_default_model(tmp_path):
         assert cfg.model.depth == 2
         with pytest.raises(Exception, match="nonexistent"):
             compose("primary", overrides=["task=quadratic", "task.nonexistent=1"])
+
+
+def test_tasks_tell_their_training_set_size_before_loading(fake_mnist, fake_debian_fashion,
+                                                         fake_cifar10, tmp_path, monkeypatch):
+    """What lets gen-train refuse trainer.batch_size before the data loads: the options, or
+    the labels' IDX header (a few bytes), or CIFAR-10's fixed size once its files are there."""
+    root = fake_mnist[0]
+    monkeypatch.setenv("GENLR_DATA", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("genlr.tasks.images.read_idx", lambda path: pytest.fail(f"read {path}"))
+    assert build_task("mnist", data_root=str(root)).train_examples() == FAKE_TRAIN
+    assert build_task("mnist", data_root=str(root), train_size=10).train_examples() == 10
+    assert build_task("fashion_mnist").train_examples() == FAKE_TRAIN  # the Debian copy (.gz)
+    assert build_task("mnist", data_root=str(tmp_path / "none")).train_examples() is None
+    assert build_task("cifar10", data_root=str(root)).train_examples() == 50_000
+    assert build_task("logreg", train_samples=300).train_examples() == 300
+    assert build_task("teacher", train_samples=200).train_examples() == 200
+    assert build_task("quadratic").train_examples() is None  # no data: any batch size
+    text = tmp_path / "text.txt"
+    text.write_text("abcdefgh" * 100)  # 800 characters, 720 to train on: (720 - 1) // 8
+    assert build_task("charlm", path=str(text), block_size=8).train_examples() == 89
+    with pytest.raises(ValueError, match=r"^trainer.batch_size=90: task charlm has 89 training "
+                                         r"windows of block_size \+ 1 = 9 characters; choose at most 89$"):
+        build_task("charlm", path=str(text), block_size=8).check_batch_size(90)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -32,11 +31,14 @@ from genlr.models import build_model
 from genlr.optimizers import build_optimizer
 from genlr.options import flatten_config
 from genlr.peers import optimizer_hooks
+from genlr.rundir import (EarlierRun, RunDirInUse, check_run_dir, clear_run, resume_path,
+                          resumes_here, run_dir_lock)
 from genlr.tasks import build_task
 from genlr.spec import AMP_MODES, DEVICES, RunSpec, TrainerConfig
 from genlr.tracking import RunStats, build_summary, write_summary
 
-__all__ = ["AMP_MODES", "DEVICES", "RunSpec", "TrainerConfig", "build_run", "train"]
+__all__ = ["AMP_MODES", "DEVICES", "EarlierRun", "RunDirInUse", "RunSpec", "TrainerConfig",
+           "build_run", "train"]
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0  # at least one progress line this often in the log
 
@@ -50,10 +52,6 @@ class Diverged(RuntimeError):
 
 class CheckpointError(ValueError):
     """A checkpoint this run cannot resume from; the message is one line."""
-
-
-class RunDirInUse(ValueError):
-    """Another run is writing into the same folder."""
 
 
 class ConfigError(ValueError):
@@ -133,16 +131,20 @@ class StopRequest:
 
 
 @torch.no_grad()
-def evaluate(task, model, autocast, batch_size: int) -> dict[str, float]:
-    """Exact averages over the evaluation set (sums first, then one division)."""
+def evaluate(task, model, autocast, batch_size: int,
+             after_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Exact averages over the evaluation set (sums first, then one division);
+    ``after_batch(i)`` is called after the i-th batch (1, 2, ...)."""
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
-    for batch in task.eval_batches(batch_size):
+    for i, batch in enumerate(task.eval_batches(batch_size), 1):
         with autocast():
             sums = task.evaluate(model, batch)
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
+        if after_batch is not None:
+            after_batch(i)
     model.train(was_training)
     count = max(totals.pop("count", 0.0), 1.0)
     metrics = {"loss": totals.pop("loss_sum", math.nan) / count}
@@ -157,24 +159,6 @@ class SilentWriter:
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args, **kwargs: None
-
-
-def resume_path(resume: str | None, run_dir: Path) -> Path | None:
-    """``trainer.resume``: None/false -> None; true -> this run's last.pt; auto -> this run's
-    last.pt if there is one, else None (a fresh start); else a file or run dir."""
-    if resume is None or str(resume).lower() in ("false", "no", "0", ""):
-        return None
-    if str(resume).lower() in ("auto", "true", "yes", "1"):
-        path = run_dir / "checkpoints" / "last.pt"
-        if str(resume).lower() == "auto" and not path.is_file():
-            return None
-    else:
-        path = Path(resume)
-        if path.is_dir():
-            path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"trainer.resume: no checkpoint at {path}")
-    return path
 
 
 @dataclass
@@ -206,6 +190,7 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
         names[group], options[group] = _split(getattr(spec, group))
     with _blame("task", names["task"]):
         task = build_task(names["task"], **options["task"])
+    task.check_batch_size(cfg.batch_size)  # before loading, where the task can tell its size
     if load_data:
         task.setup(device)
     # trainer.max_steps, given, is the run's length (epochs follow one another as long as it
@@ -301,8 +286,9 @@ def save_checkpoint(path: Path, run: Run, stats: RunStats, clock: WallClock, ste
 # trainer settings that say how long a run goes on and how it is watched, not where it
 # goes: a resumed run may change them freely
 FREE_ON_RESUME = {f"trainer.{key}" for key in (
-    "resume", "resume_with_changes", "epochs", "max_steps", "eval_every", "eval_batch_size",
-    "log_every", "checkpoint_every", "profile_every", "progress", "plots", "device")}
+    "resume", "resume_with_changes", "overwrite", "epochs", "max_steps", "eval_every",
+    "eval_batch_size", "log_every", "checkpoint_every", "profile_every", "progress", "plots",
+    "device")}
 
 
 def config_changes(saved: dict[str, Any], spec: RunSpec) -> list[str]:
@@ -327,7 +313,7 @@ def _unreadable(err: BaseException) -> str:
                   if line.strip()]
         reason = detail[0].strip().split(" was not an allowed global")[0] if detail else ""
         return f"torch.load(weights_only=True) refuses it: {reason}"
-    return one_line(err, with_type=True)
+    return one_line(err, with_type=True).split(". ")[0]  # torch's first sentence says it
 
 
 def load_checkpoint(path: Path, run: Run, stats: RunStats, clock: WallClock) -> tuple[int, list[str]]:
@@ -343,7 +329,8 @@ def load_checkpoint(path: Path, run: Run, stats: RunStats, clock: WallClock) -> 
         state = torch.load(path, map_location=run.device, weights_only=True)
     except Exception as err:  # torch's many reasons: not a zip, truncated, unpickling refused
         raise CheckpointError(f"trainer.resume: {path} is not a readable checkpoint "
-                              f"({_unreadable(err)})") from err
+                              f"({_unreadable(err)}); resume from another checkpoint, or start "
+                              "the run over: trainer.overwrite=true instead of trainer.resume") from err
     parts = _checkpointed(run, stats, clock)
     missing = ([key for key in (*parts, "step", "config") if key not in state]
                if isinstance(state, dict) else ["step"])
@@ -362,22 +349,6 @@ def load_checkpoint(path: Path, run: Run, stats: RunStats, clock: WallClock) -> 
             raise CheckpointError(f"trainer.resume: the {key} state in {path} does not fit this "
                                   f"run ({one_line(err, with_type=True)})") from err
     return state["step"], changes
-
-
-@contextlib.contextmanager
-def run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``<run_dir>/.lock`` while a run writes there, so that a second run started in
-    the same folder is refused instead of interleaving its outputs with the first's."""
-    lock = FileLock(run_dir / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise RunDirInUse(f"{run_dir}: another run is using this folder (it holds "
-                          f"{run_dir / '.lock'}); give this run its own folder") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _batch_stream(task, batch_size: int, seed: int, steps_per_epoch: int, step: int) -> Iterator[Any]:
@@ -436,7 +407,8 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
 
     Raises the component's own one-line errors (unknown names, bad options, missing
     dataset, incompatible optimizer, a checkpoint that does not fit, a folder another
-    run holds) before anything is written; once training started, a NaN loss or a stop
+    run holds, a folder holding an earlier run this one neither resumes nor overwrites:
+    ``EarlierRun``) before anything is written; once training started, a NaN loss or a stop
     signal ends the run with status ``diverged`` / ``interrupted``, and any other failure
     with status ``failed``, always leaving summary, plots and the last good checkpoint
     behind. Progress goes to the ``genlr.engine`` logger: a line at every evaluation and
@@ -446,43 +418,67 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
 
     cfg, run_dir = spec.trainer, Path(run_dir)
     clock = WallClock()
+    device = distributed.init(cfg.strategy, cfg.device) or resolve_device(cfg.device)
+    main_rank = distributed.is_main()  # only rank 0 writes the run's outputs (and says so)
+    # The folder first, before the data loads: nothing is written into a folder that
+    # holds an earlier run this one neither continues nor was told to overwrite.
+    resume_from = resume_path(cfg.resume, run_dir)
+    if main_rank and run_dir.is_dir():
+        check_run_dir(run_dir, continuing=cfg.overwrite or resumes_here(resume_from, run_dir))
     torch.manual_seed(spec.seed)
-    run = build_run(spec, distributed.init(cfg.strategy, cfg.device) or resolve_device(cfg.device))
-    task, model, method, hooks, device = run.task, run.model, run.method, run.hooks, run.device
+    run = build_run(spec, device)
+    task, model, method, hooks = run.task, run.model, run.method, run.hooks
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     eval_every = cfg.eval_interval(run.total_steps)
-    main_rank = distributed.is_main()  # only rank 0 writes the run's outputs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # per run, also within a sweep
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir) if main_rank else contextlib.nullcontext():
+        if cfg.overwrite and main_rank:
+            clear_run(run_dir)
         checkpoint_path = run_dir / "checkpoints" / "last.pt"
         stats, step = RunStats(), 0
         status, message = "completed", ""
-        resume_from = resume_path(cfg.resume, run_dir)
         if resume_from is not None:
             step, changes = load_checkpoint(resume_from, run, stats, clock)
-            if changes:
+            if changes and main_rank:
                 log.warning("resuming with a changed config (trainer.resume_with_changes): %s",
                             "; ".join(changes))
-        # Resuming purges the events an interrupted attempt logged after its checkpoint.
-        writer = (RunWriter(run_dir, purge_step=step + 1 if resume_from else None) if main_rank
-                  else SilentWriter())
-        if resume_from is None:
-            writer.hparams(hparams or asdict(spec))
-        marks = {"checkpoint": None, "eval": None, "line": time.perf_counter()}  # when last done
+            if main_rank:
+                log.info("resumed from step %d/%d (%s)%s", step, run.total_steps, resume_from,
+                         "" if step < run.total_steps else ": nothing left to train")
+        writer: Any = SilentWriter()  # until the first checkpoint (below) is there
+        # when each was last done; how long the last evaluation took (seconds)
+        marks = {"checkpoint": None, "eval": None, "line": time.perf_counter(), "eval_s": 0.0}
 
         def checkpoint() -> None:
             if main_rank:
                 save_checkpoint(checkpoint_path, run, stats, clock, step)
             marks["checkpoint"] = step
 
+        def late(ahead_s: float = 0.0) -> bool:
+            """Whether a line is due now, so that none is more than PROGRESS_EVERY_S apart
+            when what comes next takes ``ahead_s``."""
+            return time.perf_counter() - marks["line"] + ahead_s > PROGRESS_EVERY_S
+
+        def evaluating(batches: int) -> None:
+            if late():  # a long evaluation: say where it is
+                if main_rank:
+                    log.info("step %d/%d: evaluating (batch %d done)", step, run.total_steps,
+                             batches)
+                marks["line"] = time.perf_counter()
+
         def run_eval(loss_value: float | None) -> dict[str, float]:
+            if late(marks["eval_s"]):  # the evaluation would make the next line late
+                log_progress(loss_value)
+            started = time.perf_counter()
             hooks.eval()
             with hooks.eval_model() as eval_model:
-                metrics = evaluate(task, eval_model, run.autocast, cfg.eval_batch_size)
+                metrics = evaluate(task, eval_model, run.autocast, cfg.eval_batch_size,
+                                   after_batch=evaluating)
             hooks.train()
+            marks["eval_s"] = time.perf_counter() - started
             stats.record_eval(step, eval_loss=metrics["loss"], eval_acc=metrics.get("acc"))
             writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
             marks["eval"] = step
@@ -495,8 +491,9 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             line = ", ".join(f"{name} {value:.4g}" for name, value in values if value is not None)
             remaining = (run.total_steps - step) / rate if rate > 0 else 0.0
             left = f", {duration(remaining)} left" if remaining >= 1 else ""
-            log.info("step %d/%d: %s, lr %.3g (%.3g steps/s%s)", step, run.total_steps, line,
-                     hooks.lrs()[0], rate, left)
+            if main_rank:  # every rank trains the same steps: one says so
+                log.info("step %d/%d: %s, lr %.3g (%.3g steps/s%s)", step, run.total_steps, line,
+                         hooks.lrs()[0], rate, left)
             marks["line"] = time.perf_counter()
 
         def log_step(at: int, loss_value: float, lrs: list[float], step_ms: float | None) -> None:
@@ -513,6 +510,12 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
         if step == 0:
             stats.record_step(0, lr=hooks.lrs())  # the initial learning rate, before any step
             checkpoint()  # a good state to go back to, even if the very first steps diverge
+        # After that checkpoint, so that a folder with events always has one to resume from.
+        # Resuming purges the events an interrupted attempt logged after its checkpoint.
+        if main_rank:
+            writer = RunWriter(run_dir, purge_step=step + 1 if resume_from else None)
+            if resume_from is None:
+                writer.hparams(hparams or asdict(spec))
         first_step, loop_started = step, time.perf_counter()
         try:
             with StopRequest() as stop, (contextlib.nullcontext() if progress.disable
@@ -530,7 +533,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                     evaluated = step % eval_every == 0 or step == run.total_steps
                     if evaluated:
                         method.on_eval(run_eval(loss_value))
-                    elif time.perf_counter() - marks["line"] > PROGRESS_EVERY_S:
+                    elif late(step_ms / 1e3):  # (the next step will take about as long)
                         log_progress(loss_value)
                     if (step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else evaluated):
                         checkpoint()
@@ -572,7 +575,9 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 write_summary(run_dir, summary)
                 if cfg.plots:
                     write_plots(run_dir, stats.history())
-    log.log(logging.INFO if status == "completed" else logging.ERROR, "%s", last_line(summary, run_dir))
+    if main_rank:
+        log.log(logging.INFO if status == "completed" else logging.ERROR, "%s",
+                last_line(summary, run_dir))
     return summary
 
 

@@ -1,63 +1,60 @@
 """Base optimizers and their registry: ``optimizer=<name>`` on the command line.
 
 Each builder takes the parameters (or parameter groups) and keyword-only options, whose
-defaults are the project's defaults (see ``genlr.options``).
+defaults are the project's defaults (see ``genlr.options``). Each option's allowed values
+are in its annotation (``NonNegative``, ``Decay``, ...: what the optimizer's maths needs,
+not only what its package checks; torch takes SGD's momentum 1.5 without a word), judged
+by ``check_options`` before the builder runs; what ties two options together is judged here.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Annotated, Callable, Iterable, Optional
 
 import torch
 
-from genlr.options import build
+from genlr.options import (AtLeast1, Decay, NonNegative, NonNegativeInt, Positive, PositiveInt,
+                           Range, build)
 
 Params = Iterable[torch.Tensor] | Iterable[dict]
 
 
-def _check(betas: tuple[float, ...] = (), **nonnegative: float) -> None:
-    """One-line errors that name the option (torch's own checks say "learning rate")."""
-    for name, value in nonnegative.items():
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    if any(not 0.0 <= beta < 1.0 for beta in betas):
-        raise ValueError(f"betas must be in [0, 1), got {list(betas)}")
+Betas = Annotated[tuple[float, float], Range(0, 1, high_open=True)]  # each in [0, 1)
 
 
-def sgd(params: Params, *, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
-        weight_decay: float = 0.0, dampening: float = 0.0) -> torch.optim.SGD:
-    _check(lr=lr, momentum=momentum, weight_decay=weight_decay)
+def sgd(params: Params, *, lr: NonNegative = 0.1, momentum: Decay = 0.9, nesterov: bool = False,
+        weight_decay: NonNegative = 0.0, dampening: Decay = 0.0) -> torch.optim.SGD:
+    if nesterov and (momentum == 0 or dampening != 0):
+        raise ValueError(f"optimizer.nesterov=true: needs optimizer.momentum > 0 and "
+                         f"optimizer.dampening=0 (got momentum {momentum}, dampening {dampening})")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
                            weight_decay=weight_decay, dampening=dampening)
 
 
-def adam(params: Params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-         eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False) -> torch.optim.Adam:
-    _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
+def adam(params: Params, *, lr: NonNegative = 1e-3, betas: Betas = (0.9, 0.999),
+         eps: Positive = 1e-8, weight_decay: NonNegative = 0.0,
+         amsgrad: bool = False) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps,
                             weight_decay=weight_decay, amsgrad=amsgrad)
 
 
-def adamw(params: Params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-          eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False) -> torch.optim.AdamW:
-    _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
+def adamw(params: Params, *, lr: NonNegative = 1e-3, betas: Betas = (0.9, 0.999),
+          eps: Positive = 1e-8, weight_decay: NonNegative = 0.01,
+          amsgrad: bool = False) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps,
                              weight_decay=weight_decay, amsgrad=amsgrad)
 
 
-def rmsprop(params: Params, *, lr: float = 1e-3, alpha: float = 0.99, eps: float = 1e-8,
-            momentum: float = 0.0, centered: bool = False,
-            weight_decay: float = 0.0) -> torch.optim.RMSprop:
-    _check(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
+def rmsprop(params: Params, *, lr: NonNegative = 1e-3, alpha: Decay = 0.99, eps: Positive = 1e-8,
+            momentum: Decay = 0.0, centered: bool = False,
+            weight_decay: NonNegative = 0.0) -> torch.optim.RMSprop:
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum,
                                centered=centered, weight_decay=weight_decay)
 
 
-def adagrad(params: Params, *, lr: float = 1e-2, lr_decay: float = 0.0, eps: float = 1e-10,
-            weight_decay: float = 0.0,
-            initial_accumulator_value: float = 0.0) -> torch.optim.Adagrad:
-    _check(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
-           initial_accumulator_value=initial_accumulator_value)
+def adagrad(params: Params, *, lr: NonNegative = 1e-2, lr_decay: NonNegative = 0.0,
+            eps: Positive = 1e-10, weight_decay: NonNegative = 0.0,
+            initial_accumulator_value: NonNegative = 0.0) -> torch.optim.Adagrad:
     return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, eps=eps,
                                weight_decay=weight_decay,
                                initial_accumulator_value=initial_accumulator_value)
@@ -76,14 +73,15 @@ def _require(module: str, package: str):
         raise ImportError(f"this optimizer needs {package}: pip install {package}") from None
 
 
-def prodigy(params: Params, *, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
-            beta3: float | None = None, eps: float = 1e-8, weight_decay: float = 0.0,
+def prodigy(params: Params, *, lr: Positive = 1.0, betas: Betas = (0.9, 0.999),
+            beta3: Optional[Decay] = None, eps: Positive = 1e-8, weight_decay: NonNegative = 0.0,
             decouple: bool = True, use_bias_correction: bool = False,
-            safeguard_warmup: bool = False, d0: float = 1e-6, d_coef: float = 1.0,
-            growth_rate: float | None = None, slice_p: int = 1) -> torch.optim.Optimizer:
+            safeguard_warmup: bool = False, d0: Positive = 1e-6, d_coef: Positive = 1.0,
+            growth_rate: Optional[AtLeast1] = None, slice_p: PositiveInt = 1) -> torch.optim.Optimizer:
     """Prodigy (Mishchenko & Defazio, 2024), ``prodigyopt.Prodigy``; step size ``d * lr``.
 
-    ``growth_rate=None`` is Prodigy's unbounded default (``inf``, which YAML spells badly).
+    ``growth_rate=None`` is Prodigy's unbounded default (``inf``, which YAML spells badly);
+    a bound on d's growth per step, so at least 1 (1: d stays at d0).
     """
     Prodigy = _require("prodigyopt", "prodigyopt").Prodigy
     return Prodigy(params, lr=lr, betas=tuple(betas), beta3=beta3, eps=eps,
@@ -94,10 +92,11 @@ def prodigy(params: Params, *, lr: float = 1.0, betas: tuple[float, float] = (0.
                    slice_p=slice_p)
 
 
-def schedulefree_adamw(params: Params, *, lr: float = 0.0025,
-                       betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                       weight_decay: float = 0.0, warmup_steps: int = 0, r: float = 0.0,
-                       weight_lr_power: float = 2.0) -> torch.optim.Optimizer:
+def schedulefree_adamw(params: Params, *, lr: NonNegative = 0.0025,
+                       betas: Betas = (0.9, 0.999), eps: Positive = 1e-8,
+                       weight_decay: NonNegative = 0.0, warmup_steps: NonNegativeInt = 0,
+                       r: NonNegative = 0.0,
+                       weight_lr_power: NonNegative = 2.0) -> torch.optim.Optimizer:
     """Schedule-Free AdamW (Defazio et al., 2024), ``schedulefree.AdamWScheduleFree``.
 
     Needs ``train()``/``eval()`` around evaluation and checkpoints (``genlr.peers``).
@@ -108,10 +107,13 @@ def schedulefree_adamw(params: Params, *, lr: float = 0.0025,
                                 weight_lr_power=weight_lr_power)
 
 
-def schedulefree_sgd(params: Params, *, lr: float = 1.0, momentum: float = 0.9,
-                     weight_decay: float = 0.0, warmup_steps: int = 0, r: float = 0.0,
-                     weight_lr_power: float = 2.0) -> torch.optim.Optimizer:
-    """Schedule-Free SGD (Defazio et al., 2024), ``schedulefree.SGDScheduleFree``.
+def schedulefree_sgd(params: Params, *, lr: NonNegative = 1.0,
+                     momentum: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.9,
+                     weight_decay: NonNegative = 0.0, warmup_steps: NonNegativeInt = 0,
+                     r: NonNegative = 0.0,
+                     weight_lr_power: NonNegative = 2.0) -> torch.optim.Optimizer:
+    """Schedule-Free SGD (Defazio et al., 2024), ``schedulefree.SGDScheduleFree``; its
+    momentum is the averaging's interpolation, in (0, 1) (the package's own bounds).
 
     Needs ``train()``/``eval()`` around evaluation and checkpoints (``genlr.peers``).
     """
@@ -122,8 +124,6 @@ def schedulefree_sgd(params: Params, *, lr: float = 1.0, momentum: float = 0.9,
 
 def _dog(cls_name: str, params: Params, reps_rel: float, lr: float, weight_decay: float,
          eps: float, init_eta: float | None, averager_gamma: float) -> torch.optim.Optimizer:
-    if averager_gamma < 0:
-        raise ValueError(f"averager_gamma must be >= 0, got {averager_gamma}")
     cls = getattr(_require("dog", "dog-optimizer"), cls_name)
     optimizer = cls(params, reps_rel=reps_rel, lr=lr, weight_decay=weight_decay, eps=eps,
                     init_eta=init_eta)
@@ -132,9 +132,10 @@ def _dog(cls_name: str, params: Params, reps_rel: float, lr: float, weight_decay
     return optimizer
 
 
-def dog(params: Params, *, reps_rel: float = 1e-6, lr: float = 1.0, weight_decay: float = 0.0,
-        eps: float = 1e-8, init_eta: float | None = None,
-        averager_gamma: float = 8.0) -> torch.optim.Optimizer:
+def dog(params: Params, *, reps_rel: Positive = 1e-6, lr: Positive = 1.0,
+        weight_decay: NonNegative = 0.0, eps: Positive = 1e-8,
+        init_eta: Optional[Positive] = None,
+        averager_gamma: NonNegative = 8.0) -> torch.optim.Optimizer:
     """DoG (Ivgi, Hinder & Carmon, 2023), ``dog.DoG``: one step size for all parameters.
 
     Evaluated on its polynomial-decay weight average (``averager_gamma``, the package's
@@ -143,9 +144,10 @@ def dog(params: Params, *, reps_rel: float = 1e-6, lr: float = 1.0, weight_decay
     return _dog("DoG", params, reps_rel, lr, weight_decay, eps, init_eta, averager_gamma)
 
 
-def ldog(params: Params, *, reps_rel: float = 1e-6, lr: float = 1.0, weight_decay: float = 0.0,
-         eps: float = 1e-8, init_eta: float | None = None,
-         averager_gamma: float = 8.0) -> torch.optim.Optimizer:
+def ldog(params: Params, *, reps_rel: Positive = 1e-6, lr: Positive = 1.0,
+         weight_decay: NonNegative = 0.0, eps: Positive = 1e-8,
+         init_eta: Optional[Positive] = None,
+         averager_gamma: NonNegative = 8.0) -> torch.optim.Optimizer:
     """Layer-wise DoG (Ivgi, Hinder & Carmon, 2023), ``dog.LDoG``: one step size per tensor.
 
     Evaluated on its polynomial-decay weight average, as for ``dog``.
@@ -153,10 +155,10 @@ def ldog(params: Params, *, reps_rel: float = 1e-6, lr: float = 1.0, weight_deca
     return _dog("LDoG", params, reps_rel, lr, weight_decay, eps, init_eta, averager_gamma)
 
 
-def dadapt_adam(params: Params, *, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
-                eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = False,
-                use_bias_correction: bool = False, d0: float = 1e-6,
-                growth_rate: float | None = None) -> torch.optim.Optimizer:
+def dadapt_adam(params: Params, *, lr: Positive = 1.0, betas: Betas = (0.9, 0.999),
+                eps: Positive = 1e-8, weight_decay: NonNegative = 0.0, decouple: bool = False,
+                use_bias_correction: bool = False, d0: Positive = 1e-6,
+                growth_rate: Optional[AtLeast1] = None) -> torch.optim.Optimizer:
     """D-Adaptation Adam (Defazio & Mishchenko, ICML 2023), ``dadaptation.DAdaptAdam``; step
     size ``d * lr``. ``growth_rate=None`` is the package's unbounded default (``inf``)."""
     DAdaptAdam = _require("dadaptation", "dadaptation").DAdaptAdam
@@ -165,9 +167,9 @@ def dadapt_adam(params: Params, *, lr: float = 1.0, betas: tuple[float, float] =
                       growth_rate=float("inf") if growth_rate is None else growth_rate)
 
 
-def dadapt_sgd(params: Params, *, lr: float = 1.0, momentum: float = 0.0,
-               weight_decay: float = 0.0, d0: float = 1e-6,
-               growth_rate: float | None = None) -> torch.optim.Optimizer:
+def dadapt_sgd(params: Params, *, lr: Positive = 1.0, momentum: Decay = 0.0,
+               weight_decay: NonNegative = 0.0, d0: Positive = 1e-6,
+               growth_rate: Optional[AtLeast1] = None) -> torch.optim.Optimizer:
     """D-Adaptation SGD (Defazio & Mishchenko, ICML 2023), ``dadaptation.DAdaptSGD``; step
     size ``d * lr / |g_0|`` (the first gradient's norm)."""
     DAdaptSGD = _require("dadaptation", "dadaptation").DAdaptSGD
@@ -208,12 +210,11 @@ class GeNReference(torch.optim.Optimizer):
     drives it with ``lr=constant`` only).
     """
 
-    def __init__(self, base: torch.optim.Optimizer, *, every: int = 4, scale: float = 1.0) -> None:
+    def __init__(self, base: torch.optim.Optimizer, *, every: PositiveInt = 4,
+                 scale: Positive = 1.0) -> None:
         self._lr_parabola = _require("GeN", "gen-optim scipy scikit-learn").lr_parabola
-        if every < 1:
-            raise ValueError(f"every must be a positive integer, got {every}")
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+        if every < 1 or not scale > 0:  # built directly (gen_optim_* come through build)
+            raise ValueError(f"every must be >= 1 and scale > 0, got every={every}, scale={scale}")
         self.base, self.every, self.scale = base, every, scale
         super().__init__([dict(group) for group in base.param_groups], base.defaults)
         self.state = base.state  # one state: the base optimizer's
@@ -242,17 +243,17 @@ class GeNReference(torch.optim.Optimizer):
         self.state = self.base.state
 
 
-def gen_optim_adamw(params: Params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                    eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False,
-                    every: int = 4, scale: float = 1.0) -> GeNReference:
+def gen_optim_adamw(params: Params, *, lr: NonNegative = 1e-3, betas: Betas = (0.9, 0.999),
+                    eps: Positive = 1e-8, weight_decay: NonNegative = 0.01, amsgrad: bool = False,
+                    every: PositiveInt = 4, scale: Positive = 1.0) -> GeNReference:
     """The authors' GeN (``GeNReference``) setting AdamW's lr; AdamW's options as ``adamw``."""
     return GeNReference(adamw(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                               amsgrad=amsgrad), every=every, scale=scale)
 
 
-def gen_optim_sgd(params: Params, *, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
-                  weight_decay: float = 0.0, dampening: float = 0.0, every: int = 4,
-                  scale: float = 1.0) -> GeNReference:
+def gen_optim_sgd(params: Params, *, lr: NonNegative = 0.1, momentum: Decay = 0.9,
+                  nesterov: bool = False, weight_decay: NonNegative = 0.0, dampening: Decay = 0.0,
+                  every: PositiveInt = 4, scale: Positive = 1.0) -> GeNReference:
     """The authors' GeN (``GeNReference``) setting SGD's lr; SGD's options as ``sgd``."""
     return GeNReference(sgd(params, lr=lr, momentum=momentum, nesterov=nesterov,
                             weight_decay=weight_decay, dampening=dampening),

@@ -3,10 +3,13 @@ dotted keys.
 
 Every registry entry (task, model, optimizer, lr method) declares its options as
 keyword-only parameters with a default and a simple annotation (bool, int, float, str,
-an Optional of those, a ``Literal`` of choices, or a list or fixed-length tuple of them).
-That signature is the single source of truth: the command line's config schema is
-generated from it, and ``check_options`` judges a value against it, the one place the
-library (``build``) and gen-train refuse an option, with the same line.
+an Optional of those, a ``Literal`` of choices, or a list or fixed-length tuple of them),
+a number's allowed values as ``Annotated[float, Range(...)]`` (``NonNegative``,
+``Positive``, ``Decay``, ...). That signature is the single source of truth: the command
+line's config schema is generated from it, and ``check_options`` judges a value against it,
+the one place the library (``build``) and gen-train refuse an option, with the same line
+(and gen-train before torch is imported). What involves two options at once (SGD's
+``nesterov`` needs momentum) is the builder's to judge, in a line naming the keys.
 A composed config (``{"lr": {"name": "newt", "gamma": 0.5}, ...}``) flattens to dotted keys
 (``lr.gamma``) for TensorBoard's HParams and for gen-report's grouping of runs.
 """
@@ -15,11 +18,67 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers an option allows, declared in its annotation:
+    ``momentum: Annotated[float, Range(0, 1, high_open=True)]`` allows [0, 1). For a list
+    or tuple option, each item's range. Written ``[0, 1)``, ``(0, inf)`` (``str``, ``parse``)
+    in gen_cli/options.json."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __post_init__(self) -> None:  # an infinite end is open: [0, inf) is Range(0)
+        object.__setattr__(self, "low_open", self.low_open or self.low == -math.inf)
+        object.__setattr__(self, "high_open", self.high_open or self.high == math.inf)
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return (f"{'(' if self.low_open else '['}{_number(self.low)}, "
+                f"{_number(self.high)}{')' if self.high_open else ']'}")
+
+    def allowed(self) -> str:
+        """What a refusal says is allowed: ``>= 0``, ``> 0``, ``in [0, 1)``."""
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.low == -math.inf:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return f"in {self}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Range":
+        match = re.fullmatch(r"([\[(])(.+), (.+)([\])])", text)
+        if match is None:
+            raise ValueError(f"not a range: {text!r}")
+        left, low, high, right = match.groups()
+        return cls(float(low), float(high), left == "(", right == ")")
+
+
+def _number(x: float) -> str:
+    return "inf" if x == math.inf else "-inf" if x == -math.inf else f"{x:g}"
+
+
+# The ranges the registries' options share (what the option means is in its builder's doc).
+NonNegative = Annotated[float, Range(0)]
+Positive = Annotated[float, Range(0, low_open=True)]
+Decay = Annotated[float, Range(0, 1, high_open=True)]  # momentum, a beta, a smoothing constant
+AtLeast1 = Annotated[float, Range(1)]
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
 
 
 @dataclass(frozen=True)
@@ -29,6 +88,7 @@ class Option:
     default: Any
     choices: tuple | None = None  # the values a ``Literal[...]`` annotation allows
     length: int | None = None  # the number of items a ``tuple[X, X]`` annotation requires
+    range: Range | None = None  # the numbers an ``Annotated[..., Range(...)]`` allows
 
 
 def _simplify(annotation: Any) -> Any:
@@ -59,10 +119,20 @@ def _constraints(annotation: Any) -> tuple[tuple | None, int | None]:
     return None, None
 
 
+def _range(annotation: Any) -> Range | None:
+    """The ``Range`` of an ``Annotated`` annotation, through Optional."""
+    if typing.get_origin(annotation) is Annotated:
+        return next((m for m in annotation.__metadata__ if isinstance(m, Range)), None)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(filter(None, map(_range, typing.get_args(annotation))), None)
+    return None
+
+
 def options_of(builder: Callable) -> list[Option]:
     """The keyword-only parameters of ``builder`` (a class: its ``__init__``)."""
     target = builder.__init__ if inspect.isclass(builder) else builder
-    hints = typing.get_type_hints(target)
+    hints = typing.get_type_hints(target)  # Annotated stripped: the types
+    declared = typing.get_type_hints(target, include_extras=True)  # with their ranges
     options = []
     for param in inspect.signature(target).parameters.values():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY:
@@ -72,7 +142,8 @@ def options_of(builder: Callable) -> list[Option]:
         default = list(param.default) if isinstance(param.default, tuple) else param.default
         annotation = hints.get(param.name, Any)
         choices, length = _constraints(annotation)
-        options.append(Option(param.name, _simplify(annotation), default, choices, length))
+        options.append(Option(param.name, _simplify(annotation), default, choices, length,
+                              _range(declared.get(param.name))))
     return options
 
 
@@ -81,8 +152,8 @@ def check_options(group: str, name: str, options: Sequence[Option],
     """Raise ValueError, one line naming ``group.key``, the value and what is allowed, for
     a value the signature's ``options`` do not allow: an unknown option, a value outside
     its ``Literal`` choices, a list that is not of its tuple's length, a number that is
-    not finite. (Types are the schema's business on the command line; the builders judge
-    ranges.)"""
+    not finite or outside its ``Range``. (Types are the schema's business on the command
+    line; what involves two options, the builder's.)"""
     known = {option.name: option for option in options}
     for key, value in values.items():
         option = known.get(key)
@@ -100,6 +171,11 @@ def check_options(group: str, name: str, options: Sequence[Option],
                 raise ValueError(f"{shown}: needs a list of {option.length} values")
             if len(value) != option.length:
                 raise ValueError(f"{shown}: needs {option.length} values, got {len(value)}")
+        numbers = [item for item in items if isinstance(item, (int, float))
+                   and not isinstance(item, bool)]
+        if option.range is not None and any(item not in option.range for item in numbers):
+            each = "each value " if isinstance(value, (list, tuple)) else ""
+            raise ValueError(f"{shown}: {each}must be {option.range.allowed()}")
 
 
 def build(group: str, registry: Mapping[str, Callable], name: str, *args: Any, **options: Any) -> Any:

@@ -43,6 +43,11 @@ class TrainerConfig:
     resume_with_changes: bool = _setting(False, "resume although the config differs from the "
                                                 "checkpoint's (the differences are logged; the "
                                                 "saved states are restored as they are)")
+    overwrite: bool = _setting(False, "start afresh in a folder that holds an earlier run (else "
+                                      "refused): first removes its summary.json, checkpoints/, "
+                                      "tb/, plots/ and gen-train's .hydra/ and train.log (in a "
+                                      "sweep: every earlier job's, multirun.yaml and "
+                                      "optimization_results.yaml); other files stay")
     profile_every: int = _setting(0, "steps between phi(s) line-profile images; 0: never")
     progress: bool = _setting(True, "a progress bar when the terminal shows one (progress lines "
                                     "go to the log either way)")
@@ -65,6 +70,9 @@ class TrainerConfig:
         for name in ("eval_every", "checkpoint_every", "profile_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+        if self.overwrite and str(self.resume).lower() not in ("none", "false", "no", "0", ""):
+            raise ValueError(f"trainer.overwrite=true and trainer.resume={self.resume}: the one "
+                             "starts over, the other continues; give one of them")
 
     def eval_interval(self, total_steps: int) -> int:
         """Steps between evaluations (there is always one after the last step too)."""

@@ -16,7 +16,7 @@ from .runs import INCOMPLETE, RunRecord
 IGNORED_KEYS = frozenset({
     "seed", "trainer.progress", "trainer.plots", "trainer.log_every",
     "trainer.checkpoint_every", "trainer.profile_every", "trainer.eval_batch_size",
-    "objective", "lr_range",
+    "trainer.overwrite", "objective", "lr_range",
 })
 # Order of keys in a group's name; the rest follow alphabetically.
 NAME_ORDER = ("task.name", "model.name", "optimizer.name", "lr.name", "optimizer.lr")

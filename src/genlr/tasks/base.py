@@ -62,6 +62,25 @@ class Task(ABC):
         it; raise :class:`DatasetNotFoundError` (one line) if it cannot be had. gen-train
         calls it before a run starts; ``setup`` calls it too."""
 
+    def train_examples(self) -> int | None:
+        """How many training examples an epoch draws its batches from (a language model:
+        its windows); before the data is loaded, what the task can tell cheaply (its
+        options, file headers), or None where only loading would tell."""
+        return None
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse, in one line, a training batch larger than the training set: gen-train
+        and ``build_run`` call it before the data loads, ``steps_per_epoch`` after."""
+        examples = self.train_examples()
+        if examples is not None and batch_size > examples:
+            raise ValueError(f"trainer.batch_size={batch_size}: task {self.name} has "
+                             f"{examples} training {self.examples_are}; choose at most {examples}")
+
+    @property
+    def examples_are(self) -> str:
+        """What one training example is, in a refusal (``examples``)."""
+        return "examples"
+
     @property
     def depends_on_seed(self) -> bool:
         """Whether the run's seed changes anything (model initialisation, batch order, a

@@ -51,6 +51,16 @@ def default_data_root() -> Path:
     return Path(os.environ.get("GENLR_DATA") or Path.home() / ".cache" / "genlr")
 
 
+def idx_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape an IDX file declares in its header (a few bytes read, gzipped or not)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype_code not in _IDX_DTYPES:
+            raise ValueError(f"{path} is not an IDX file")
+        return struct.unpack(f">{ndim}I", f.read(4 * ndim))
+
+
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
     """Read an IDX file (gzipped when the name ends in ``.gz``) into a tensor."""
     opener = gzip.open if str(path).endswith(".gz") else open
@@ -111,23 +121,30 @@ class ImageClassification(InMemoryTask):
         return Path(self.data_root) if self.data_root else default_data_root()
 
     def prepare_data(self) -> None:
-        """Make sure the data is on disk (downloading it if allowed), without reading it."""
+        """Make sure the data is on disk (downloading it if allowed), without reading it.
+        Where ``data_root`` is given, the refusal leads with it (the setting to change)."""
+        given = f"task.data_root={self.data_root}: " if self.data_root else f"{self.name}: "
         if self.data_root and Path(self.data_root).exists() and not Path(self.data_root).is_dir():
-            raise DatasetNotFoundError(f"{self.name}: task.data_root={self.data_root} is a file; "
-                                       "give the folder that holds the data")
+            raise DatasetNotFoundError(f"{given}it is a file; give the folder that holds the "
+                                       f"{self.name} data")
         sources = self.sources()
         if any(is_there() for _, is_there, _ in sources):
             return
         looked = ", ".join(where for where, _, _ in sources)
+        missing = (f"no {self.name} data there ({self.folder}/)" if self.data_root
+                   else f"not found in {looked}")
         if not self.download:
-            raise DatasetNotFoundError(f"{self.name}: not found in {looked}; {self._how_to_get()}")
+            raise DatasetNotFoundError(f"{given}{missing}; {self._how_to_get()}")
         log.info("%s: not found in %s; downloading it into %s", self.name, looked, self.root())
+        made = _missing_ancestor(self.root())
         try:
             self._from_torchvision(self.root(), download=True)
         except Exception as error:  # the download's many failure types: network, md5, disk
+            _remove_empty(self.root() / self.folder, up_to=made)  # what the try left behind
+            into = " into it" if self.data_root else f" into {self.root()}"
             raise DatasetNotFoundError(
-                f"{self.name}: not found in {looked} and the download into {self.root()} failed "
-                f"({one_line(error)}); {self._how_to_get(downloaded=True)}") from error
+                f"{given}{missing}, and the download{into} failed "
+                f"({one_line(error, limit=120)}); {self._how_to_get(downloaded=True)}") from error
 
     def load(self) -> Splits:
         self.prepare_data()
@@ -138,12 +155,28 @@ class ImageClassification(InMemoryTask):
             train = (train[0][:self.train_limit], train[1][:self.train_limit])
         return train, test
 
+    def examples_before_loading(self) -> int | None:
+        """The size the training labels' IDX header declares, in the first place the data is
+        found (at most ``train_size``); None before it is there."""
+        where = next((Path(w) for w, is_there, _ in self.sources() if is_there()), None)
+        labels = [where / f"{self.files[1]}{suffix}" for suffix in ("", ".gz")] if where else []
+        try:
+            count = next(idx_shape(f)[0] for f in labels if f.is_file())
+        except (StopIteration, OSError, EOFError, ValueError, struct.error):
+            return None  # not there yet, or unreadable: loading says why
+        return min(count, self.train_limit) if self.train_limit else count
+
     def _has_files(self, folder: Path) -> bool:
         return all((folder / name).is_file() for name in self.files)
 
     def _how_to_get(self, downloaded: bool = False) -> str:
-        where = ("put it in torchvision's layout into task.data_root=DIR" if downloaded else
-                 "set task.data_root=DIR to a folder holding it in torchvision's layout, or "
+        if self.data_root:
+            return self.hint + ("put the files there (torchvision's layout), or check the "
+                                "network" if downloaded else "put the files there (torchvision's "
+                                "layout), or set task.download=true to download them")
+        layout = f"torchvision's layout (DIR/{self.folder}/)"
+        where = (f"put it in {layout} into task.data_root=DIR" if downloaded else
+                 f"set task.data_root=DIR to a folder holding it in {layout}, or "
                  "task.download=true to download it")
         return f"{self.hint}{where}"
 
@@ -177,6 +210,29 @@ class ImageClassification(InMemoryTask):
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float().div_(255) - mean) / std
+
+
+def _missing_ancestor(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None: ``path`` exists)."""
+    path, missing = Path(path).absolute(), None
+    while not path.exists():
+        path, missing = path.parent, path
+    return missing
+
+
+def _remove_empty(folder: Path, up_to: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` where empty: the folders a failed
+    download made (torchvision makes them before it fetches a byte)."""
+    if up_to is None:
+        return
+    folder, up_to = Path(folder).absolute(), Path(up_to).absolute()
+    for path in [folder, *folder.parents]:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == up_to:
+            return
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -267,3 +323,10 @@ class CIFAR10(ImageClassification):
                  train_size: Optional[int] = None, augment: bool = False) -> None:
         super().__init__(data_root=data_root, download=download, train_size=train_size)
         self.augment = augment
+
+    def examples_before_loading(self) -> int | None:
+        """50000 once the files are there: torchvision reads only files with the real set's
+        checksums (counting them would mean unpickling 150 MB)."""
+        if not any(is_there() for _, is_there, _ in self.sources()):
+            return None
+        return min(50_000, self.train_limit or 50_000)

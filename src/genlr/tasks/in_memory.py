@@ -59,12 +59,17 @@ class InMemoryTask(Task):
     def test_size(self) -> int:
         return len(self._data("test")[1])
 
+    def train_examples(self) -> int | None:
+        return self.train_size if self._train is not None else self.examples_before_loading()
+
+    def examples_before_loading(self) -> int | None:
+        """The training set's size as the task can tell it before loading (its options, the
+        files' headers); None where it cannot."""
+        return None
+
     def steps_per_epoch(self, batch_size: int) -> int:
-        steps = self.train_size // batch_size
-        if steps == 0:
-            raise ValueError(f"batch_size {batch_size} exceeds the {self.train_size} training "
-                             f"examples of task {self.name!r}")
-        return steps
+        self.check_batch_size(batch_size)
+        return self.train_size // batch_size
 
     def train_batches(self, batch_size: int, epoch: int, seed: int, start: int = 0) -> Iterator[Batch]:
         x, y = self._data("train")

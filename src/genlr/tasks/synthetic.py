@@ -41,6 +41,9 @@ class LogisticRegression(InMemoryTask):
         self.dim, self.classes, self.label_noise, self.seed = dim, classes, label_noise, seed
         self.sizes = (train_samples, test_samples)
 
+    def examples_before_loading(self) -> int:
+        return self.sizes[0]
+
     def load(self):
         generator = torch.Generator().manual_seed(self.seed)
         scales = torch.logspace(0, -2, self.dim).sqrt()
@@ -96,6 +99,9 @@ class TeacherStudent(InMemoryTask):
     def teacher(self, x: torch.Tensor) -> torch.Tensor:
         w1, b1, w2, b2 = (w.to(x.device) for w in self.teacher_weights)
         return torch.tanh(x @ w1 + b1) @ w2 + b2
+
+    def examples_before_loading(self) -> int:
+        return self.sizes[0]
 
     def load(self):
         generator = torch.Generator()

@@ -162,12 +162,19 @@ class CharLM(Task):
             raise RuntimeError("task 'charlm': call setup(device) before asking for batches")
         return self._ids[:self._split] if split == "train" else self._ids[self._split:]
 
+    def train_examples(self) -> int:
+        # before loading, from the text's length alone (reading it takes a blink; encoding
+        # it, seconds)
+        length = len(self._ids) if self._ids is not None else len(self._text())
+        return max(0, (int(length * (1 - self.eval_fraction)) - 1) // self.block_size)
+
+    @property
+    def examples_are(self) -> str:
+        return f"windows of block_size + 1 = {self.block_size + 1} characters"
+
     def steps_per_epoch(self, batch_size: int) -> int:
-        windows = (len(self._windows("train")) - 1) // self.block_size
-        if windows < batch_size:
-            raise ValueError(f"batch_size {batch_size} exceeds the {windows} training windows "
-                             f"of task 'charlm' (block_size {self.block_size})")
-        return windows // batch_size
+        self.check_batch_size(batch_size)
+        return self.train_examples() // batch_size
 
     def train_batches(self, batch_size: int, epoch: int, seed: int, start: int = 0) -> Iterator[Batch]:
         ids = self._windows("train")
