@@ -290,8 +290,8 @@ def test_exact_gen_reports_its_curvature_path_also_when_compiled(tmp_path, compi
                                         compile=compile_model))
     summary = train(run, tmp_path)
     assert summary["status"] == "completed"
-    assert summary["curvature_paths"] == {"taylor": 2}
-    assert summary["curvature_unavailable"] == {}
+    assert summary["curvature_paths"] == {"taylor": summary["passes"]["hvp"]}
+    assert summary["passes"]["hvp"] >= 2 and summary["curvature_unavailable"] == {}
 
 
 @pytest.mark.slow
@@ -307,8 +307,8 @@ def test_a_character_transformer_trains_with_every_method(tmp_path, lr):
     assert summary["status"] == "completed" and summary["steps"] == 60
     uniform = math.log(len(build_task("charlm", max_chars=200_000).chars))
     assert summary["final"]["train_loss"] < uniform - 1.0
-    if lr == "gen_exact":
-        assert summary["curvature_paths"] == {"taylor": 15}
+    if lr == "gen_exact":  # every probe (the band's lazy gaps decide how many)
+        assert summary["curvature_paths"] == {"taylor": summary["passes"]["hvp"]} != {}
 
 
 # ------------------------------------------------------------- results kept, honestly

@@ -31,11 +31,10 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     the lr that suits the rest of a run, can't carry it). Probing is lazy where the lr
     holds: the gap between probes doubles up to ``every`` and falls back to one step after
     any move, so that a new lr is checked at the next step, and while the window warms up;
-  - *net*: a probe whose step raised the loss along a descent direction by more than
-    ``NET_MARGIN`` times the window's typical change, or raised it at all right after a
-    spike of the training loss (``LossWatch``), is answered at once, as a backtracking
-    line search answers a failed Armijo test: the lr falls below that probe's own edge,
-    the window empties and the search resumes.
+  - *net*: a spike of the training loss beyond its step-to-step noise (``LossWatch``)
+    gets a probe at once, and a rise there is answered at once, as a backtracking line
+    search answers a failed Armijo test: the lr falls below that probe's own edge (by
+    ``max_factor**2`` at most); a divergence that goes on spikes again.
 """
 
 from __future__ import annotations
@@ -55,11 +54,8 @@ BAND_MARGIN = 2.0
 #: Armijo's sufficient-decrease constant: on the quadratic model the largest lr that meets
 #: it is ``2 (1 - ARMIJO_C) alpha*``, where the band's lr climbs to
 ARMIJO_C = 0.1
-#: the net answers a probe whose step raised the loss beyond the change the window's probes
-#: predict for a step at the same lr by more than this many of their standard deviations
-NET_MARGIN = 8.0
 #: a training loss that rose by more than this many times the root mean square of its
-#: recent step-to-step changes is a spike: the step is probed, and a rise there is netted
+#: recent step-to-step changes is a spike: the step is probed, and a rise there is the net's
 SPIKE_MARGIN = 6.0
 
 
@@ -99,17 +95,6 @@ class LineSearchWindow:
         # Var(mx/my) ~ Var(x - alpha*y) / (n my^2)
         residual = sum((x - alpha * y) ** 2 for x, y in self.samples) / (n - 1)
         return alpha, math.sqrt(residual / n) / my
-
-    def changes(self, lr: float) -> tuple[float, float]:
-        """The mean and the standard deviation of ``phi(1) - phi(0)`` that the window's
-        probes predict for a step at ``lr``; NaN until ``MIN_PROBES`` probes."""
-        n = len(self.samples)
-        if n < self.MIN_PROBES:
-            return math.nan, math.nan
-        changes = [-x * lr + 0.5 * y * lr * lr for x, y in self.samples]
-        mean = sum(changes) / n
-        return mean, math.sqrt(sum((c - mean) ** 2 for c in changes) / (n - 1))
-
 
 class LossWatch:
     """Spikes of the training loss: a step-to-step rise beyond ``SPIKE_MARGIN`` times the
@@ -342,7 +327,7 @@ class GeNBase(LRMethod):
             factor, fallback = self.line_search_factor(s_star if usable else None)
         elif measured and lr > 0:
             slope, curvature = diag["slope"], diag["curvature"]
-            net = self.net_catches(slope, curvature, lr)
+            net = self.net_catches(slope, curvature)
             factor, fallback = (self.net_factor(s_star if usable else None) if net
                                 else self.band_factor(slope, curvature, lr))
         else:
@@ -381,24 +366,18 @@ class GeNBase(LRMethod):
         target = self.clamped(s_star) * self.horizon_scale()
         return self.smoothing + (1.0 - self.smoothing) * target, False
 
-    def net_catches(self, slope: float, curvature: float, lr: float) -> bool:
-        """Whether this probe's step raised the loss (``phi(1) > phi(0)`` on its quadratic
-        model): along a descent direction, beyond the change the window's probes predict
-        for a step at this lr by more than ``NET_MARGIN`` of their standard deviations (a
-        direction uphill on the probe batch is noise, not a step too long) unless
-        searching (the search moves on every probe); or at all after a spike of the
-        training loss."""
-        rise = -slope + 0.5 * curvature
-        if self.spiked:
-            return rise > 0
-        mean, spread = self.window.changes(lr)
-        return not self.searching and rise > 0 and slope > 0 and rise > mean + NET_MARGIN * spread
+    def net_catches(self, slope: float, curvature: float) -> bool:
+        """Whether the training loss has just spiked (``LossWatch``) and this probe's step
+        raises the loss too (``phi(1) > phi(0)`` on its quadratic model): a divergence,
+        which shows in the loss at once, where a single probe's rise is as often noise (a
+        language model's curvature along the step jumps a hundredfold and settles)."""
+        return self.spiked and -slope + 0.5 * curvature > 0
 
     def net_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone, by
         ``max_factor**2`` at most (by that where its slope is uphill), the next step
-        probed; the probe is left out of the window (an outlier by the net's own test), so
-        that a rise that goes on is netted again; ``(factor, fallback)``."""
+        probed; the probe stays out of the window (an outlier); a divergence that goes on
+        spikes the loss again and is netted again; ``(factor, fallback)``."""
         floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.25
         cut = math.sqrt(2.0) * s_star if s_star is not None else 0.0
         return (max(cut, floor) if self.max_factor is not None or cut <= 0 else cut), False
@@ -419,10 +398,10 @@ class GeNBase(LRMethod):
         (on a valley floor, gradient descent's lr may look tiny along ``d`` while the steep
         walls already make it unstable) nor the first steps of a run, whose line search
         lies far above the lr that suits the rest of it and falls fast."""
-        self.window.add(slope, curvature, lr)
         self.trial.add(slope, curvature, lr)
-        if self.searching:
+        if self.searching:  # its probes stay out of the window (the parabola's are local)
             return self.search_factor(slope, curvature, lr), False
+        self.window.add(slope, curvature, lr)
         alpha, error = self.window.estimate()
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
