@@ -262,3 +262,17 @@ def test_band_probes_lazily_only_while_the_lr_holds():
             probes.append(t)
     rises = [t for t in range(1, 200) if lrs[t] > lrs[t - 1]]
     assert len(rises) >= 5 and all(t + 1 in probes for t in rises)
+
+
+def test_the_account_says_which_lr_the_rule_picked_and_why():
+    """``lr_account`` (summary.json) and ``account_line`` (the run's last lines) count every
+    probe's decision and name the lr the rule ended on, before the horizon scale."""
+    method = Scripted(fixed_optimum(1e-3), lr=1.0)  # cut by the search, then held
+    method.run(30)
+    account = method.lr_account()
+    assert account["probes"] == 30 and account["cut_by_the_search"] == 5
+    assert account["rose"] + account["held"] + account["fell"] + account["netted"] + \
+        account["fell_back"] + account["cut_by_the_search"] == 30
+    assert account["initial_lr"] == 1.0 and account["gen_lr"] == pytest.approx(1.8e-3)
+    line = method.account_line()
+    assert line.startswith("lr 1 -> 0.0018 (band): 30 probes (rose ") and "cut by the search 5" in line

@@ -333,3 +333,15 @@ def test_find_runs(tmp_path):
     assert find_runs(tmp_path) == sorted(runs)
     assert find_runs(sweep / "1") == [sweep / "1"]  # a single run
     assert find_runs(tmp_path / "absent") == []
+
+
+def test_lr_png_draws_the_rules_own_lr_beside_the_applied_one():
+    """GeN's own lr (before the horizon scale) is a second line where it differs from the
+    applied one, so a rule that held its lr does not look like a plain cosine."""
+    from genlr.tracking.plots import lr_series
+
+    applied = [(s, 1e-3 * (1 - s / 10)) for s in range(10)]
+    same = lr_series({"train/lr": applied, "method/gen_lr": applied})
+    assert list(same) == ["lr"]
+    held = lr_series({"train/lr": applied, "method/gen_lr": [(s, 1e-3) for s in range(10)]})
+    assert list(held) == ["applied lr", "the rule's own lr (before the horizon scale)"]

@@ -523,7 +523,8 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 for loss_value, step_ms in training_steps(run, step):
                     step += 1
                     lrs = hooks.lrs()
-                    stats.record_step(step, train_loss=loss_value, lr=lrs, step_ms=step_ms)
+                    stats.record_step(step, train_loss=loss_value, lr=lrs, step_ms=step_ms,
+                                      method_lr=method.diagnostics.get("gen_lr"))
                     progress.update()
                     if (profile := method.take_profile()) is not None:
                         writer.line_profile(step, profile)
@@ -576,6 +577,9 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 if cfg.plots:
                     write_plots(run_dir, stats.history())
     if main_rank:
+        account = method.account_line()
+        if account:
+            log.info("%s", account)
         log.log(logging.INFO if status == "completed" else logging.ERROR, "%s",
                 last_line(summary, run_dir))
     return summary

@@ -176,6 +176,11 @@ class LRMethod:
         """What the method adds to ``summary.json`` (counts over the run; none by default)."""
         return {}
 
+    def account_line(self) -> str | None:
+        """Which lr the method picked and why, in one line for the end of a run's log
+        (None: nothing to say beyond the lr itself)."""
+        return None
+
     def on_eval(self, metrics: dict[str, float]) -> None:
         """Called by the engine after each evaluation (``ReduceLROnPlateau`` uses it)."""
 

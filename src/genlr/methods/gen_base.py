@@ -40,7 +40,7 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Optional
 
 import torch
@@ -200,8 +200,12 @@ class GeNBase(LRMethod):
         # changes (an exponential average over about ten steps), for the band's spikes.
         self.loss_watch = LossWatch()
         self.spiked = False
+        # What the rule did over the run (``lr_account``): probes and their decisions.
+        self.account: Counter[str] = Counter()
+        self.last_measured: dict[str, float] = {}
         # The unscaled (GeN) learning rates; the optimizer holds them times the horizon scale.
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.initial_lr = self.base_lrs[0]
         self._probe_batch: Any = None
         self._previous_batch: Any = None
 
@@ -261,6 +265,7 @@ class GeNBase(LRMethod):
         self._probe_batch = probe_batch
         if self.rule == "band" and loss is not None:
             self.spiked = self.loss_watch.spiked(self.batch_mean(as_float(loss)))
+            self.account["loss spikes"] += self.spiked
         updates = self.updates
         try:
             self._probe_and_step(batch, loss)
@@ -278,6 +283,7 @@ class GeNBase(LRMethod):
                 if old > 0:
                     self.base_lrs[i] *= new / old
         self.diagnostics["scale"] = self.horizon_scale(self.step_count)
+        self.diagnostics["gen_lr"] = self.base_lr()  # the rule's own lr, before the scale
         self.step_count += 1
 
     def _probe_and_step(self, batch: Any, loss: torch.Tensor | None) -> None:
@@ -322,7 +328,7 @@ class GeNBase(LRMethod):
         lr = self.last_lr
         measured = finite(diag.get("slope", math.nan), diag.get("curvature", math.nan))
         usable = s_star is not None and finite(s_star) and s_star > 0
-        net = False
+        net, searching = False, self.searching
         if self.rule == "line_search":
             factor, fallback = self.line_search_factor(s_star if usable else None)
         elif measured and lr > 0:
@@ -341,6 +347,12 @@ class GeNBase(LRMethod):
                 self.trial.samples.clear()
                 self.moved_at = self.step_count
         alpha, error = self.window.estimate() if self.rule == "band" else (math.nan, math.nan)
+        self.account["probes"] += 1
+        self.account["fell back" if fallback else "rose" if factor > 1.0 else
+                     "held" if factor == 1.0 else "netted" if net else
+                     "cut by the search" if searching else "fell"] += 1
+        self.last_measured = {"s_star": float(s_star) if s_star is not None else math.nan,
+                              "window_alpha": alpha, "window_error": error}
         self.diagnostics = {
             **diag, "probed": 1.0, "skipped": 0.0,
             "alpha_star": float(s_star) * lr if s_star is not None else math.nan,
@@ -406,13 +418,12 @@ class GeNBase(LRMethod):
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
-        armijo = 2.0 * (1.0 - ARMIJO_C) * low
-        # A rise also needs the probes at the current lr (MIN_PROBES of them) to put their
-        # own Armijo step above it: the window's older probes lag a falling line search.
-        alpha_now, _ = self.trial.estimate()
+        # A rise on the probes at the current lr alone (MIN_PROBES of them): the window's
+        # older probes lag a line search that moves, and their trend swells its error.
+        alpha_now, error_now = self.trial.estimate()
+        armijo = 2.0 * (1.0 - ARMIJO_C) * (alpha_now - BAND_MARGIN * error_now)
         waited = self.step_count - self.moved_at >= self.window.samples.maxlen
-        if (armijo > self.base_lr() and 2.0 * (1.0 - ARMIJO_C) * alpha_now > self.base_lr()
-                and waited):
+        if finite(armijo) and armijo > self.base_lr() and waited:
             return self.clamped(armijo / self.base_lr()), False
         # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
         # a step along d would not lower a quadratic at all; from there it climbs back to the
@@ -460,7 +471,8 @@ class GeNBase(LRMethod):
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
                 "window": list(self.window.samples), "trial": list(self.trial.samples),
                 "searching": self.searching, "gap": self.gap, "moved_at": self.moved_at, "last_probe": self.last_probe,
-                "loss_watch": self.loss_watch.state()}
+                "loss_watch": self.loss_watch.state(), "account": dict(self.account),
+                "last_measured": dict(self.last_measured)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -470,4 +482,35 @@ class GeNBase(LRMethod):
             window.samples.extend(tuple(sample) for sample in state[key])
         self.searching, self.moved_at = state["searching"], state["moved_at"]
         self.loss_watch = LossWatch(*state["loss_watch"])
+        self.account = Counter(state["account"])
+        self.last_measured = dict(state["last_measured"])
         self.gap, self.last_probe = state["gap"], state["last_probe"]
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"lr_account": self.lr_account()}
+
+    def lr_account(self) -> dict[str, Any]:
+        """Which lr the rule picked and why, over the run: its own lr (before the horizon
+        scale) at the start and now, how many probes, what each decided (rose, held, fell on
+        the band's evidence, cut by the search or the net, fell back without a usable
+        measurement), the training-loss spikes seen, and the last measurement."""
+        decisions = ("rose", "held", "fell", "cut by the search", "netted", "fell back")
+        return {"rule": self.rule, "initial_lr": self.initial_lr, "gen_lr": self.base_lr(),
+                "scale": self.scale, "probes": self.account["probes"],
+                **{key.replace(" ", "_"): self.account[key] for key in decisions},
+                "loss_spikes": self.account["loss spikes"], **self.last_measured}
+
+    def account_line(self) -> str:
+        """The account in one line, for the end of a run's log."""
+        a = self.lr_account()
+        moves = ", ".join(f"{key.replace('_', ' ')} {a[key]}" for key in
+                          ("rose", "held", "fell", "cut_by_the_search", "netted", "fell_back")
+                          if a[key])
+        line = (f"lr {a['initial_lr']:.3g} -> {a['gen_lr']:.3g} ({self.rule}"
+                f"{'' if self.scale == 'constant' else f', then x the {self.scale} scale'}): "
+                f"{a['probes']} probes ({moves or 'none'})")
+        if finite(a.get("window_alpha", math.nan), a.get("window_error", math.nan)):
+            line += f"; the window's line search {a['window_alpha']:.3g} +- {a['window_error']:.2g}"
+        if finite(a.get("s_star", math.nan)):
+            line += f", the last probe's s* {a['s_star']:.3g}"
+        return line

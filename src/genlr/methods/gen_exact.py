@@ -16,11 +16,9 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 from genlr.methods.base import finite
-from genlr.methods.curvature import PATHS, DirectionalDerivatives, batch_fraction
+from genlr.methods.curvature import DirectionalDerivatives, batch_fraction
 from genlr.methods.gen_base import GeNBase
 
-#: ``diagnostics["curvature_path"]``: the path that gave the curvature
-PATH_CODES = {**{path: i for i, path in enumerate(PATHS)}, "none": len(PATHS)}
 
 
 class ExactGeN(GeNBase):
@@ -36,8 +34,8 @@ class ExactGeN(GeNBase):
     lr and in units of the current lr), ``slope`` (``<g, d>``), ``curvature``
     (``d^T H d``), ``window_alpha``/``window_error`` (the band's line search over its window
     and its standard error), ``factor``, ``accepted``/``fallback``, ``probed``,
-    ``skipped``, ``curvature_path`` (0 taylor, 1 double backward, 2 forward-over-reverse,
-    3 none), ``check_error`` (the Taylor pass's disagreement with the reference at its last
+    ``skipped``, ``curvature_path_<path>`` (1 for the path that gave the curvature:
+    taylor, double_backward, forward_over_reverse, none), ``check_error`` (the Taylor pass's disagreement with the reference at its last
     check). Line profile: the real loss along ``d`` against
     ``phi(0) - <g,d> s + d^T H d s^2 / 2``.
 
@@ -88,12 +86,19 @@ class ExactGeN(GeNBase):
         # On the training batch the exact full-batch slope is free; elsewhere the jet's is used.
         slope = self.grad_dot(d, params) if same else self.batch_mean(slope)
         curvature = self.batch_mean(curvature)
+        # the path by name: one tag per path, 1 where it gave this probe's curvature
         diag = {"slope": slope, "curvature": curvature,
-                "curvature_path": float(PATH_CODES[self.derivatives.path]),
+                f"curvature_path_{self.derivatives.path}": 1.0,
                 "check_error": self.derivatives.check_error}
         s_star = slope / curvature if finite(slope, curvature) and curvature > 0 else None
         return s_star, diag, lambda s: -slope * s + 0.5 * curvature * s * s
 
     def summary_fields(self) -> dict[str, Any]:
-        return {"curvature_paths": dict(self.derivatives.counts),
+        return {**super().summary_fields(), "curvature_paths": dict(self.derivatives.counts),
                 "curvature_unavailable": dict(self.derivatives.unavailable)}
+
+    def lr_account(self) -> dict[str, Any]:
+        return {**super().lr_account(), "curvature_path": self.derivatives.path}
+
+    def account_line(self) -> str:
+        return f"{super().account_line()}; d^T H d by {self.derivatives.path}"

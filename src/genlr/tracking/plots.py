@@ -74,18 +74,26 @@ def _group_index(tag: str) -> int:
 
 
 def lr_series(history: History) -> dict[str, Sequence[Sequence[float]]]:
-    """The learning-rate traces to draw: one per param group when there are several,
-    else the single ``train/lr`` trace."""
+    """The learning-rate traces to draw: one per param group when there are several, else
+    the single ``train/lr`` trace; and beside them the method's own lr where it differs
+    from the applied one (``method/gen_lr``: GeN's before the horizon scale, so that a
+    rule that held its lr does not look like a plain schedule)."""
     groups = sorted(
         (tag for tag in history if re.fullmatch(r"lr/group\d+", tag) and history[tag]),
         key=_group_index,
     )
     if len(groups) > 1:
-        return {f"group {_group_index(tag)}": history[tag] for tag in groups}
-    for tag in ("train/lr", *groups):
-        if history.get(tag):
-            return {"lr": history[tag]}
-    return {}
+        series = {f"group {_group_index(tag)}": history[tag] for tag in groups}
+    else:
+        tag = next((t for t in ("train/lr", *groups) if history.get(t)), None)
+        series = {"lr": history[tag]} if tag else {}
+    own = history.get("method/gen_lr")
+    steps, values, _ = _split(history.get("train/lr", ()))
+    applied = dict(zip(steps, values))
+    if own and any(abs(v - applied.get(s, v)) > 1e-12 * abs(v) for s, v in zip(*_split(own)[:2])):
+        series = {("applied lr" if k == "lr" else k): v for k, v in series.items()}
+        series["the rule's own lr (before the horizon scale)"] = own
+    return series
 
 
 def write_plots(run_dir: str | os.PathLike, history: History) -> list[Path]:

@@ -177,7 +177,7 @@ class RunStats:
     carry it through a checkpoint.
     """
 
-    SERIES = ("train_loss", "eval_loss", "eval_acc", "step_ms", "lrs")
+    SERIES = ("train_loss", "eval_loss", "eval_acc", "step_ms", "lrs", "method_lr")
 
     def __init__(self) -> None:
         self.train_loss: list[tuple[int, float]] = []
@@ -185,14 +185,17 @@ class RunStats:
         self.eval_acc: list[tuple[int, float]] = []
         self.step_ms: list[tuple[int, float]] = []
         self.lrs: list[tuple[int, list[float]]] = []
+        # the lr method's own lr where it differs from the applied one (GeN's, before the
+        # horizon scale), for lr.png
+        self.method_lr: list[tuple[int, float]] = []
 
     def state_dict(self) -> dict[str, list]:
         """Every recorded series, as plain lists (what a checkpoint stores)."""
         return {name: [list(point) for point in getattr(self, name)] for name in self.SERIES}
 
     def load_state_dict(self, state: Mapping[str, Sequence]) -> None:
-        for name in self.SERIES:
-            setattr(self, name, [tuple(point) for point in state[name]])
+        for name in self.SERIES:  # a checkpoint from before method_lr has none
+            setattr(self, name, [tuple(point) for point in state.get(name, ())])
 
     def train_time_s(self) -> float:
         """Seconds spent in training steps (the recorded step times), over every attempt."""
@@ -205,8 +208,10 @@ class RunStats:
         train_loss: float | None = None,
         lr: float | Sequence[float] | None = None,
         step_ms: float | None = None,
+        method_lr: float | None = None,
     ) -> None:
-        """Record one training step; ``lr`` is one float or one per param group."""
+        """Record one training step; ``lr`` is one float or one per param group,
+        ``method_lr`` the method's own lr before a horizon scale (None: the same)."""
         if train_loss is not None:
             self.train_loss.append((step, float(train_loss)))
         if lr is not None:
@@ -214,6 +219,8 @@ class RunStats:
             self.lrs.append((step, group_lrs))
         if step_ms is not None:
             self.step_ms.append((step, float(step_ms)))
+        if method_lr is not None:
+            self.method_lr.append((step, float(method_lr)))
 
     def record_eval(
         self, step: int, *, eval_loss: float | None = None, eval_acc: float | None = None
@@ -284,6 +291,7 @@ class RunStats:
             "eval/acc": list(self.eval_acc),
             "time/step_ms": list(self.step_ms),
             "train/lr": [(s, lrs[0]) for s, lrs in self.lrs if lrs],
+            "method/gen_lr": list(self.method_lr),
         }
         n_groups = max((len(lrs) for _, lrs in self.lrs), default=0)
         if n_groups > 1:
