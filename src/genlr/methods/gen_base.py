@@ -418,12 +418,13 @@ class GeNBase(LRMethod):
         if not finite(alpha):  # warming up, or the mean curvature is not positive
             return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
-        # A rise on the probes at the current lr alone (MIN_PROBES of them): the window's
-        # older probes lag a line search that moves, and their trend swells its error.
-        alpha_now, error_now = self.trial.estimate()
-        armijo = 2.0 * (1.0 - ARMIJO_C) * (alpha_now - BAND_MARGIN * error_now)
+        armijo = 2.0 * (1.0 - ARMIJO_C) * low
+        # A rise also needs the probes at the current lr (MIN_PROBES of them) to put their
+        # own Armijo step above it: the window's older probes lag a falling line search.
+        alpha_now, _ = self.trial.estimate()
         waited = self.step_count - self.moved_at >= self.window.samples.maxlen
-        if finite(armijo) and armijo > self.base_lr() and waited:
+        if (armijo > self.base_lr() and 2.0 * (1.0 - ARMIJO_C) * alpha_now > self.base_lr()
+                and waited):
             return self.clamped(armijo / self.base_lr()), False
         # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
         # a step along d would not lower a quadratic at all; from there it climbs back to the
