@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
@@ -352,20 +353,43 @@ def has_active_dropout(model: nn.Module) -> bool:
     return False
 
 
+def _bernoulli_mean(func, args, kwargs):
+    """What a Bernoulli draw is on average: its probabilities (``p`` given, or the tensor's
+    own values), in place for ``bernoulli_``."""
+    p = args[1] if len(args) > 1 else kwargs.get("p")
+    base = args[0]
+    if func is torch.Tensor.bernoulli_:
+        return base.fill_(p if p is not None else 0.5) if not isinstance(p, torch.Tensor) \
+            else base.copy_(p.expand_as(base))
+    return base.clone() if p is None else torch.full_like(base, p)
+
+
 class _NoDropout(TorchFunctionMode):
     """Every dropout becomes the identity, whatever switched it on (a module's ``training``
-    flag, ``F.dropout(x, p, training=True)`` in the model's code, attention's ``dropout_p``);
-    ``removed`` counts those with ``p > 0``."""
+    flag, ``F.dropout(x, p, training=True)`` in the model's code, attention's ``dropout_p``),
+    and every Bernoulli draw its mean ``p``, which turns stochastic depth (timm's
+    ``DropPath``, ``torchvision.ops.stochastic_depth``: a mask drawn per sample, divided by
+    its keep probability) and any other inverted-dropout mask into the identity, as
+    evaluation does; ``removed`` counts those with ``p > 0`` and the draws. Other random
+    draws in the forward (``torch.randn``, ``uniform_``, ...) have no mean to take in their
+    place: they run, and are named in ``random_draws``."""
 
     IDENTITY = {F.dropout: 1, F.alpha_dropout: 1, F.feature_alpha_dropout: 1, F.dropout1d: 1,
                 F.dropout2d: 1, F.dropout3d: 1, torch.dropout: 1, torch.alpha_dropout: 1,
                 torch.feature_dropout: 1, torch.feature_alpha_dropout: 1}  # position of p
     DROPOUT_P = {F.scaled_dot_product_attention: ("dropout_p", 4),
                  F.multi_head_attention_forward: ("dropout_p", 10)}
+    BERNOULLI = {torch.bernoulli, torch.Tensor.bernoulli, torch.Tensor.bernoulli_}
+    RANDOM = {torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like,
+              torch.randint_like, torch.randperm, torch.multinomial, torch.normal,
+              torch.poisson, torch.Tensor.normal_, torch.Tensor.uniform_,
+              torch.Tensor.exponential_, torch.Tensor.geometric_, torch.Tensor.cauchy_,
+              torch.Tensor.log_normal_, torch.Tensor.random_, torch.Tensor.multinomial}
 
     def __init__(self) -> None:
         super().__init__()
         self.removed = 0
+        self.random_draws: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -373,6 +397,12 @@ class _NoDropout(TorchFunctionMode):
             p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
             self.removed += bool(p)
             return args[0] if args else kwargs["input"]
+        if func in self.BERNOULLI:
+            self.removed += 1
+            return _bernoulli_mean(func, args, kwargs)
+        if func in self.RANDOM:
+            owner = "Tensor" if getattr(torch.Tensor, func.__name__, None) is func else "torch"
+            self.random_draws.add(f"{owner}.{func.__name__}")
         if func in self.DROPOUT_P:
             name, position = self.DROPOUT_P[func]
             if len(args) > position:
@@ -384,12 +414,28 @@ class _NoDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_WARNED_DRAWS: set[str] = set()
+
+
+def warn_random_draws(draws: set[str]) -> None:
+    """Say once per kind of draw that the probes measured a model that draws random numbers
+    in its forward (other than dropout and Bernoulli masks, which they remove): its
+    measurements then follow those draws, which the run's global RNG does not see."""
+    new = sorted(draws - _WARNED_DRAWS)
+    if new:
+        _WARNED_DRAWS.update(new)
+        warnings.warn(f"genlr's probes: the model draws random numbers in its forward "
+                      f"({', '.join(new)}) that cannot be replaced by their mean; the loss "
+                      f"and curvature measured follow those draws", stacklevel=3)
+
+
 @contextlib.contextmanager
 def probe_mode(model: nn.Module) -> Iterator[_NoDropout]:
     """BatchNorm normalises with batch statistics as in training, but writes no running
-    statistic; every form of dropout is off (see ``_NoDropout``, which it yields: its
-    ``removed`` counts the dropouts it switched off; recurrent layers' dropout between layers
-    too); the global RNG is untouched. Other modules keep their mode."""
+    statistic; every form of dropout is off and every Bernoulli mask (stochastic depth) its
+    mean (see ``_NoDropout``, which it yields: its ``removed`` counts what it switched off;
+    recurrent layers' dropout between layers too); other random draws are warned about once
+    (``warn_random_draws``); the global RNG is untouched. Other modules keep their mode."""
     saved = [
         (m, [b.clone() for b in m.buffers(recurse=False)]) for m in _batchnorm_modules(model)
     ]
@@ -407,6 +453,7 @@ def probe_mode(model: nn.Module) -> Iterator[_NoDropout]:
     try:
         with torch.random.fork_rng(devices=devices), no_dropout:
             yield no_dropout
+        warn_random_draws(no_dropout.random_draws)
     finally:
         for m in tracking:
             m.track_running_stats = True

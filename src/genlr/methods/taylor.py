@@ -177,6 +177,10 @@ CONSTANT_RESULT = {aten.full_like.default, aten.zeros_like.default, aten.ones_li
                    aten.new_full.default, aten.new_empty.default, aten.empty_strided.default}
 
 
+#: the operator libraries whose forward-mode derivatives the generic rule may use
+TRUSTED_NAMESPACES = ("aten", "prims")
+
+
 def jet_of(op: Any, args: tuple, kwargs: dict, val: Any = None, donated: bool = False) -> Any:
     """The jet of ``op`` with some moving (``Jet``) inputs; ``val`` is what the op gives (a
     traced graph's metadata), or None when unknown (the eager pass). Any failure means this
@@ -185,9 +189,15 @@ def jet_of(op: Any, args: tuple, kwargs: dict, val: Any = None, donated: bool = 
         # A comparison, a mask, an index (piecewise constant along the path), or a tensor
         # that only takes its shape from a moving one.
         return _plain(op, args, kwargs)
+    rule = (IN_PLACE.get(op) if donated else None) or RULES.get(op)
+    if rule is None and getattr(op, "namespace", "aten") not in TRUSTED_NAMESPACES:
+        # A custom op's forward-mode derivative may be missing or zero by construction
+        # (transformers' grouped_mm fallback gives a zero tangent without a word): only a
+        # rule registered for it is trusted.
+        raise TaylorUnsupported(f"{op} is a custom op without a Taylor rule (register one "
+                                f"in genlr.methods.taylor_rules.RULES)")
     try:
-        rule = (IN_PLACE.get(op) if donated else None) or RULES.get(op, generic_rule)
-        out = rule(op, args, kwargs)
+        out = (rule or generic_rule)(op, args, kwargs)
         return normalise(out, val, op)
     except TaylorUnsupported:
         raise
