@@ -72,7 +72,8 @@ def train(method: str, multiplier: float, steps: int, seed: int = 0) -> dict:
     task.setup("cpu")
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(task.chars), n_positions=64, n_embd=64, n_layer=2,
-                        n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                        n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=None, eos_token_id=None)
     model = GPT2LMHeadModel(config)
     lr = DEFAULT_LR * multiplier
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

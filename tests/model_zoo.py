@@ -24,8 +24,15 @@ GroupNorm (Wu & He, ECCV 2018), RMSNorm (Zhang & Sennrich, NeurIPS 2019), LSTM a
 2016), knowledge distillation (Hinton et al., 2015), weight normalization (Salimans &
 Kingma, NeurIPS 2016), a softly gated mixture of experts (Jacobs et al., 1991) and a sparsely
 routed one (Shazeer et al., ICLR 2017; Mixtral, Jiang et al., 2024; the load-balancing loss
-of Fedus et al., JMLR 2022). Two cases read tensor values in Python (``routed_experts``,
-``trimmed_by_item``): no fixed trace of them exists.
+of Fedus et al., JMLR 2022), stochastic depth (Huang et al., ECCV 2016) as timm's DropPath
+and as ``torchvision.ops.stochastic_depth`` (a Bernoulli mask per sample scaled by 1/keep).
+Two cases read tensor values in Python (``routed_experts``, ``trimmed_by_item``): no fixed
+trace of them exists.
+
+``NAMES`` is the corpus the Taylor pass must handle. ``WITHOUT_TAYLOR_RULE`` are cases built
+the same way around an op the Taylor pass has no rule for and refuses: ``grouped_mm_custom_op``,
+hash-routed experts (Roller et al., NeurIPS 2021) run by a ``torch.library.custom_op``
+grouped matmul shaped as transformers' fallback, with no forward-mode derivative.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def _case(name: str, covers: str, model, loss_fn, batch, param_groups=None) -> N
 def build(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> Case:
     """The case ``name``, its parameters and batches drawn from ``seed`` alone."""
     if name not in _SPECS:
-        raise KeyError(f"model_zoo: unknown case {name!r}; known: {', '.join(NAMES)}")
+        raise KeyError(f"model_zoo: unknown case {name!r}; known: {', '.join(_SPECS)}")
     spec = _SPECS[name]
     with torch.random.fork_rng(devices=[]):  # seed module initialisers without touching the caller's RNG
         torch.manual_seed(seed)
@@ -638,6 +645,84 @@ _case("batchnorm_mlp_dropout", "MLP with BatchNorm1d and nn.Dropout(0.3) after e
 
 
 # ---------------------------------------------------------------------------------------------
+# 20-21. Stochastic depth: residual branches dropped per sample
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """timm's ``drop_path``: in training, each sample's branch is kept with probability
+    ``1 - drop_prob`` (one Bernoulli draw per sample, ``Tensor.bernoulli_``) and scaled by
+    1/keep, so that its expectation is the branch itself (evaluation's identity)."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+
+class DropPathViTBlock(ViTBlock):
+    """timm's ViT block: each pre-LN residual branch goes through its own DropPath."""
+
+    def __init__(self, width: int, heads: int, drop_prob: float) -> None:
+        super().__init__(width, heads)
+        self.drop_path_1, self.drop_path_2 = DropPath(drop_prob), DropPath(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        x = x + self.drop_path_1(self.attn(y, y, y)[0])
+        return x + self.drop_path_2(self.mlp(self.ln_2(x)))
+
+
+class DropPathViT(ViT):
+    """The ViT above at 8x8 with DeiT's stochastic depth: block ``l`` of ``L`` drops its
+    branches with probability ``l / L * rate`` (Huang et al.'s linear decay rule)."""
+
+    def __init__(self, rate=0.2, layers=2, width=16, heads=2) -> None:
+        super().__init__(image=8, patch=4, width=width, heads=heads, layers=layers)
+        self.blocks = nn.Sequential(*(DropPathViTBlock(width, heads, rate * (i + 1) / layers)
+                                      for i in range(layers)))
+
+
+_case("vit_drop_path",
+      "ViT with timm-style DropPath on each residual branch (drop_prob 0.1, 0.2: a Tensor.bernoulli_ "
+      "mask per sample, scaled by 1/keep)",
+      DropPathViT, classify, labelled((8, 3, 8, 8), 10))
+
+
+class StochasticDepthBlock(nn.Module):
+    """A pre-activation residual block (GroupNorm, SiLU, two 3x3 convolutions) whose branch
+    is dropped per sample by ``torchvision.ops.stochastic_depth(mode="row")``, as
+    torchvision's ConvNeXt and EfficientNet blocks drop theirs."""
+
+    def __init__(self, width: int, drop_prob: float) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            nn.GroupNorm(2, width), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
+            nn.GroupNorm(2, width), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1))
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torchvision.ops.stochastic_depth(self.branch(x), self.drop_prob, "row", self.training)
+
+
+_case("resnet_stochastic_depth",
+      "conv stem, two pre-activation GroupNorm residual blocks with torchvision.ops.stochastic_depth"
+      "(p=0.2, mode='row'), mean-pool, Linear head",
+      lambda: nn.Sequential(
+          nn.Conv2d(3, 8, 3, padding=1), StochasticDepthBlock(8, 0.2), StochasticDepthBlock(8, 0.2),
+          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)),
+      classify, labelled((8, 3, 8, 8), 5))
+
+
+# ---------------------------------------------------------------------------------------------
 # More of what users bring
 
 
@@ -804,4 +889,79 @@ _case("trimmed_by_item",
       TrimmedEncoder, padded_classify, padded_columns)
 
 
-NAMES: tuple[str, ...] = tuple(_SPECS)
+# ---------------------------------------------------------------------------------------------
+# An op of the user's own: refused by the Taylor pass, not in NAMES
+
+
+@torch.library.custom_op("model_zoo::grouped_mm", mutates_args=())
+def grouped_mm(x: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """Rows ``offs[i-1]:offs[i]`` of ``x`` (sorted by group) times ``weight[i]``: the grouped
+    matmul of a mixture of experts, written as transformers' ``grouped_mm`` fallback is (a
+    custom op looping over the groups, with a fake kernel and a backward, and no forward-mode
+    derivative: ``torch.func.jvp`` gives it a zero tangent without a word)."""
+    out = x.new_zeros(x.shape[0], weight.shape[2])
+    start = 0
+    for i, end in enumerate(offs.tolist()):
+        out[start:end] = x[start:end] @ weight[i]
+        start = end
+    return out
+
+
+@grouped_mm.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[2])
+
+
+def _grouped_mm_context(ctx, inputs, output) -> None:
+    x, weight, offs = inputs
+    ctx.save_for_backward(x, weight, offs)
+
+
+def _grouped_mm_backward(ctx, grad: torch.Tensor):
+    """Made of differentiable ops (the op itself included), so double backward works."""
+    x, weight, offs = ctx.saved_tensors
+    bounds = [0] + offs.tolist()
+    grad_weight = torch.stack([x[a:b].T @ grad[a:b] for a, b in zip(bounds, bounds[1:])])
+    return grouped_mm(grad, weight.transpose(1, 2), offs), grad_weight, None
+
+
+grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_context)
+
+
+class HashRoutedExperts(nn.Module):
+    """A hash layer (Roller et al., NeurIPS 2021): each token goes to the SwiGLU expert a
+    fixed random hash of its id picks; the tokens are sorted by expert, and the experts run
+    as two grouped matmuls (``grouped_mm`` above) over their contiguous rows."""
+
+    def __init__(self, vocab=24, width=16, hidden=16, experts=3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.norm = nn.RMSNorm(width)
+        self.register_buffer("expert_of", torch.randint(experts, (vocab,)))  # the hash
+        self.gate_up = nn.Parameter(torch.randn(experts, width, 2 * hidden) / math.sqrt(width))
+        self.down = nn.Parameter(torch.randn(experts, hidden, width) / math.sqrt(hidden))
+        self.head = nn.Linear(width, vocab)
+        self.experts = experts
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        B, T, C = x.shape
+        expert = self.expert_of[idx].flatten()
+        order = expert.argsort(stable=True)
+        offs = F.one_hot(expert, self.experts).sum(0).cumsum(0)
+        up, gate = grouped_mm(self.norm(x).reshape(B * T, C)[order], self.gate_up, offs).chunk(2, -1)
+        y = grouped_mm(F.silu(gate) * up, self.down, offs)
+        out = torch.empty_like(y).index_copy(0, order, y)
+        return self.head(x + out.view(B, T, C))
+
+
+_case("grouped_mm_custom_op",
+      "hash-routed SwiGLU experts run by a torch.library.custom_op grouped matmul (fake kernel and "
+      "backward registered, no forward-mode derivative), next-token CE",
+      HashRoutedExperts, next_token, tokens(3, 8, 24))
+
+#: Cases with an op the Taylor pass has no rule for and refuses (``curvature="auto"`` takes
+#: double backward): outside ``NAMES``, the corpus the Taylor pass must handle.
+WITHOUT_TAYLOR_RULE: tuple[str, ...] = ("grouped_mm_custom_op",)
+
+NAMES: tuple[str, ...] = tuple(name for name in _SPECS if name not in WITHOUT_TAYLOR_RULE)

@@ -47,6 +47,8 @@ def reference(dd, name, params, d, batch):
     return dd.derivatives(params, d, batch, "double_backward")
 
 
+# The zoo's cases outside NAMES (model_zoo.WITHOUT_TAYLOR_RULE: an op the Taylor pass
+# refuses) are checked in test_random_structure.py.
 # Tracing an unrolled recurrent network takes seconds: those run with the slow set.
 SLOW = {"lstm_lm", "gru_lm"}
 ZOO = [pytest.param(name, dtype, marks=[pytest.mark.slow] if name in SLOW
@@ -290,12 +292,21 @@ class DropoutLSTM(nn.Module):
         return self.lstm(x)[0].pow(2).mean()
 
 
+# Models whose training forward drops something, and no BatchNorm: eval() computes the
+# probes' function (it switches their dropout or stochastic depth off, and nothing else).
+EVAL_IS_THE_PROBE = ("gpt_dropout", "transformer_encoder_dropout", "lstm", "vit_drop_path",
+                     "resnet_stochastic_depth")
+
+
 @pytest.mark.parametrize("name", ["gpt_dropout", "transformer_encoder_dropout", "vit",
-                                  "explicit_dropout", "batchnorm_mlp_dropout", "lstm"])
+                                  "explicit_dropout", "batchnorm_mlp_dropout", "lstm",
+                                  "vit_drop_path", "resnet_stochastic_depth"])
 def test_probes_switch_off_every_dropout_and_touch_nothing(name):
     """Dropout off whatever switched it on (modules, SDPA's dropout_p, attention layers,
-    recurrent layers, F.dropout(training=True) in the model's code); BatchNorm normalises
-    with the batch statistics and writes no buffer; the RNG is untouched."""
+    recurrent layers, F.dropout(training=True) in the model's code), stochastic depth's
+    per-sample masks (timm's DropPath, torchvision's stochastic_depth) at their mean, the
+    identity; BatchNorm normalises with the batch statistics and writes no buffer; the RNG
+    is untouched."""
     if name == "lstm":
         torch.manual_seed(0)
         model, loss_fn, batch = DropoutLSTM().double(), (lambda m, b: m(b)), \
@@ -311,8 +322,8 @@ def test_probes_switch_off_every_dropout_and_touch_nothing(name):
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
     assert model.training
-    if name in ("gpt_dropout", "transformer_encoder_dropout", "lstm"):  # no BatchNorm: eval()
-        model.eval()  # switches their dropout off, and nothing else
+    if name in EVAL_IS_THE_PROBE:
+        model.eval()
         with torch.no_grad():
             assert first == pytest.approx(float(loss_fn(model, batch)), rel=1e-12)
     model.train()

@@ -400,7 +400,7 @@ class _NoDropout(TorchFunctionMode):
         if func in self.BERNOULLI:
             self.removed += 1
             return _bernoulli_mean(func, args, kwargs)
-        if func in self.RANDOM:
+        if func in self.RANDOM and not _COMPILING:
             owner = "Tensor" if getattr(torch.Tensor, func.__name__, None) is func else "torch"
             self.random_draws.add(f"{owner}.{func.__name__}")
         if func in self.DROPOUT_P:
@@ -415,6 +415,20 @@ class _NoDropout(TorchFunctionMode):
 
 
 _WARNED_DRAWS: set[str] = set()
+_COMPILING = False
+
+
+@contextlib.contextmanager
+def compiling() -> Iterator[None]:
+    """Around a compiler's own work inside ``probe_mode``: inductor, setting itself up,
+    traces patterns of its own (``torch.randperm`` among them), which are no draws of the
+    model's."""
+    global _COMPILING
+    before, _COMPILING = _COMPILING, True
+    try:
+        yield
+    finally:
+        _COMPILING = before
 
 
 def warn_random_draws(draws: set[str]) -> None:

@@ -55,6 +55,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from genlr.messages import one_line
+from genlr.methods.base import compiling
 from genlr.methods.taylor_rules import (
     IN_PLACE, RULES, Jet, TaylorUnsupported, for_compiler, generic_rule, is_jet, map_jet, value)
 
@@ -384,7 +385,8 @@ def _compile(graph: torch.fx.GraphModule, example: list[Any]) -> Callable[..., A
     """Inductor, as ``torch.compile`` would call it on a captured graph."""
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(graph, example)
+    with compiling():
+        return compile_fx(graph, example)
 
 
 # ------------------------------------------------------------------- the eager jet
