@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from genlr import distributed
 from genlr.messages import duration, one_line
 from genlr.methods import build_lr_method
+from genlr.methods.taylor import compile_seconds
 from genlr.models import build_model
 from genlr.optimizers import build_optimizer
 from genlr.options import flatten_config
@@ -486,7 +487,9 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             return metrics
 
         def log_progress(loss_value: float | None, metrics: dict[str, float] | None = None) -> None:
-            rate = (step - first_step) / max(time.perf_counter() - loop_started, 1e-9)
+            # one-off compile time left out: it would make the time left minutes too long
+            busy = time.perf_counter() - loop_started - (compile_seconds() - compiled_before)
+            rate = (step - first_step) / max(busy, 1e-9)
             values = [("train loss", loss_value), *((f"eval {k}", v) for k, v in (metrics or {}).items())]
             line = ", ".join(f"{name} {value:.4g}" for name, value in values if value is not None)
             remaining = (run.total_steps - step) / rate if rate > 0 else 0.0
@@ -517,6 +520,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             if resume_from is None:
                 writer.hparams(hparams or asdict(spec))
         first_step, loop_started = step, time.perf_counter()
+        compiled_before = compile_seconds()
         try:
             with StopRequest() as stop, (contextlib.nullcontext() if progress.disable
                                          else logging_redirect_tqdm()):

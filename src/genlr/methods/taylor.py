@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
+import time
 import operator
 import os
 import types
@@ -65,6 +67,14 @@ aten = torch.ops.aten
 
 #: compile the jet graph with inductor (``GENLR_TAYLOR_COMPILE=0``: interpret it)
 COMPILE = os.environ.get("GENLR_TAYLOR_COMPILE", "1") != "0"
+log = logging.getLogger(__name__)
+_compile_seconds, _timing = 0.0, False
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling jet graphs: one-off time, which a run's
+    steps-per-second and time-left estimates leave out."""
+    return _compile_seconds
 MODES = ("compiled", "interpreted", "eager")
 
 
@@ -382,11 +392,32 @@ class _JetGraph:
 
 
 def _compile(graph: torch.fx.GraphModule, example: list[Any]) -> Callable[..., Any]:
-    """Inductor, as ``torch.compile`` would call it on a captured graph."""
+    """Inductor, as ``torch.compile`` would call it on a captured graph; said in the log,
+    which would otherwise fall silent for the minute it can take on a CPU."""
     from torch._inductor.compile_fx import compile_fx
 
-    with compiling():
-        return compile_fx(graph, example)
+    log.info("compiling the curvature pass (%d ops; once per graph, up to a minute or two "
+             "on a CPU)", len(graph.graph.nodes))
+    started = time.perf_counter()
+    with _one_off(), compiling():
+        compiled = compile_fx(graph, example)
+    log.info("compiled the curvature pass in %.0f s", time.perf_counter() - started)
+    return compiled
+
+
+@contextlib.contextmanager
+def _one_off() -> Iterator[None]:
+    """Count the time inside as compiling (``compile_seconds``), once if nested."""
+    global _compile_seconds, _timing
+    if _timing:
+        yield
+        return
+    started, _timing = time.perf_counter(), True
+    try:
+        yield
+    finally:
+        _compile_seconds += time.perf_counter() - started
+        _timing = False
 
 
 # ------------------------------------------------------------------- the eager jet
@@ -625,7 +656,7 @@ class TaylorPass:
     def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> _JetGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        with torch.no_grad(), math_kernels():
+        with _one_off(), torch.no_grad(), math_kernels():
             # Decompose first, then functionalize the decomposed graph: decompositions may
             # write in place (a recurrent cell's gates), functionalization removes that.
             decomposed = make_fx(gm, decomposition_table=decompositions())(*example_inputs)
