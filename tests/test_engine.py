@@ -344,7 +344,7 @@ def test_a_stopped_run_evaluates_where_it_stopped_and_resumes_its_time(tmp_path,
 
 
 def test_a_resumed_run_logs_the_method_diagnostics_at_once(tmp_path, monkeypatch):
-    """ParabolaGeN probes every 16 steps; the first step after a resume (38) still logs
+    """ParabolaGeN probes lazily; the first step after a resume (38) still logs
     what it saw at its last probe."""
     from genlr.tracking import read_scalars
 

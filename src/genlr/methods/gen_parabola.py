@@ -83,7 +83,7 @@ class ParabolaGeN(GeNBase):
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  rule: Literal["band", "line_search"] = "band", window: int = 10,
-                 every: int = 16, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
+                 every: int = 4, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
                  probe: Literal["same", "next"] = "next",
                  scale: Literal["constant", "linear", "cosine"] = "constant",
                  lr_min: float = 0.0, lr_max: Optional[float] = None,
