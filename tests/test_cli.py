@@ -328,8 +328,9 @@ def test_torchrun_prints_each_line_once_and_tags_each_ranks_refusal(tmp_path):
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert [line.split(":")[1].strip() for line in lines[:-1]] == [f"step {s}/4" for s in (1, 2, 3, 4)]
-    assert lines[-1].startswith("gen-train: completed 4 steps") and len(lines) == 5
+    assert [line.split(":")[1].strip() for line in lines[:-2]] == [f"step {s}/4" for s in (1, 2, 3, 4)]
+    assert lines[-2].startswith("gen-train: lr ")  # the default GeN's account, once
+    assert lines[-1].startswith("gen-train: completed 4 steps") and len(lines) == 6
     assert (run_dir / "train.log").read_text().count("completed 4 steps") == 1
     # again into the finished run's folder: each process refuses, saying which it is (the
     # first to refuse ends the others: torchrun stops them, maybe before they say it)
