@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -368,3 +370,36 @@ def test_an_experiments_own_sweep_folder_wins_over_train_yaml(experiment):
                       return_hydra_config=True)
     folder = experiment.removesuffix("_peers")  # (the peers' sweep sits beside the methods')
     assert cfg.hydra.sweep.dir.startswith(f"outputs/experiments/{folder}/"), cfg.hydra.sweep.dir
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_curvature_pass_compiles_acts_within_seconds(tmp_path):
+    """Issue 28: a SIGTERM during the first exact step's compile (a cold inductor cache)
+    took minutes to act. gen-train says it is compiling; a SIGTERM then ends the run within
+    10 s, interrupted, its summary and last good checkpoint written."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold_cache")}
+    proc = subprocess.Popen([*GEN_TRAIN, "task=charlm", "task.max_chars=20000", "model=gpt",
+                             "model.width=32", "model.depth=1", "lr=gen_exact",
+                             "trainer.max_steps=50", "trainer.progress=false",
+                             f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if "compiling the curvature pass" in line:
+                break
+        else:
+            pytest.fail("gen-train never said it was compiling")
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        while not (run_dir / "summary.json").is_file() and time.perf_counter() - sent < 10.0:
+            time.sleep(0.1)
+        acted = time.perf_counter() - sent
+        proc.communicate(timeout=60)  # (the compiler's own workers may take a moment to go)
+    finally:
+        proc.kill()
+    assert acted < 10.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (run_dir / "checkpoints" / "last.pt").is_file()

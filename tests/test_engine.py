@@ -510,3 +510,54 @@ def test_checkpoints_hold_only_what_weights_only_loads(tmp_path):
     torch.save({"model": argparse.Namespace()}, tmp_path / "evil.pt")
     with pytest.raises(engine.CheckpointError, match="weights_only=True.*Namespace"):
         train(spec(resume=str(tmp_path / "evil.pt")), tmp_path / "c")
+
+
+def test_sigterm_inside_a_compile_stops_at_once_and_keeps_the_last_good_checkpoint(
+        tmp_path, monkeypatch):
+    """Issue 28: SIGTERM during the curvature pass's compile (minutes on a CPU) waited for
+    it. Now the run stops inside the step: status interrupted, the message says where, and
+    the checkpoint on disk is the last good one (no half-done step saved)."""
+    import genlr.methods.taylor as taylor
+
+    build_run = engine.build_run
+
+    def build_run_compiling_at_step_3(*args, **kwargs):
+        run = build_run(*args, **kwargs)
+        step_fn, calls = run.method.step, {"n": 0}
+
+        def step(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 3:  # a compile that would take minutes, cut by a SIGTERM
+                with taylor._one_off():
+                    signal.raise_signal(signal.SIGTERM)
+                    raise AssertionError("the compile went on after SIGTERM")
+            return step_fn(*a, **k)
+
+        run.method.step = step
+        return run
+
+    monkeypatch.setattr(engine, "build_run", build_run_compiling_at_step_3)
+    summary = train(spec("cosine", checkpoint_every=1), tmp_path)
+    assert summary["status"] == "interrupted" and summary["steps"] == 2
+    assert summary["message"] == "stopped by SIGTERM in step 3, compiling; resumes from step 2"
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["step"] == 2
+
+
+def test_sigterm_inside_an_evaluation_stops_it_at_the_next_batch(tmp_path, monkeypatch):
+    """Issue 28: SIGTERM during a long evaluation waited for it to end. Now the evaluation
+    stops at its next batch and the finished step is saved."""
+    evaluate = engine.evaluate
+
+    def evaluate_with_sigterm(task, model, autocast, batch_size, after_batch=None):
+        def after(i):
+            if i == 1:
+                signal.raise_signal(signal.SIGTERM)
+            after_batch(i)
+            raise AssertionError("the evaluation went on after SIGTERM")
+        return evaluate(task, model, autocast, batch_size, after_batch=after)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_with_sigterm)
+    summary = train(spec("cosine", eval_every=4), tmp_path)
+    assert summary["status"] == "interrupted" and summary["steps"] == 4
+    assert summary["message"] == "stopped by SIGTERM at step 4"
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["step"] == 4

@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from genlr import distributed
 from genlr.messages import duration, one_line
 from genlr.methods import build_lr_method
-from genlr.methods.taylor import compile_seconds
+from genlr.methods.taylor import compile_seconds, compiling_now
 from genlr.models import build_model
 from genlr.optimizers import build_optimizer
 from genlr.options import flatten_config
@@ -108,8 +108,21 @@ def peak_memory_mb(device: torch.device) -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KiB elsewhere
 
 
+class Interrupted(BaseException):
+    """A stop signal acted on at once, inside a step (``consistent=False``: a compile of
+    the curvature pass, which can take minutes) or an evaluation (``True``: after a
+    finished step), not at the end of the step. A BaseException, so that no method's
+    ``except Exception`` takes it for a failure of its own."""
+
+    def __init__(self, signum: int, consistent: bool) -> None:
+        super().__init__(signum)
+        self.signum, self.consistent = signum, consistent
+
+
 class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so a killed run still saves."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks at the end of each step, so a
+    killed run still saves; inside a compile, which can take minutes, it stops at once
+    (``Interrupted``)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -125,6 +138,8 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
+        if compiling_now():
+            raise Interrupted(signum, consistent=False)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -464,6 +479,8 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             return time.perf_counter() - marks["line"] + ahead_s > PROGRESS_EVERY_S
 
         def evaluating(batches: int) -> None:
+            if stop is not None and stop.signal is not None:  # a long evaluation stops at once
+                raise Interrupted(stop.signal, consistent=True)
             if late():  # a long evaluation: say where it is
                 if main_rank:
                     log.info("step %d/%d: evaluating (batch %d done)", step, run.total_steps,
@@ -521,6 +538,7 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
                 writer.hparams(hparams or asdict(spec))
         first_step, loop_started = step, time.perf_counter()
         compiled_before = compile_seconds()
+        stop = None
         try:
             with StopRequest() as stop, (contextlib.nullcontext() if progress.disable
                                          else logging_redirect_tqdm()):
@@ -557,6 +575,14 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             status, message = "diverged", f"{err} at step {step + 1}"
             stats.record_step(step + 1, train_loss=err.loss, lr=hooks.lrs())
             log_step(step + 1, err.loss, hooks.lrs(), None)
+        except Interrupted as err:
+            status = "interrupted"
+            if err.consistent:  # in an evaluation after a finished step
+                message = f"stopped by {signal.Signals(err.signum).name} at step {step}"
+                checkpoint()
+            else:  # inside a step: the last good checkpoint stays
+                message = (f"stopped by {signal.Signals(err.signum).name} in step {step + 1}, "
+                           f"compiling; resumes from step {marks['checkpoint']}")
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the signal handler
             status, message = "interrupted", f"interrupted at step {step}"
             checkpoint()

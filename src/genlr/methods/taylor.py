@@ -71,6 +71,11 @@ log = logging.getLogger(__name__)
 _compile_seconds, _timing = 0.0, False
 
 
+def compiling_now() -> bool:
+    """Whether this process is compiling a jet graph now (``compile_seconds``'s clock runs)."""
+    return _timing
+
+
 def compile_seconds() -> float:
     """Seconds this process has spent compiling jet graphs: one-off time, which a run's
     steps-per-second and time-left estimates leave out."""
