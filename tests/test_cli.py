@@ -392,14 +392,11 @@ def test_sigterm_while_the_curvature_pass_compiles_acts_within_seconds(tmp_path)
                 break
         else:
             pytest.fail("gen-train never said it was compiling")
-        sent = time.perf_counter()
+        sent = time.time()
         proc.send_signal(signal.SIGTERM)
-        while not (run_dir / "summary.json").is_file() and time.perf_counter() - sent < 10.0:
-            time.sleep(0.1)
-        acted = time.perf_counter() - sent
-        proc.communicate(timeout=60)  # (the compiler's own workers may take a moment to go)
+        proc.communicate(timeout=60)  # reading all it says, so that it never waits on a pipe
     finally:
         proc.kill()
-    assert acted < 10.0
+    assert (run_dir / "summary.json").stat().st_mtime - sent < 10.0  # acted on at once
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and (run_dir / "checkpoints" / "last.pt").is_file()
