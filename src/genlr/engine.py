@@ -478,9 +478,9 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             when what comes next takes ``ahead_s``."""
             return time.perf_counter() - marks["line"] + ahead_s > PROGRESS_EVERY_S
 
-        def evaluating(batches: int) -> None:
-            if stop is not None and stop.signal is not None:  # a long evaluation stops at once
-                raise Interrupted(stop.signal, consistent=True)
+        def evaluating(batches: int, stoppable: bool) -> None:
+            if stoppable and stop is not None and stop.signal is not None:
+                raise Interrupted(stop.signal, consistent=True)  # a long evaluation stops at once
             if late():  # a long evaluation: say where it is
                 if main_rank:
                     log.info("step %d/%d: evaluating (batch %d done)", step, run.total_steps,
@@ -491,10 +491,12 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
             if late(marks["eval_s"]):  # the evaluation would make the next line late
                 log_progress(loss_value)
             started = time.perf_counter()
+            # the evaluation a stop asks for (below) runs to its end
+            stoppable = stop is None or stop.signal is None
             hooks.eval()
             with hooks.eval_model() as eval_model:
                 metrics = evaluate(task, eval_model, run.autocast, cfg.eval_batch_size,
-                                   after_batch=evaluating)
+                                   after_batch=lambda i: evaluating(i, stoppable))
             hooks.train()
             marks["eval_s"] = time.perf_counter() - started
             stats.record_eval(step, eval_loss=metrics["loss"], eval_acc=metrics.get("acc"))
