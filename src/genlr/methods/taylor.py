@@ -401,10 +401,10 @@ def _compile(graph: torch.fx.GraphModule, example: list[Any]) -> Callable[..., A
     which would otherwise fall silent for the minute it can take on a CPU."""
     from torch._inductor.compile_fx import compile_fx
 
-    log.info("compiling the curvature pass (%d ops; once per graph, up to a minute or two "
-             "on a CPU)", len(graph.graph.nodes))
     started = time.perf_counter()
-    with _one_off(), compiling():
+    with _one_off(), compiling():  # said inside: a stop signal it prompts must find it compiling
+        log.info("compiling the curvature pass (%d ops; once per graph, up to a minute or two "
+                 "on a CPU)", len(graph.graph.nodes))
         compiled = compile_fx(graph, example)
     log.info("compiled the curvature pass in %.0f s", time.perf_counter() - started)
     return compiled
