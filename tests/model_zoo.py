@@ -37,6 +37,7 @@ grouped matmul shaped as transformers' fallback, with no forward-mode derivative
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -887,6 +888,78 @@ _case("trimmed_by_item",
       "padded-sequence classifier that trims the batch to its longest row with mask.sum().max().item(), "
       "then nn.MultiheadAttention with a key-padding mask, LayerNorm, masked mean-pool",
       TrimmedEncoder, padded_classify, padded_columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face's GPT-2 as its modelling code computes it (no transformers needed)
+
+_LOG = logging.getLogger("model_zoo")
+
+
+class Conv1D(nn.Module):
+    """GPT-2's projection: a weight stored (in, out), applied by ``addmm``."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(0.02 * torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
+class EagerGPT2Block(nn.Module):
+    """Eager attention as GPT-2's: heads split by view and permute, scores as
+    ``q @ k.transpose(-1, -2)``, the causal mask by ``torch.where`` at the dtype's minimum."""
+
+    def __init__(self, width: int, heads: int, block: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.c_attn, self.c_proj = Conv1D(width, 3 * width), Conv1D(width, width)
+        self.c_fc, self.mlp_proj = Conv1D(width, 4 * width), Conv1D(4 * width, width)
+        self.register_buffer("causal", torch.tril(torch.ones(block, block, dtype=torch.bool)))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.heads, -1).permute(0, 2, 1, 3)
+                   for t in self.c_attn(x).split(C, dim=2))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(v.shape[-1])
+        floor = torch.full([], torch.finfo(scores.dtype).min, dtype=scores.dtype)
+        scores = torch.where(self.causal[:T, :T], scores, floor)
+        out = torch.matmul(scores.softmax(-1), v).permute(0, 2, 1, 3).contiguous()
+        return self.c_proj(out.view(B, T, C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attend(self.ln_1(x))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class EagerGPT2(nn.Module):
+    def __init__(self, vocab=32, width=16, heads=2, layers=2, block=16) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, width), nn.Embedding(block, width)
+        self.h = nn.ModuleList(EagerGPT2Block(width, heads, block) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(width)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.h:
+            x = block(x)
+        return F.linear(self.ln_f(x), self.wte.weight)  # the tied head
+
+
+def logged_next_token(model: nn.Module, batch) -> torch.Tensor:
+    """``next_token`` that logs on every call, as a Hugging Face model's loss function does
+    (``logger.warning_once``): a logging call inside the loss."""
+    _LOG.debug("next-token loss over %d rows", batch[0].shape[0])
+    return next_token(model, batch)
+
+
+_case("gpt2_eager_logging",
+      "Hugging Face GPT-2's modelling code: Conv1D (addmm) projections, eager attention over a "
+      "transposed key, torch.where causal mask, tanh GELU, tied head; a loss that logs",
+      EagerGPT2, logged_next_token, tokens(2, 16, 32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ difference of gradients."""
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -370,6 +371,39 @@ def test_grouped_mm_experts_match_the_per_expert_matmuls():
     want = double_backward(reference, loss_fn, list(reference.parameters()),
                            [v.double() for v in d], x.double())
     assert disagreement(got, want) < 1e-4
+
+
+@pytest.mark.slow  # compiles a GPT-2's jet: a minute on 2 cores
+def test_a_hugging_face_gpt2_is_captured_compiled_and_exact():
+    """Issue 27: ``GPT2LMHeadModel``'s loss (``labels=``) calls ``logger.warning_once`` on
+    every forward, which broke the whole-graph capture (the eager jet, 3-5x AdamW), and
+    its attention's transposed key failed to compile ("Cannot view a tensor"). Built from
+    a config (no download), float64: compiled, no warning, equal to double backward."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64,
+                                     vocab_size=100, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).double().eval()
+    ids = torch.randint(0, 100, (8, 32))
+    loss_fn = lambda m, b: m(input_ids=b, labels=b).loss  # noqa: E731
+    params = list(model.parameters())
+    d = direction(params)
+    dd = DirectionalDerivatives(model, loss_fn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = dd.derivatives(params, d, ids)  # "auto": checked against double backward
+    assert dd.path == "taylor" and dd.taylor_mode == "compiled", (dd.path, dd.unavailable)
+    assert not [str(w.message) for w in caught if "Taylor pass" in str(w.message)]
+    assert disagreement(got, double_backward(model, loss_fn, params, d, ids)) <= 1e-6
+
+
+def test_the_capture_leaves_out_logging_and_warnings(monkeypatch):
+    """Loggers' added methods count by their names (transformers adds ``warning_once``)."""
+    added = lambda self, *args: None  # noqa: E731
+    monkeypatch.setattr(logging.Logger, "warning_once", added, raising=False)
+    calls = taylor._logging_calls()
+    assert {logging.Logger.warning, logging.Logger.info, added, warnings.warn} <= calls
+    assert logging.Logger.isEnabledFor not in calls and logging.Logger.addHandler not in calls
 
 
 # ------------------------------------------------------------------- Newt's lookahead

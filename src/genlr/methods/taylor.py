@@ -401,6 +401,12 @@ def _compile(graph: torch.fx.GraphModule, example: list[Any]) -> Callable[..., A
     which would otherwise fall silent for the minute it can take on a CPU."""
     from torch._inductor.compile_fx import compile_fx
 
+    # The graph's views are valid for the strides its trace saw; inductor retraces it, and
+    # may lay a value out otherwise (a decomposed attention's transposed key): as reshapes,
+    # they copy where they must and stay views where they can.
+    for node in graph.graph.find_nodes(op="call_function", target=torch.ops.aten.view.default):
+        node.target = torch.ops.aten.reshape.default
+    graph.recompile()
     started = time.perf_counter()
     with _one_off(), compiling():  # said inside: a stop signal it prompts must find it compiling
         log.info("compiling the curvature pass (%d ops; once per graph, up to a minute or two "
@@ -595,6 +601,17 @@ _STALE = _Stale()
 
 # ------------------------------------------------------------------------ the pass
 _COUNTER = itertools.count()
+_EMITTING = ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal", "log")
+
+
+def _logging_calls() -> set[Callable[..., Any]]:
+    """What a loss may call to log or warn, which changes nothing it computes and would
+    otherwise break its graph (Hugging Face's ``logger.warning_once`` in every model's loss):
+    the capture leaves them out, and the training forward says them as usual. Loggers'
+    added methods (``warning_once``, ``warning_advice``) count by their names."""
+    methods = {getattr(logging.Logger, name) for name in dir(logging.Logger)
+               if name.startswith(_EMITTING) and callable(getattr(logging.Logger, name))}
+    return methods | {warnings.warn}
 
 
 class TaylorPass:
@@ -675,7 +692,8 @@ class TaylorPass:
 
         self.request = request = _Request(tangents, compile, order)
         try:
-            with torch._dynamo.config.patch(allow_rnn=True, fail_on_recompile_limit_hit=True):
+            with torch._dynamo.config.patch(allow_rnn=True, fail_on_recompile_limit_hit=True,
+                                            ignore_logger_methods=_logging_calls()):
                 loss = self._captured(batch)
         except Exception:
             if request.error is not None:
