@@ -6,15 +6,25 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 FAKE_TRAIN, FAKE_TEST = 64, 20
+
+# Under pytest-xdist (``-n auto``) each worker, and each process it starts, gets its share
+# of the cores: several workers' torch threads on the same cores wait on one another and
+# run many times slower.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Property-based tests: a few examples from a fixed seed in the default suite (the same
 # every run), the full random search under ``-m slow``. Each example may run gen-train.
