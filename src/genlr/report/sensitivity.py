@@ -357,12 +357,11 @@ def _markdown(report: Sensitivity, command: str) -> str:
     lines = [f"# Sensitivity to the initial lr: {report.root}", "",
              f"Produced by `{command}`.", "",
              "A learning-rate-free row would be a flat line at the tuned baseline's height: "
-             "the same final metric from every initial lr, as good as the best lr of a "
-             "9-point grid.", "",
+             "the same final metric from every initial lr, as good as the best lr of the "
+             "baselines' grids.", "",
              "Each row ran from initial lrs that are multiples of its own default lr (`lr at "
              "x1`: its config's `optimizer.lr`, the workload's, or a peer's package's where "
-             "the workload sets none): `constant` and `cosine` on "
-             "x0.01, x0.03, …, x100, the other rows on x0.01, x0.1, x1, x10, x100. The tuned "
+             "the workload sets none): the columns, an empty cell a point not run. The tuned "
              "baseline is the best point of the two baselines' grids. A cell is the final "
              "metric, the mean over its seeds; a run that diverged or failed scores the worst "
              "value (accuracy 0, an infinite loss: `div.`), never dropped, and is counted in "
