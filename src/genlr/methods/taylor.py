@@ -614,6 +614,15 @@ def _logging_calls() -> set[Callable[..., Any]]:
     return methods | {warnings.warn}
 
 
+def _logging_left_out() -> dict[str, Any]:
+    """Dynamo's setting for ``_logging_calls`` (an older torch has none: the capture breaks)."""
+    import torch._dynamo
+
+    if hasattr(torch._dynamo.config, "ignore_logger_methods"):
+        return {"ignore_logger_methods": _logging_calls()}
+    return {}
+
+
 class TaylorPass:
     """``(<grad L, d>, d^T H d)`` of ``loss_fn(model, batch)`` along ``d`` at the current
     parameters, from one jet: compiled where the loss is one graph, else eagerly (see the
@@ -693,7 +702,7 @@ class TaylorPass:
         self.request = request = _Request(tangents, compile, order)
         try:
             with torch._dynamo.config.patch(allow_rnn=True, fail_on_recompile_limit_hit=True,
-                                            ignore_logger_methods=_logging_calls()):
+                                            **_logging_left_out()):
                 loss = self._captured(batch)
         except Exception:
             if request.error is not None:
