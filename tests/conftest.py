@@ -30,7 +30,7 @@ if _WORKERS > 1:
 # every run), the full random search under ``-m slow``. Each example may run gen-train.
 _PROPERTY = dict(deadline=None, suppress_health_check=list(HealthCheck))
 settings.register_profile("fast", max_examples=25, derandomize=True, **_PROPERTY)
-settings.register_profile("full", max_examples=250, **_PROPERTY)
+settings.register_profile("full", max_examples=150, **_PROPERTY)
 settings.load_profile("fast")
 
 
