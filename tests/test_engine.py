@@ -45,8 +45,11 @@ def test_same_seed_same_trajectory(tmp_path):
     assert third["final"]["train_loss"] != first["final"]["train_loss"]
 
 
-def _stop_at(monkeypatch, stop_step: int) -> None:
-    """Deliver a real SIGTERM to this process during training step ``stop_step``."""
+def _stop_at(monkeypatch, stop_step: int, compiling: bool = False) -> None:
+    """Deliver a real SIGTERM to this process during training step ``stop_step``
+    (``compiling``: inside a compile of the curvature pass, which must not go on)."""
+    import genlr.methods.taylor as taylor
+
     build_run = engine.build_run
 
     def build_run_with_stop(*args, **kwargs):
@@ -55,6 +58,10 @@ def _stop_at(monkeypatch, stop_step: int) -> None:
 
         def step(*a, **k):
             calls["n"] += 1
+            if calls["n"] == stop_step and compiling:  # a compile of minutes, cut short
+                with taylor._one_off():
+                    signal.raise_signal(signal.SIGTERM)
+                    raise AssertionError("the compile went on after SIGTERM")
             if calls["n"] == stop_step:
                 signal.raise_signal(signal.SIGTERM)
             return step_fn(*a, **k)
@@ -517,26 +524,7 @@ def test_sigterm_inside_a_compile_stops_at_once_and_keeps_the_last_good_checkpoi
     """Issue 28: SIGTERM during the curvature pass's compile (minutes on a CPU) waited for
     it. Now the run stops inside the step: status interrupted, the message says where, and
     the checkpoint on disk is the last good one (no half-done step saved)."""
-    import genlr.methods.taylor as taylor
-
-    build_run = engine.build_run
-
-    def build_run_compiling_at_step_3(*args, **kwargs):
-        run = build_run(*args, **kwargs)
-        step_fn, calls = run.method.step, {"n": 0}
-
-        def step(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == 3:  # a compile that would take minutes, cut by a SIGTERM
-                with taylor._one_off():
-                    signal.raise_signal(signal.SIGTERM)
-                    raise AssertionError("the compile went on after SIGTERM")
-            return step_fn(*a, **k)
-
-        run.method.step = step
-        return run
-
-    monkeypatch.setattr(engine, "build_run", build_run_compiling_at_step_3)
+    _stop_at(monkeypatch, stop_step=3, compiling=True)
     summary = train(spec("cosine", checkpoint_every=1), tmp_path)
     assert summary["status"] == "interrupted" and summary["steps"] == 2
     assert summary["message"] == "stopped by SIGTERM in step 3, compiling; resumes from step 2"
