@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from genlr.methods.curvature import DirectionalDerivatives
+from genlr.curvature.directional import DirectionalDerivatives
 from genlr.models import IncompatibleModelError, build_model
 from genlr.tasks import DatasetNotFoundError, build_task
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-import genlr.methods.taylor_rules as taylor_rules
+import genlr.curvature.taylor_rules as taylor_rules
 from genlr import ExactGeN
-from genlr.methods.curvature import DirectionalDerivatives
+from genlr.curvature.directional import DirectionalDerivatives
 from genlr.models import build_model
 from genlr.tasks import build_task
 from model_zoo import NAMES, build
@@ -23,7 +23,7 @@ from model_zoo import NAMES, build
 # through torch._weight_norm gives a wrong curvature (the Taylor pass and the difference of
 # gradients agree to 1e-10).
 NUMERICAL_REFERENCE = {"embedding_bag", "weight_norm_mlp"}
-# No single graph of these exists: their jet runs eagerly (``genlr.methods.taylor``).
+# No single graph of these exists: their jet runs eagerly (``genlr.curvature.taylor``).
 DATA_DEPENDENT = {"routed_experts", "trimmed_by_item"}
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 
@@ -63,7 +63,7 @@ def test_taylor_pass_matches_the_reference_on_the_zoo(name, dtype, monkeypatch):
     # GRU in float64 proves the compiled pass on one, the other cases run interpreted.
     interpreted = name in SLOW and (name, dtype) != ("gru_lm", torch.float64)
     if interpreted:
-        monkeypatch.setattr("genlr.methods.taylor.COMPILE", False)
+        monkeypatch.setattr("genlr.curvature.taylor.COMPILE", False)
     case = build(name, dtype)
     params = trainable(case)
     d = direction(params)
@@ -224,7 +224,7 @@ def test_check_every_checks_again(monkeypatch):
 def test_the_check_runs_without_tf32_and_leaves_the_users_switches_alone():
     """Users switch TF32 on for training (nanoGPT does, with the legacy switches); the check
     compares in full float32 and puts every switch back as it was."""
-    from genlr.methods.curvature import full_float32
+    from genlr.curvature.directional import full_float32
 
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -268,7 +268,7 @@ def test_no_path_left_keeps_the_lr_and_the_state_consistent(monkeypatch):
                  else [pytest.mark.slow]) for name in NAMES])
 def test_exact_gen_steps_on_every_zoo_model_and_reports_its_path(name, monkeypatch):
     if name in SLOW:  # as above
-        monkeypatch.setattr("genlr.methods.taylor.COMPILE", False)
+        monkeypatch.setattr("genlr.curvature.taylor.COMPILE", False)
     case = build(name, torch.float32)
     opt = torch.optim.AdamW(case.param_groups, lr=1e-3)
     method = ExactGeN(opt, case.model, case.loss_fn, every=1)

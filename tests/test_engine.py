@@ -48,7 +48,7 @@ def test_same_seed_same_trajectory(tmp_path):
 def _stop_at(monkeypatch, stop_step: int, compiling: bool = False) -> None:
     """Deliver a real SIGTERM to this process during training step ``stop_step``
     (``compiling``: inside a compile of the curvature pass, which must not go on)."""
-    import genlr.methods.taylor as taylor
+    import genlr.curvature.taylor as taylor
 
     build_run = engine.build_run
 

@@ -13,7 +13,7 @@ import torch.utils._pytree as pytree
 
 from genlr.engine import RunSpec, TrainerConfig, train
 from genlr.methods import METHODS
-from genlr.methods.curvature import DirectionalDerivatives
+from genlr.curvature.directional import DirectionalDerivatives
 from model_zoo import NAMES as ZOO_NAMES
 from model_zoo import build
 from test_curvature_corpus import direction, disagreement, reference

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from genlr import ExactGeN, Newt, ParabolaGeN
-from genlr.methods.curvature import PATHS, DirectionalDerivatives
+from genlr.curvature.directional import PATHS, DirectionalDerivatives
 from methods_helpers import (
     Quadratic, central_second_difference, classification_loss, cnn, cnn_batch,
     exact_line_search, mlp, mlp_batch, mse_loss, quadratic_loss,
@@ -176,7 +176,7 @@ def test_curvature_when_only_some_operands_move(mode):
 
 @pytest.mark.parametrize("mode", ["taylor", "double_backward", "forward_over_reverse"])
 def test_batchnorm_curvature_matches_central_differences(mode):
-    from genlr.methods.base import probe_mode
+    from genlr.curvature import probe_mode
 
     model, batch = mlp(bn=True), mlp_batch()
     params = list(model.parameters())

@@ -1,4 +1,4 @@
-"""How the Taylor pass runs (``genlr.methods.taylor.TaylorPass``): compiled with real guards,
+"""How the Taylor pass runs (``genlr.curvature.taylor.TaylorPass``): compiled with real guards,
 interpreted when compiling fails, eagerly where the loss is no single graph; the check of what
 ran; mixed precision. References are independent: double backward in float64, or a central
 difference of gradients."""
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import genlr.methods.taylor as taylor
-from genlr.methods.curvature import DirectionalDerivatives
+import genlr.curvature.taylor as taylor
+from genlr.curvature.directional import DirectionalDerivatives
 from model_zoo import build
 
 pytestmark = pytest.mark.compiled  # the compiled pass is what these test
@@ -442,7 +442,7 @@ def test_a_float32_disagreement_that_is_rounding_passes_the_check(monkeypatch):
     model's parameters come back bit for bit. (Interpreted: the compiled pass is held to
     the same standard against the interpreted one, in the test above.)"""
     from genlr import ExactGeN
-    from genlr.methods import curvature
+    from genlr.curvature import directional as curvature
 
     monkeypatch.setattr(taylor, "COMPILE", False)
     monkeypatch.setitem(curvature.CHECK_TOLERANCE, torch.float32, 1e-4)

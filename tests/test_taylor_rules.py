@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils import _pytree as pytree
 
-from genlr.methods import taylor_rules
-from genlr.methods.taylor_rules import IN_PLACE, RULES, Jet, generic_rule, is_jet
+from genlr.curvature import taylor_rules
+from genlr.curvature.taylor_rules import IN_PLACE, RULES, Jet, generic_rule, is_jet
 
 aten = torch.ops.aten
 G = torch.Generator().manual_seed(0)
@@ -252,7 +252,7 @@ def test_every_rule_compiled_in_one_graph():
     loss's jet, against the same central differences."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from genlr.methods.taylor import _compile
+    from genlr.curvature.taylor import _compile
 
     cases = []  # (op, args, kwargs, rule)
     for op, make in SAMPLES.items():

@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from genlr import distributed
 from genlr.messages import duration, one_line
 from genlr.methods import build_lr_method
-from genlr.methods.taylor import compile_seconds, compiling_now
+from genlr.curvature import compile_seconds, compiling_now
 from genlr.models import build_model
 from genlr.optimizers import build_optimizer
 from genlr.options import flatten_config

@@ -6,7 +6,6 @@ from genlr.methods.base import (
     IncompatibleOptimizerError,
     LRMethod,
     check_linear_in_lr,
-    probe_mode,
 )
 from genlr.options import check_options, options_of
 from genlr.methods.hypergradient import Hypergradient
@@ -55,7 +54,7 @@ def build_lr_method(name: str, optimizer, model=None, loss_fn=None, *, total_ste
 
 __all__ = [
     "METHODS", "SEEDS", "LRMethod", "IncompatibleOptimizerError", "build_lr_method",
-    "check_linear_in_lr", "probe_mode",
+    "check_linear_in_lr",
     "Constant", "Step", "Cosine", "WarmupCosine", "Linear", "OneCycle", "Plateau",
     "ExactGeN", "ParabolaGeN", "Newt",
     "Polyak", "Hypergradient",

@@ -8,7 +8,7 @@ Bu & Xu, "Gradient descent with generalized Newton's method", ICLR 2025
 
 the line-search step in units of the current learning rate; ``alpha* = s* lr``. Which lr
 follows from it is the rule's business (``genlr.methods.gen_base``). ``d^T H d`` is computed
-exactly (``genlr.methods.curvature``).
+exactly (``genlr.curvature.directional``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 from genlr.methods.base import finite
-from genlr.methods.curvature import DirectionalDerivatives, batch_fraction
+from genlr.curvature import DirectionalDerivatives, batch_fraction
 from genlr.methods.gen_base import GeNBase
 
 
@@ -26,7 +26,7 @@ class ExactGeN(GeNBase):
 
     On a probe step, ``<g, d>`` and ``d^T H d`` are computed at the pre-step parameters on
     the probe batch (or its first ``curvature_batch`` fraction), by one Taylor-mode pass or
-    another exact path (``genlr.methods.curvature``), counted in ``passes["hvp"]``; with
+    another exact path (``genlr.curvature.directional``), counted in ``passes["hvp"]``; with
     ``probe="same"`` the slope comes free from ``.grad``. The probe step and the rules are
     ``GeNBase``'s; the contract ``LRMethod``'s.
 

@@ -24,11 +24,9 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from genlr.methods.base import (LRMethod, as_float, check_linear_in_lr, check_positive_lr, dot,
-                               finite, probe_mode)
-from genlr.methods.curvature import (
-    _BoundLoss, batch_fraction, original_module, result_tolerance)
-from genlr.methods.taylor import TaylorPass, TaylorUnsupported
+from genlr.curvature import (BoundLoss, TaylorPass, TaylorUnsupported, batch_fraction, dot,
+                             original_module, probe_mode, result_tolerance)
+from genlr.methods.base import LRMethod, as_float, check_linear_in_lr, check_positive_lr, finite
 
 NOT_PSD_FACTOR = 1.0  # reference: a curvature that is not positive leaves the lr as it is
 
@@ -141,7 +139,7 @@ class Newt(LRMethod):
         self._jet: TaylorPass | None = None
         self._jet_checked = False
         if lookahead == "probe" and model is not None and loss_fn is not None:
-            self._jet = TaylorPass(_BoundLoss(original_module(model), loss_fn))
+            self._jet = TaylorPass(BoundLoss(original_module(model), loss_fn))
 
     # ----------------------------------------------------------------------- step
     def step(self, batch: Any = None, loss: torch.Tensor | None = None,

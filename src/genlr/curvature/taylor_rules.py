@@ -13,7 +13,7 @@ for values that do not move) of an op's inputs to the jet of its output:
 * normalisations (batch, layer and group norm) and softmax are composed of the rules above.
 
 An op without a rule here goes through ``generic_rule`` (nested forward-mode AD of that op
-alone, see ``genlr.methods.taylor``). The graph reaching these rules has been reduced to
+alone, see ``genlr.curvature.taylor``). The graph reaching these rules has been reduced to
 PyTorch's core ATen operations by its own decomposition tables, so the list is short.
 """
 
@@ -33,7 +33,7 @@ from genlr.messages import one_line
 aten = torch.ops.aten
 
 
-#: True while a jet is traced for inductor (``genlr.methods.taylor``): a rule may then take
+#: True while a jet is traced for inductor (``genlr.curvature.taylor``): a rule may then take
 #: a form the compiler fuses well rather than the one fastest op by op (max pooling).
 FOR_COMPILER = False
 

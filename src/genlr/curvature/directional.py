@@ -6,7 +6,7 @@ one of three paths, tried in this order (``curvature="auto"``):
 
 ``taylor``
     Second-order Taylor-mode forward propagation (a "jet") of ``theta + s*d`` through a
-    trace of the loss (``genlr.methods.taylor``): no backward pass and no tape. The fastest.
+    trace of the loss (``genlr.curvature.taylor``): no backward pass and no tape. The fastest.
 ``double_backward``
     Reverse over reverse: ``g = grad(L)`` with a graph, then ``Hd = grad(<g, d>)``.
 ``forward_over_reverse``
@@ -20,7 +20,7 @@ reference path that works, on a few examples of the first batch it sees (and eve
 ``check_every``-th time after, if set), the way ``torch.autograd.gradcheck`` checks a
 gradient: on disagreement it is dropped for this model, with a warning giving both values.
 
-The Taylor pass runs compiled where the loss is one graph (``genlr.methods.taylor``), and
+The Taylor pass runs compiled where the loss is one graph (``genlr.curvature.taylor``), and
 the check also compares it with the same graph interpreted, and, under autocast, its low
 precision with float32 (``DirectionalDerivatives._check``).
 
@@ -41,11 +41,10 @@ import torch
 from torch import nn
 
 from genlr.messages import one_line
-from genlr.methods.base import LossFn, dot, probe_mode
-from genlr.methods.taylor import TaylorPass, eager_math_kernels
+from genlr.curvature.probe import LossFn, probe_mode
+from genlr.curvature.taylor import TaylorPass, eager_math_kernels
 
 PATHS = ("taylor", "double_backward", "forward_over_reverse")
-CURVATURE_MODES = ("auto", *PATHS)
 #: examples of the batch the Taylor pass is checked on
 CHECK_EXAMPLES = 8
 #: largest disagreement of the check, relative to max(|slope|, |curvature|) (``s`` is in
@@ -122,7 +121,19 @@ def original_module(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-class _BoundLoss(nn.Module):
+def dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    """``sum_i <xs[i], ys[i]>`` accumulated in float64, one host sync."""
+    if not xs:
+        return 0.0
+    parts = []
+    for x, y in zip(xs, ys):
+        if x.dtype in (torch.float16, torch.bfloat16) or y.dtype != x.dtype:
+            x, y = x.float(), y.float()
+        parts.append(torch.dot(x.reshape(-1), y.reshape(-1)).double())
+    return float(torch.stack(parts).sum())
+
+
+class BoundLoss(nn.Module):
     """``loss_fn(model, batch)`` as a module, so that ``torch.func.functional_call`` can swap
     the model's parameters for the duration of a loss evaluation."""
 
@@ -169,7 +180,7 @@ class DirectionalDerivatives:
     Attributes (what the last ``derivatives`` call did, for diagnostics):
         path: the path that gave the result, or "none" when none could.
         taylor_mode: how the last Taylor pass ran ("compiled", "interpreted", "eager";
-            see ``genlr.methods.taylor``).
+            see ``genlr.curvature.taylor``).
         counts: results per path (``"none"`` included) over this object's life.
         unavailable: path -> why it can't be used for this model.
         check_error: the Taylor pass's disagreement at its last check (NaN: not checked).
@@ -186,7 +197,7 @@ class DirectionalDerivatives:
         self.loss_fn = loss_fn
         self.autocast = autocast or contextlib.nullcontext
         self.check_every = check_every
-        self._bound = _BoundLoss(self.model, loss_fn)
+        self._bound = BoundLoss(self.model, loss_fn)
         self._taylor_pass = TaylorPass(self._bound)
         self.path = ""
         self.taylor_mode = ""
@@ -205,8 +216,8 @@ class DirectionalDerivatives:
 
         ``mode`` "auto" takes the first path that works (and checks the Taylor pass); a
         path's name takes that path alone and lets its errors through."""
-        if mode not in CURVATURE_MODES:
-            raise ValueError(f"curvature mode must be one of {CURVATURE_MODES}, got {mode!r}")
+        if mode != "auto" and mode not in PATHS:
+            raise ValueError(f"curvature mode must be 'auto' or one of {PATHS}, got {mode!r}")
         if mode != "auto":
             self.path = mode
             value = self.run(mode, params, d, batch)

@@ -5,7 +5,7 @@ first. Propagating, for every intermediate value ``x(s)``, the triple ``(x, x', 
 ``s = 0`` forward through the computation gives both at the loss, with no backward pass and
 no tape (Griewank & Walther, "Evaluating Derivatives", 2nd ed., ch. 13; Bettencourt, Johnson
 & Duvenaud, "Taylor-mode automatic differentiation for higher-order derivatives in JAX",
-2019). The rules are in ``genlr.methods.taylor_rules``. The parameters move linearly in
+2019). The rules are in ``genlr.curvature.taylor_rules``. The parameters move linearly in
 ``s``, so their ``x''`` is zero and a layer costs five products of its size (nested forward
 mode: nine).
 
@@ -57,8 +57,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from genlr.messages import one_line
-from genlr.methods.base import compiling
-from genlr.methods.taylor_rules import (
+from genlr.curvature.probe import compiling
+from genlr.curvature.taylor_rules import (
     IN_PLACE, RULES, Jet, TaylorUnsupported, for_compiler, generic_rule, is_jet, map_jet, value)
 
 __all__ = ["TaylorPass", "TaylorUnsupported", "eager_math_kernels", "supported_ops"]
@@ -211,7 +211,7 @@ def jet_of(op: Any, args: tuple, kwargs: dict, val: Any = None, donated: bool = 
         # (transformers' grouped_mm fallback gives a zero tangent without a word): only a
         # rule registered for it is trusted.
         raise TaylorUnsupported(f"{op} is a custom op without a Taylor rule (register one "
-                                f"in genlr.methods.taylor_rules.RULES)")
+                                f"in genlr.curvature.taylor_rules.RULES)")
     try:
         out = (rule or generic_rule)(op, args, kwargs)
         return normalise(out, val, op)
