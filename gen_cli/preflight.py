@@ -42,8 +42,8 @@ from gen_cli.objective import objective_of
 from gen_cli.schema import GROUPS, Table, TrainSchema, option_table, schema_of
 from genlr.messages import one_line
 from genlr.options import check_options
-from genlr.rundir import (CLI_OUTPUTS, ENGINE_OUTPUTS, SWEEP_OUTPUTS, check_run_dir, clear_run,
-                          earlier_run, earlier_sweep, resume_path, resumes_here, run_folders)
+from genlr.rundir import (CLI_OUTPUTS, ENGINE_OUTPUTS, SWEEP_OUTPUTS, clear_run, earlier_run,
+                          earlier_sweep, run_folders)
 from genlr.spec import RunSpec, TrainerConfig
 
 # Where @hydra.main finds its configs (gen_cli/train.py) and its job's name.
@@ -432,15 +432,7 @@ def check_folders(configs: list[DictConfig], run_dir: Path | None,
     trainer = [cfg.trainer for cfg in configs]
     overwrite = any(t.overwrite for t in trainer)
     run_outputs = (*ENGINE_OUTPUTS, *CLI_OUTPUTS)
-    if run_dir is not None:
-        try:
-            resume_from = resume_path(trainer[0].resume, run_dir)
-        except OSError:  # nothing to resume: check_resume says so
-            resume_from = None
-        try:
-            check_run_dir(run_dir, overwrite or resumes_here(resume_from, run_dir), "hydra.run.dir")
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+    if run_dir is not None:  # (whether the run may go there: genlr.engine.check_start)
         return [(run_dir, run_outputs)] if overwrite and earlier_run(run_dir) else []
     sweep_dir, subdir = sweep
     if all(str(t.resume).lower() in ("auto", "true", "yes", "1") for t in trainer):
@@ -519,48 +511,24 @@ def spec_from_config(cfg) -> RunSpec:
 
 def check_buildable(configs: list[DictConfig], run_dir: Path | None,
                     seed_given: str | None = None, chosen: dict[str, str] | None = None) -> None:
-    """Build every job's components without data, on the CPU; find (or download) each
-    task's data; the batch fits it; the device and the strategy exist; a seed given on the
-    command line changes something. ``chosen``: the groups the command line sets
-    (``{"task": "task=mnist"}``), to say which of them a workload does not fit."""
-    import torch
+    """What ``train`` would refuse before its first step (``genlr.engine.check_start``: the
+    components, the device, the strategy, the checkpoint, the data), for every job; and a
+    seed given on the command line changes something. ``chosen``: the groups the command
+    line sets (``{"task": "task=mnist"}``), to say which of them a workload does not fit."""
+    from genlr.engine import check_start
 
-    from genlr.engine import build_run, resolve_device
-
-    prepared: list[dict] = []
     for cfg in configs:
         spec = spec_from_config(cfg)
         try:
-            run = build_run(spec, torch.device("cpu"), load_data=False)
-        except Exception as err:  # the builders' own refusals say it all; a crash needs its type
+            objective_of(cfg.objective, spec.task["name"])
+            run = check_start(spec, run_dir, "hydra.run.dir")
+        except Exception as err:  # the library's refusals say it all; a crash needs its type
             line = one_line(err, with_type=not isinstance(err, (ValueError, TypeError, OSError)))
             raise UsageError(_workload_misfit(cfg, chosen or {}, line) or line) from None
-        try:
-            objective_of(cfg.objective, spec.task["name"])
-            resolve_device(spec.trainer.device)
-        except ValueError as err:
-            raise UsageError(one_line(err)) from None
-        if spec.trainer.strategy == "ddp":
-            if not {"RANK", "WORLD_SIZE"} <= set(os.environ):
-                raise UsageError("trainer.strategy=ddp needs torchrun: torchrun --nproc_per_node=N "
-                                 "$(which gen-train) trainer.strategy=ddp ...")
-            world = int(os.environ["WORLD_SIZE"])
-            if spec.trainer.batch_size % world:
-                raise UsageError(f"trainer.batch_size={spec.trainer.batch_size}: the global batch "
-                                 f"is split across the {world} processes; choose a multiple of "
-                                 f"{world}")
-        check_resume(spec, run, run_dir)
         if seed_given and not run.task.depends_on_seed:
             raise UsageError(f"{seed_given}: task={spec.task['name']} does not depend on the seed "
                              "(a fixed start and no data); set task.start_noise > 0 to draw the "
                              "start from the seed")
-        try:
-            if spec.task not in prepared:
-                prepared.append(spec.task)
-                run.task.prepare_data()
-            run.task.check_batch_size(spec.trainer.batch_size)  # (the data is there now)
-        except (OSError, ValueError) as err:
-            raise UsageError(one_line(err)) from None
 
 
 def _workload_misfit(cfg: DictConfig, chosen: dict[str, str], refused: str) -> str | None:
@@ -574,20 +542,3 @@ def _workload_misfit(cfg: DictConfig, chosen: dict[str, str], refused: str) -> s
     if workload is None or blamed is None or blamed in chosen or not changed:
         return None
     return f"{', '.join(changed)} does not fit workload={workload}, which sets {refused}"
-
-
-def check_resume(spec: RunSpec, run, run_dir: Path | None) -> None:
-    """The checkpoint to resume from exists, is readable, was trained with this config
-    (or trainer.resume_with_changes says to go on) and fits the run's components."""
-    from genlr.engine import WallClock, load_checkpoint
-    from genlr.tracking import RunStats
-
-    resume = spec.trainer.resume
-    if resume is None or (run_dir is None and str(resume).lower() in ("true", "yes", "1", "auto")):
-        return  # nothing to resume, or each sweep job's own folder (known once it runs)
-    try:
-        path = resume_path(resume, run_dir or Path("."))
-        if path is not None:
-            load_checkpoint(path, run, RunStats(), WallClock())
-    except (OSError, ValueError) as err:
-        raise UsageError(one_line(err)) from None

@@ -56,13 +56,25 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
-def init(strategy: str, device_name: str) -> torch.device | None:
-    """Join the process group torchrun describes; return this rank's device (None: single)."""
+def check(strategy: str, batch_size: int) -> None:
+    """Refuse, in one line, a DDP run that cannot start: not under torchrun, or a global
+    batch that does not split evenly across its processes."""
     if strategy == "single":
-        return None
+        return
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ValueError("trainer.strategy=ddp needs torchrun: "
                          "torchrun --nproc_per_node=N $(which gen-train) trainer.strategy=ddp ...")
+    world = int(os.environ["WORLD_SIZE"])
+    if batch_size % world:
+        raise ValueError(f"trainer.batch_size={batch_size}: the global batch is split across "
+                         f"the {world} processes; choose a multiple of {world}")
+
+
+def init(strategy: str, device_name: str, batch_size: int) -> torch.device | None:
+    """Join the process group torchrun describes; return this rank's device (None: single)."""
+    check(strategy, batch_size)
+    if strategy == "single":
+        return None
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if not dist.is_initialized():

@@ -39,7 +39,7 @@ from genlr.spec import AMP_MODES, DEVICES, RunSpec, TrainerConfig
 from genlr.tracking import RunStats, build_summary, write_summary
 
 __all__ = ["AMP_MODES", "DEVICES", "EarlierRun", "RunDirInUse", "RunSpec", "TrainerConfig",
-           "build_run", "train"]
+           "build_run", "check_start", "train"]
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0  # at least one progress line this often in the log
 
@@ -241,6 +241,40 @@ def build_run(spec: RunSpec, device: torch.device, load_data: bool = True) -> Ru
                scaler, autocast, total_steps)
 
 
+def check_start(spec: RunSpec, run_dir: str | Path | None = None, folder_key: str = "") -> Run:
+    """Refuse, in one line, what ``train`` would refuse before its first step, loading no
+    data and writing nothing: the strategy and the device exist, ``run_dir`` takes the run
+    (None: not known yet), every component builds (on the CPU), the checkpoint it resumes
+    from fits them, the data is there (a task that downloads does so now) and holds a batch.
+    gen-train calls it for every job of a command line before Hydra starts one;
+    ``folder_key`` names the setting that chose ``run_dir`` (``hydra.run.dir``). Returns the
+    run it built, without data."""
+    cfg = spec.trainer
+    resolve_device(cfg.device)
+    run, resume_from = _start(spec, run_dir, torch.device("cpu"), load_data=False,
+                              folder_key=folder_key)
+    distributed.check(cfg.strategy, cfg.batch_size)  # (after a component's own refusal)
+    if resume_from is not None:
+        load_checkpoint(resume_from, run, RunStats(), WallClock())
+    run.task.prepare_data()
+    run.task.check_batch_size(cfg.batch_size)  # (the data is there now)
+    return run
+
+
+def _start(spec: RunSpec, run_dir: str | Path | None, device: torch.device,
+           load_data: bool = True, folder_key: str = "") -> tuple[Run, Path | None]:
+    """The start every run makes (``train``) or is checked for (``check_start``): the folder
+    first, before any data loads, since nothing may go into a folder that holds an earlier
+    run this one neither continues nor was told to overwrite; then the components. Returns
+    the run and the checkpoint it resumes from (``trainer.resume``)."""
+    cfg = spec.trainer
+    resume_from = resume_path(cfg.resume, run_dir)
+    if run_dir is not None and distributed.is_main() and Path(run_dir).is_dir():
+        check_run_dir(Path(run_dir), cfg.overwrite or resumes_here(resume_from, run_dir),
+                      folder_key)
+    return build_run(spec, device, load_data), resume_from
+
+
 class GlobalRNG:
     """The global torch (and CUDA) random state, saved and restored like a module's."""
 
@@ -434,15 +468,10 @@ def train(spec: RunSpec, run_dir: str | Path, hparams: dict[str, Any] | None = N
 
     cfg, run_dir = spec.trainer, Path(run_dir)
     clock = WallClock()
-    device = distributed.init(cfg.strategy, cfg.device) or resolve_device(cfg.device)
+    device = distributed.init(cfg.strategy, cfg.device, cfg.batch_size) or resolve_device(cfg.device)
     main_rank = distributed.is_main()  # only rank 0 writes the run's outputs (and says so)
-    # The folder first, before the data loads: nothing is written into a folder that
-    # holds an earlier run this one neither continues nor was told to overwrite.
-    resume_from = resume_path(cfg.resume, run_dir)
-    if main_rank and run_dir.is_dir():
-        check_run_dir(run_dir, continuing=cfg.overwrite or resumes_here(resume_from, run_dir))
     torch.manual_seed(spec.seed)
-    run = build_run(spec, device)
+    run, resume_from = _start(spec, run_dir, device)
     task, model, method, hooks = run.task, run.model, run.method, run.hooks
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     eval_every = cfg.eval_interval(run.total_steps)

@@ -33,12 +33,15 @@ class EarlierRun(ValueError):
     """The folder holds an earlier run, and the new one was not told to resume or replace it."""
 
 
-def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+def resume_path(resume: str | None, run_dir: Path | None) -> Path | None:
     """``trainer.resume``: None/false -> None; true -> this run's last.pt; auto -> this run's
-    last.pt if there is one, else None (a fresh start); else a file or run dir."""
+    last.pt if there is one, else None (a fresh start); else a file or run dir. A run whose
+    folder is not known yet (``run_dir`` None: a sweep's job) has no last.pt of its own."""
     if resume is None or str(resume).lower() in ("false", "no", "0", ""):
         return None
     if str(resume).lower() in ("auto", "true", "yes", "1"):
+        if run_dir is None:
+            return None
         path = Path(run_dir) / "checkpoints" / "last.pt"
         if str(resume).lower() == "auto" and not path.is_file():
             return None
