@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gen_cli.help import register_resolvers
 from gen_cli.objective import objective_value
-from gen_cli.preflight import (CONFIG_NAME, CONFIG_PATH, VERSION_BASE, UsageError,
-                               check_command_line, spec_from_config)
+from gen_cli.jobs import CONFIG_NAME, CONFIG_PATH, VERSION_BASE, UsageError, spec_from_config
+from gen_cli.preflight import check_command_line
 from gen_cli.schema import register_schemas
 from genlr.messages import one_line
 

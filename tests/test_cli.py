@@ -17,7 +17,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from gen_cli.preflight import UsageError, check_command_line, spec_from_config
+from gen_cli.jobs import UsageError, spec_from_config
+from gen_cli.preflight import check_command_line
 from gen_cli.schema import registries, register_schemas
 from genlr.engine import train
 from genlr.tracking import REQUIRED_KEYS, read_scalars
@@ -257,7 +258,7 @@ def test_gen_train_reads_hydras_flags():
     """The flags the check reads are Hydra's (its parser is private: read here, in a test)."""
     from hydra._internal.utils import get_args_parser
 
-    from gen_cli.preflight import RUN_FLAGS, SHOW_FLAGS
+    from gen_cli.jobs import RUN_FLAGS, SHOW_FLAGS
 
     hydra_flags = {s for action in get_args_parser()._actions for s in action.option_strings}
     ours = {s for flags in (SHOW_FLAGS, RUN_FLAGS) for flag, short in flags.items()

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from gen_cli.preflight import spec_from_config
+from gen_cli.jobs import spec_from_config
 from gen_cli.report import main as report_main
 from gen_cli.schema import register_schemas
 from genlr.engine import RunSpec, TrainerConfig, train

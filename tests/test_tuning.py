@@ -17,7 +17,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from gen_cli.objective import direction, objective_of, objective_value
-from gen_cli.preflight import UsageError, check_command_line
+from gen_cli.jobs import UsageError
+from gen_cli.preflight import check_command_line
 from gen_cli.schema import register_schemas
 
 GEN_TRAIN = str(Path(sys.executable).with_name("gen-train"))

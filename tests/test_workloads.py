@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from gen_cli.preflight import check_command_line, spec_from_config
+from gen_cli.jobs import spec_from_config
+from gen_cli.preflight import check_command_line
 from gen_cli.schema import register_schemas
 from genlr.engine import train
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -117,6 +119,32 @@ def earlier_sweep(sweep_dir: Path, jobs: list[Path]) -> str:
             f"({shown}{', ...' if len(jobs) > 3 else ''}); continue that sweep with "
             "trainer.resume=auto, start over with trainer.overwrite=true (removes their "
             "outputs), or give this sweep another folder")
+
+
+def check_writable(out_dir: Path, key: str) -> None:
+    """The folder can be created: each folder name still to make is one the file system
+    takes, and a scratch folder can be made in its nearest existing ancestor (permissions
+    alone say nothing for root, nor about /proc). Raises ValueError (one line naming
+    ``key``, the setting that chose the folder) where it cannot."""
+    existing, missing = out_dir.absolute(), []
+    while not os.path.exists(existing):  # False, not an error, for a name too long
+        existing, missing = existing.parent, [existing.name, *missing]
+    if not existing.is_dir():
+        raise ValueError(f"{key}={out_dir}: {existing} is not a directory")
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # Windows has no pathconf
+        longest = 255
+    too_long = next((name for name in missing if len(os.fsencode(name)) > longest), None)
+    if too_long is not None:
+        raise ValueError(f"{key}={out_dir}: the folder name {too_long[:20]}... is "
+                         f"{len(os.fsencode(too_long))} bytes long; the file system takes at "
+                         f"most {longest}")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".gen-train-check-"))
+    except OSError as err:
+        raise ValueError(f"{key}={out_dir}: cannot create folders in {existing} "
+                         f"({err.strerror or type(err).__name__})") from None
 
 
 def clear_run(run_dir: Path, names: tuple[str, ...] = ENGINE_OUTPUTS) -> list[Path]:
