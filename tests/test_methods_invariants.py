@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -18,25 +22,13 @@ from genlr.methods.schedules import DECAYS
 from genlr.options import options_of
 from methods_helpers import classification_loss, cnn, cnn_batch, mlp, mlp_batch
 
-# Every registered method is a case at its defaults (``METHODS``): a new method is enrolled in
-# every test below by its registry line alone. By hand, and never required: options that
-# make a few test steps probe every step, and variants worth their own case.
-OPTIONS = {"gen_exact": {"every": 1}, "gen_parabola": {"every": 1}, "newt": {"gamma": 0.5}}
-VARIANTS = {
-    "gen_exact/lazy": {"every": 2, "curvature_batch": 0.5},
-    "gen_parabola/5pts": {"every": 2, "points": [-2, -1, 0, 1, 2], "r2_min": 0.0},
-    "newt/full": {"lookahead_batch": None},
-    "newt/next_step": {"lookahead": "next_step", "gamma": 0.5},
-    "newt/window": {"lookahead": "window", "window": 2},
-}
-
-
 class Halving(LRMethod):
     """A throwaway schedule written as a user would (halve the lr every other step), enrolled
-    below: the invariant tests read what a method declares (``measures``, ``needs_loss_fn``),
-    so a new method passes them by declaring, not by deriving from one of ours."""
+    below: the invariant tests read what a method declares (``counts_steps``,
+    ``needs_loss_fn``, ...), so a new method passes them by declaring, not by deriving from
+    one of ours."""
 
-    measures = False
+    counts_steps = True
 
     def step(self, batch=None, loss=None, probe_batch=None) -> float:
         self.apply_update()
@@ -46,20 +38,135 @@ class Halving(LRMethod):
         return self.last_lr
 
 
-REGISTRY = METHODS | {"halving": Halving}  # the registry, and the throwaway schedule
-CASES = {name: OPTIONS.get(name, {}) for name in REGISTRY} | VARIANTS
+class HalveOnRise(LRMethod):
+    """A throwaway method that follows what it measures without rescaling the step: halve
+    the lr when the training loss rises above twice the best seen (a user's ``loss_plateau``)."""
+
+    def __init__(self, optimizer, model=None, loss_fn=None, **common) -> None:
+        super().__init__(optimizer, model, loss_fn, **common)
+        self.best = math.inf
+
+    def step(self, batch=None, loss=None, probe_batch=None) -> float:
+        if self.apply_update():  # a skipped step measured nothing
+            value = float(loss.detach())
+            if value > 2 * self.best:
+                self.scale_lrs(0.5)
+            self.best = min(self.best, value)
+        self.step_count += 1
+        return self.last_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.best = state["best"]
+
+
+@dataclass
+class MethodInfo:
+    """What the invariant tests take of a method besides its class (as torch's
+    ``OptimizerInfo``): options that make a few test steps do the method's work, variants
+    worth their own case, and inputs it must refuse, each with the words it refuses them in.
+    All optional: a method is enrolled in every test by its registry line alone."""
+
+    cls: type[LRMethod]
+    options: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error_inputs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+
+
+INFOS = {name: MethodInfo(cls) for name, cls in METHODS.items()} | {
+    "gen_exact": MethodInfo(
+        ExactGeN, {"every": 1}, {"lazy": {"every": 2, "curvature_batch": 0.5}},
+        [({"curvature": "magic"}, "curvature='magic'"), ({"every": 0}, "every must be >= 1"),
+         ({"max_factor": 0.5}, "max_factor must be >= 1")]),
+    "gen_parabola": MethodInfo(
+        ParabolaGeN, {"every": 1},
+        {"5pts": {"every": 2, "points": [-2, -1, 0, 1, 2], "r2_min": 0.0}},
+        [({"scale": "cosine", "total_steps": None}, "needs the number of training steps"),
+         ({"fallback": "shrink", "shrink": 0.0}, "shrink must be in (0, 1]")]),
+    "newt": MethodInfo(
+        Newt, {"gamma": 0.5},
+        {"full": {"lookahead_batch": None}, "next_step": {"lookahead": "next_step", "gamma": 0.5},
+         "window": {"lookahead": "window", "window": 2}},
+        [({"approx": "magic"}, "approx='magic'")]),
+    "halving": MethodInfo(Halving),  # the throwaway methods above
+    "halve_on_rise": MethodInfo(HalveOnRise),
+}
+REGISTRY = {name: info.cls for name, info in INFOS.items()}
+CASES = {name: info.options for name, info in INFOS.items()} | {
+    f"{name}/{variant}": options for name, info in INFOS.items()
+    for variant, options in info.variants.items()}
 TOTAL_STEPS = 6  # the horizon the schedules are built for (the tests take at most 6 steps)
 
 
-def build(case, optimizer, model, loss_fn=classification_loss):
+def build(case, optimizer, model, loss_fn=classification_loss, **options):
     """The method of ``case`` (``<registry name>`` or ``<registry name>/<variant>``)."""
-    return REGISTRY[case.split("/")[0]](optimizer, model, loss_fn, total_steps=TOTAL_STEPS,
-                                        **CASES[case])
+    options = {"total_steps": TOTAL_STEPS, **CASES[case], **options}
+    return REGISTRY[case.split("/")[0]](optimizer, model, loss_fn, **options)
 
 
-def test_cases_name_registered_methods_only():
-    assert {case.split("/")[0] for case in CASES} == set(REGISTRY)
-    assert set(OPTIONS) <= set(METHODS)
+def test_every_registered_method_is_enrolled():
+    assert set(METHODS) <= set(INFOS)
+    assert all(info.cls is METHODS.get(name, info.cls) for name, info in INFOS.items())
+
+
+@pytest.mark.parametrize("name, options, words", [
+    (name, options, words) for name, info in INFOS.items() for options, words in info.error_inputs])
+def test_error_inputs_are_refused_in_their_words(name, options, words):
+    model = mlp()
+    with pytest.raises(ValueError) as refused:
+        build(name, torch.optim.SGD(model.parameters(), lr=0.1), model, **options)
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+
+
+def _other_value(option):
+    """A value of ``option`` other than its default, of its type."""
+    if option.choices:
+        return next(c for c in option.choices if c != option.default)
+    if isinstance(option.default, bool):
+        return not option.default
+    if option.type in (int, Optional[int]):
+        return (option.default or 0) + 1
+    return option.default * 2 if option.default else 0.5
+
+
+@pytest.mark.parametrize("name", [name for name, cls in REGISTRY.items() if cls.READ_WHEN])
+def test_an_option_the_others_leave_unread_is_refused(name):
+    """``READ_WHEN``: for each option it names, and each setting of the method's choices
+    (``Literal`` options), the option away from its default is refused exactly where the
+    setting leaves it unread, with the words that say when it is read."""
+    cls = REGISTRY[name]
+    options = {o.name: o for o in options_of(cls)}
+    choices = {n: o.choices for n, o in options.items() if o.choices}
+    model = mlp()
+
+    def make(given):
+        return cls(torch.optim.SGD(model.parameters(), lr=0.1), model, classification_loss,
+                   total_steps=TOTAL_STEPS, **given)
+
+    refusals = 0
+    for picked in itertools.product(*choices.values()):
+        setting = dict(zip(choices, picked))
+        try:
+            make(setting)
+        except ValueError:  # a choice the others leave unread: a setting of its own
+            continue
+        for option, (when, read) in cls.READ_WHEN.items():
+            if option in setting:
+                continue
+            given = {**setting, option: _other_value(options[option])}
+            if read({n: o.default for n, o in options.items()} | given):
+                try:
+                    make(given)
+                except ValueError as err:  # the value may be out of its own range
+                    assert "is read only" not in str(err)
+                continue
+            with pytest.raises(ValueError, match=rf"lr\.{option}=.* is read only {re.escape(when)}"):
+                make(given)
+            refusals += 1
+    assert refusals
 
 
 OPTIMIZERS = {
@@ -182,26 +289,11 @@ def test_newt_per_group_steps_each_group():
     assert abs(math.log(lr0 / lr1 / 50.0)) > 1e-3  # one shared factor would keep 50 exactly
 
 
-@pytest.mark.parametrize("lookahead, option", [
-    ("window", {"gamma": 0.5}), ("window", {"approx": "taylor"}), ("window", {"scale_back": None}),
-    ("window", {"factor_max": 2.0}), ("window", {"lookahead_batch": None}),
-    ("next_step", {"lookahead_batch": 0.5}), ("next_step", {"window": 10}),
-    ("probe", {"window_gamma": 0.3})])
-def test_newt_refuses_the_options_its_lookahead_ignores(lookahead, option):
-    model = mlp()
-    ((name, value),) = option.items()
-    with pytest.raises(ValueError, match=rf"lr\.{name}=.* is read only with lookahead="):
-        Newt(torch.optim.SGD(model.parameters(), lr=0.1), model, classification_loss,
-             lookahead=lookahead, **option)
-    Newt(torch.optim.SGD(model.parameters(), lr=0.1), model, classification_loss,
-         lookahead=lookahead, lr_min=1e-6, lr_max=0.5, per_group=True)  # read by every lookahead
-
-
-@pytest.mark.parametrize("name", [name for name, cls in REGISTRY.items() if cls.measures])
+@pytest.mark.parametrize("name", [name for name, cls in REGISTRY.items() if cls.rescales_step])
 @pytest.mark.parametrize("optimizer", [torch.optim.Rprop, torch.optim.LBFGS])
 def test_update_not_linear_in_lr_is_refused(name, optimizer):
-    """Every method that sets the lr from what it measures rescales the optimizer's step,
-    so it refuses an optimizer whose step is not linear in lr."""
+    """Every method that rescales the optimizer's step refuses an optimizer whose step is
+    not linear in lr."""
     model = mlp()
     with pytest.raises(IncompatibleOptimizerError, match="linear in lr"):
         REGISTRY[name](optimizer(model.parameters()), model, classification_loss,
@@ -243,7 +335,7 @@ def test_autocast_bf16_on_cpu(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_grad_scaler_and_skipped_step(case):
     """A step the GradScaler skips moves no parameter; the lr stays too, except that of a
-    schedule, which is a function of the step count."""
+    schedule, which is a function of the step count (``counts_steps``)."""
     model = mlp(dtype=torch.float32)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
@@ -258,8 +350,9 @@ def test_grad_scaler_and_skipped_step(case):
             next(model.parameters()).grad[0, 0] = math.inf
             lrs, params = method.lrs, [p.detach().clone() for p in model.parameters()]
             method.step(batch, loss=loss)
-            if method.measures:
+            if not method.counts_steps:
                 assert method.lrs == lrs
+            if method.rescales_step:
                 assert method.diagnostics["skipped"] == 1.0
             for p, old in zip(model.parameters(), params):
                 assert torch.equal(p, old)
@@ -268,13 +361,11 @@ def test_grad_scaler_and_skipped_step(case):
             assert math.isfinite(lr) and lr > 0
 
 
-def probes_the_loss(case: str) -> bool:
-    model = mlp()
-    return build(case, torch.optim.SGD(model.parameters(), lr=0.1), model).needs_loss_fn
-
-
-@pytest.mark.parametrize("case", [case for case in CASES if probes_the_loss(case)])
+@pytest.mark.parametrize("case", [case for case in CASES if REGISTRY[case.split("/")[0]].needs_loss_fn])
 def test_nonfinite_probes_fall_back_and_keep_lr(case):
+    """A method that may probe (``needs_loss_fn``) and does, on probes that come back NaN,
+    keeps its lr; one that did not probe (Newt's zero-pass lookaheads) moved by the training
+    loss alone."""
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     calls = {"n": 0}
@@ -290,9 +381,10 @@ def test_nonfinite_probes_fall_back_and_keep_lr(case):
     loss = poisoned(model, batch)
     loss.backward()
     lr = method.step(batch, loss=loss)
-    assert lr == pytest.approx(1e-2)
-    assert method.diagnostics["fallback"] == 1.0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    if calls["n"] > 1:  # it probed
+        assert lr == pytest.approx(1e-2)
+        assert method.diagnostics["fallback"] == 1.0
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -398,12 +490,6 @@ def test_gen_cosine_horizon_scale_is_the_cosine_schedules_shape():
         [1.0, 0.5 + 0.5 ** 1.5, 0.5, 0.5 - 0.5 ** 1.5, 0.0], abs=1e-15)
 
 
-def test_an_unknown_choice_is_refused():
-    with pytest.raises(ValueError, match="curvature='magic'"):
-        ExactGeN(torch.optim.SGD(mlp().parameters(), lr=0.1), mlp(), classification_loss,
-                 curvature="magic")
-
-
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_method_takes_the_same_step_call(name):
     """One signature for all: ``step(batch, loss=..., probe_batch=...)``, so a training loop
@@ -418,3 +504,25 @@ def test_every_method_takes_the_same_step_call(name):
         loss.backward()
         lr = method.step(data[i], loss=loss, probe_batch=data[i + 1])
         assert lr == opt.param_groups[0]["lr"] > 0  # what the optimizer holds
+
+
+@pytest.mark.parametrize("case", [case for case in CASES
+                                  if not REGISTRY[case.split("/")[0]].wants_probe_batch])
+def test_a_probe_batch_is_read_only_where_declared(case):
+    """The engine passes the next batch as ``probe_batch`` only to a method that declares
+    ``wants_probe_batch``: every other one steps the same without it."""
+    def run(with_probe_batch):
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        method = build(case, opt, model)
+        data = batches(4)
+        for i in range(3):
+            opt.zero_grad()
+            loss = classification_loss(model, data[i])
+            loss.backward()
+            method.step(data[i], loss=loss, probe_batch=data[i + 1] if with_probe_batch else None)
+        return method.lrs, [p.detach().clone() for p in model.parameters()]
+
+    (lrs, params), (lrs_without, params_without) = run(True), run(False)
+    assert lrs == lrs_without
+    assert all(torch.equal(p, q) for p, q in zip(params, params_without))

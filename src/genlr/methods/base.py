@@ -102,13 +102,17 @@ class LRMethod:
             method's quadratic model; ``take_profile()``) every this many steps; 0: never.
     """
 
-    # Capabilities, declared here and read by the invariant tests:
-    #: whether the lr follows what the method measures (then its optimizer's step must be
-    #: linear in lr, and a step the GradScaler skipped leaves the lr); a schedule's does not
-    measures: bool = True
-    #: whether the method probes the loss (then ``model`` and ``loss_fn`` are required)
+    # Capabilities: what a method is, declared on its class (never changed by an instance)
+    # and read by the engine and the invariant tests (tests/test_methods_invariants.py):
+    #: the lr scales the optimizer's step as a whole, so its update must be linear in lr
+    #: (refused otherwise on construction: ``check_linear_in_lr``)
+    rescales_step: bool = False
+    #: the lr is a function of the step count alone (a schedule): a step the GradScaler
+    #: skipped counts; every other method keeps its lr over a skipped step
+    counts_steps: bool = False
+    #: ``step`` may evaluate ``loss_fn`` (probes): ``model`` and ``loss_fn`` are required
     needs_loss_fn: bool = False
-    #: whether ``step`` uses its ``probe_batch`` (the engine only prepares one then)
+    #: ``step`` may read its ``probe_batch``; the engine passes one only then
     wants_probe_batch: bool = False
     #: points of the profile grid, in units of the method's ``s`` (see each method)
     profile_grid: tuple[float, ...] = tuple(x / 4 for x in range(-4, 13))
@@ -131,6 +135,8 @@ class LRMethod:
             raise ValueError(f"profile_every must be >= 0, got {profile_every}")
         if self.needs_loss_fn and (model is None or loss_fn is None):
             raise ValueError(f"{type(self).__name__} needs model and loss_fn to probe the loss")
+        if self.rescales_step:
+            check_linear_in_lr(optimizer, type(self).__name__)
         self.optimizer = optimizer
         self.model = model
         self.loss_fn = loss_fn

@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 import torch
 
-from genlr.methods.base import (LRMethod, as_float, check_linear_in_lr, check_positive_lr,
+from genlr.methods.base import (LRMethod, as_float, check_positive_lr,
                                finite)
 from genlr.methods.schedules import DECAYS
 
@@ -159,11 +159,14 @@ class GeNBase(LRMethod):
             ``shrink``.
     """
 
+    rescales_step = True
     needs_loss_fn = True
+    wants_probe_batch = True  # with probe="next"
     READ_WHEN = {
         "window": ("with rule='band'", lambda o: o["rule"] == "band"),
         "smoothing": ("with rule='line_search'", lambda o: o["rule"] == "line_search"),
-        "shrink": ("with fallback='shrink'", lambda o: o["fallback"] == "shrink"),
+        "shrink": ("with fallback='shrink' or max_factor=None",  # (clamped: a factor <= 0)
+                   lambda o: o["fallback"] == "shrink" or o["max_factor"] is None),
     }
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, rule: str, window: int,
@@ -171,7 +174,6 @@ class GeNBase(LRMethod):
                  max_factor: Optional[float], fallback: str, shrink: float, probe: str,
                  scale: str, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
-        check_linear_in_lr(optimizer, type(self).__name__)
         check_positive_lr(optimizer, type(self).__name__)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -238,10 +240,6 @@ class GeNBase(LRMethod):
         """Whether this probe tries an lr the band has just moved to, or searches: then its
         measurement must come before the step is taken (``ParabolaGeN``'s ``defer`` waits)."""
         return self.rule == "band" and (self.searching or self.gap == 1 or self.spiked)
-
-    @property
-    def wants_probe_batch(self) -> bool:
-        return self.probe == "next"
 
     def probe_source(self, batch: Any) -> tuple[Any, bool]:
         """The batch the probes run on, and whether it is the training batch.

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from genlr.methods.base import LRMethod, check_linear_in_lr
+from genlr.methods.base import LRMethod
 
 # The paper's hyper-learning rates (its experiments): SGD-HD / SGDN-HD and Adam-HD.
 PAPER_BETA_SGD = 1e-3
@@ -68,10 +68,11 @@ class Hypergradient(LRMethod):
     (between ``g_t`` and ``d_{t-1}``), ``skipped`` (AMP found inf/NaN gradients).
     """
 
+    rescales_step = True
+
     def __init__(self, optimizer, model=None, loss_fn=None, *, beta: Optional[float] = None,
                  rule: str = "additive", lr_min: float = 0.0, lr_max: Optional[float] = None,
                  **common) -> None:
-        check_linear_in_lr(optimizer, "lr=hypergradient")
         if rule not in ("additive", "multiplicative"):
             raise ValueError(f"rule must be 'additive' or 'multiplicative', got {rule!r}")
         if beta is None:

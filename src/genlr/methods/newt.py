@@ -26,7 +26,7 @@ import torch
 
 from genlr.curvature import (BoundLoss, TaylorPass, TaylorUnsupported, batch_fraction, dot,
                              original_module, probe_mode, result_tolerance)
-from genlr.methods.base import LRMethod, as_float, check_linear_in_lr, check_positive_lr, finite
+from genlr.methods.base import LRMethod, as_float, check_positive_lr, finite
 
 NOT_PSD_FACTOR = 1.0  # reference: a curvature that is not positive leaves the lr as it is
 
@@ -91,7 +91,8 @@ class Newt(LRMethod):
         per_group: a Newton step per parameter group instead of one for all.
     """
 
-    needs_loss_fn = True
+    rescales_step = True
+    needs_loss_fn = True  # with lookahead="probe"; the zero-pass lookaheads never call it
     # Each lookahead reads only its own options (all read lr_min, lr_max and per_group).
     READ_WHEN = {
         **{name: ("with lookahead='probe' or 'next_step'", lambda o: o["lookahead"] != "window")
@@ -112,10 +113,7 @@ class Newt(LRMethod):
                  lookahead: Literal["probe", "next_step", "window"] = "probe",
                  lookahead_batch: Optional[float] = 0.25, window: int = 100,
                  window_gamma: float = 0.2, per_group: bool = False, **common) -> None:
-        if lookahead != "probe":
-            self.needs_loss_fn = False  # zero-pass variants never call the loss
         super().__init__(optimizer, model, loss_fn, **common)
-        check_linear_in_lr(optimizer, "Newt")
         check_positive_lr(optimizer, "Newt")
         self.check_options(locals())
         if gamma <= 0 or eps < 0:

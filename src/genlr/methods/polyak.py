@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from genlr.methods.base import LRMethod, check_linear_in_lr
+from genlr.methods.base import LRMethod
 
 
 class Polyak(LRMethod):
@@ -58,10 +58,11 @@ class Polyak(LRMethod):
     ``skipped`` (AMP found inf/NaN gradients).
     """
 
+    rescales_step = True
+
     def __init__(self, optimizer, model=None, loss_fn=None, *, c: float = 0.5,
                  f_star: float = 0.0, lr_max: Optional[float] = None,
                  growth: Optional[float] = None, eps: float = 1e-12, **common) -> None:
-        check_linear_in_lr(optimizer, "lr=polyak")
         if not c > 0:
             raise ValueError(f"c must be positive, got {c}")
         if lr_max is not None and not lr_max > 0:

@@ -25,7 +25,7 @@ DECAYS: dict[str, Callable[[float], float]] = {
 class ScheduledLR(LRMethod):
     """``optimizer.step()`` followed by ``scheduler.step()``; no probes, no extra passes."""
 
-    measures = False  # the lr is a function of the step count
+    counts_steps = True
 
     def __init__(self, optimizer, model=None, loss_fn=None, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
@@ -165,6 +165,8 @@ class OneCycle(ScheduledLR):
 
 class Plateau(ScheduledLR):
     """Multiply lr by ``factor`` when the eval loss has not improved for ``patience`` evals."""
+
+    counts_steps = False  # the lr follows the evaluations
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, factor: float = 0.1,
                  patience: int = 2, threshold: float = 1e-4, min_lr: float = 0.0,
