@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
 EPILOG = """\
 DIR is a run folder (summary.json, .hydra/config.yaml, tb/), a sweep folder of them, or a
@@ -63,7 +62,6 @@ def fail(message: str, code: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    warnings.filterwarnings("ignore")
     # Imported after parsing so that --help is instant.
     from genlr.messages import one_line
     from genlr.report import NoRunsError, write_report

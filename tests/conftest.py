@@ -40,7 +40,7 @@ def _taylor_pass_interpreted_unless_marked(request, monkeypatch):
     cores: its tests run the Taylor pass interpreted (the same graph, checked the same way)
     unless marked ``compiled``; the slow and GPU sets run as users do, compiled."""
     if not any(request.node.get_closest_marker(m) for m in ("compiled", "slow", "gpu")):
-        monkeypatch.setattr("genlr.curvature.taylor.COMPILE", False)
+        monkeypatch.setenv("GENLR_TAYLOR_COMPILE", "0")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

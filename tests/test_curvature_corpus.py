@@ -63,7 +63,7 @@ def test_taylor_pass_matches_the_reference_on_the_zoo(name, dtype, monkeypatch):
     # GRU in float64 proves the compiled pass on one, the other cases run interpreted.
     interpreted = name in SLOW and (name, dtype) != ("gru_lm", torch.float64)
     if interpreted:
-        monkeypatch.setattr("genlr.curvature.taylor.COMPILE", False)
+        monkeypatch.setenv("GENLR_TAYLOR_COMPILE", "0")
     case = build(name, dtype)
     params = trainable(case)
     d = direction(params)
@@ -268,7 +268,7 @@ def test_no_path_left_keeps_the_lr_and_the_state_consistent(monkeypatch):
                  else [pytest.mark.slow]) for name in NAMES])
 def test_exact_gen_steps_on_every_zoo_model_and_reports_its_path(name, monkeypatch):
     if name in SLOW:  # as above
-        monkeypatch.setattr("genlr.curvature.taylor.COMPILE", False)
+        monkeypatch.setenv("GENLR_TAYLOR_COMPILE", "0")
     case = build(name, torch.float32)
     opt = torch.optim.AdamW(case.param_groups, lr=1e-3)
     method = ExactGeN(opt, case.model, case.loss_fn, every=1)

@@ -114,18 +114,6 @@ def test_curvature_matches_central_differences(kind, mode):
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_forward_forward_matches_central_differences_without_batchnorm(kind):
-    """Nested forward mode, measured by the benchmark only (wrong through BatchNorm)."""
-    model, batch = (mlp(), mlp_batch()) if kind == "mlp" else (cnn(), cnn_batch())
-    params = list(model.parameters())
-    torch.manual_seed(3)
-    d = [0.1 * torch.randn_like(p) for p in params]
-    expected = central_second_difference(model, classification_loss, batch, d)
-    got = DirectionalDerivatives(model, classification_loss).forward_forward(params, d, batch)[1]
-    assert got == pytest.approx(expected, rel=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_curvature_modes_agree_on_relu_batchnorm_maxpool(kind):
     if kind == "mlp":
         model, batch = mlp(act=nn.ReLU, bn=True), mlp_batch()

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-import genlr.curvature.probe as probe
+import genlr.curvature.probe as probe_mode_module
 import genlr.curvature.taylor as taylor
 from genlr import ExactGeN
 from genlr.curvature.directional import DirectionalDerivatives
@@ -255,7 +255,7 @@ def noisy_method(draw=torch.randn_like):
 def test_probes_warn_once_about_random_draws_in_the_forward(monkeypatch):
     """One warning naming the draw, whatever the number of probes and paths that meet it;
     a new kind of draw is said once too; the global RNG is untouched."""
-    monkeypatch.setattr(probe, "_WARNED_DRAWS", set())  # "once" is per process: start afresh
+    monkeypatch.setattr(probe_mode_module, "_WARNED_DRAWS", set())  # "once" is per process: start afresh
     method, batch = noisy_method()
     params = list(method.model.parameters())
     rng = torch.get_rng_state()

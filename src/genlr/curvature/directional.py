@@ -508,25 +508,6 @@ class DirectionalDerivatives:
             g, hd = torch.func.jvp(grad_fn, primals, tuple(d))
         return dot(list(g), d), dot(list(hd), d)
 
-    def forward_forward(self, params, d, batch) -> tuple[float, float]:
-        """Nested ``torch.func.jvp`` (``phi''`` with no Hessian-vector product). Not a path:
-        torch's second-order forward-mode formula of batch norm in training mode is wrong
-        (it disagrees with central differences; the paths above agree), so only the
-        benchmark measures it."""
-        names = self._names(params)
-        primals, tangents = tuple(p.detach() for p in params), tuple(d)
-
-        def loss_of(*ps):
-            return torch.func.functional_call(self._bound, dict(zip(names, ps)), (batch,),
-                                              strict=False)
-
-        def slope_of(*ps):
-            return torch.func.jvp(loss_of, ps, tangents)[1]
-
-        with torch.no_grad(), probe_mode(self.model), self.autocast(), eager_math_kernels():
-            slope, second = torch.func.jvp(slope_of, primals, tangents)
-        return float(slope), float(second)
-
     def _names(self, params: list[torch.Tensor]) -> list[str]:
         """Names of ``params`` in the bound loss module (``model.<name>``)."""
         by_id = {id(p): f"model.{n}" for n, p in self.model.named_parameters()}

@@ -59,14 +59,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 from genlr.messages import one_line
 from genlr.curvature.probe import compiling
 from genlr.curvature.taylor_rules import (
-    IN_PLACE, RULES, Jet, TaylorUnsupported, for_compiler, generic_rule, is_jet, map_jet, value)
+    COMPILER_RULES, IN_PLACE, RULES, Jet, TaylorUnsupported, generic_rule, is_jet, map_jet, value)
 
 __all__ = ["TaylorPass", "TaylorUnsupported", "eager_math_kernels", "supported_ops"]
 
 aten = torch.ops.aten
 
-#: compile the jet graph with inductor (``GENLR_TAYLOR_COMPILE=0``: interpret it)
-COMPILE = os.environ.get("GENLR_TAYLOR_COMPILE", "1") != "0"
 log = logging.getLogger(__name__)
 _compile_seconds, _timing = 0.0, False
 
@@ -80,7 +78,6 @@ def compile_seconds() -> float:
     """Seconds this process has spent compiling jet graphs: one-off time, which a run's
     steps-per-second and time-left estimates leave out."""
     return _compile_seconds
-MODES = ("compiled", "interpreted", "eager")
 
 
 def _decompositions() -> dict:
@@ -197,15 +194,16 @@ CONSTANT_RESULT = {aten.full_like.default, aten.zeros_like.default, aten.ones_li
 TRUSTED_NAMESPACES = ("aten", "prims")
 
 
-def jet_of(op: Any, args: tuple, kwargs: dict, val: Any = None, donated: bool = False) -> Any:
+def jet_of(op: Any, args: tuple, kwargs: dict, val: Any = None, donated: bool = False,
+           rules: dict = RULES) -> Any:
     """The jet of ``op`` with some moving (``Jet``) inputs; ``val`` is what the op gives (a
-    traced graph's metadata), or None when unknown (the eager pass). Any failure means this
-    path can't."""
+    traced graph's metadata), or None when unknown (the eager pass); ``rules``: the table
+    (``COMPILER_RULES`` for a jet traced for inductor). Any failure means this path can't."""
     if op in CONSTANT_RESULT or (isinstance(val, torch.Tensor) and not val.is_floating_point()):
         # A comparison, a mask, an index (piecewise constant along the path), or a tensor
         # that only takes its shape from a moving one.
         return _plain(op, args, kwargs)
-    rule = (IN_PLACE.get(op) if donated else None) or RULES.get(op)
+    rule = (IN_PLACE.get(op) if donated else None) or rules.get(op)
     if rule is None and getattr(op, "namespace", "aten") not in TRUSTED_NAMESPACES:
         # A custom op's forward-mode derivative may be missing or zero by construction
         # (transformers' grouped_mm fallback gives a zero tangent without a word): only a
@@ -258,9 +256,9 @@ def _like(c: torch.Tensor, val: torch.Tensor, op: Any) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the interpreter
-def interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> list[Any]:
-    """The graph's outputs with jets for inputs: each op through ``jet_of`` (or plainly when
-    no input moves). Each value is dropped after its last use, so the three jet streams of
+def interpret(gm: torch.fx.GraphModule, inputs: list[Any], rules: dict = RULES) -> list[Any]:
+    """The graph's outputs with jets for inputs: each op through ``jet_of`` with ``rules``
+    (or plainly when no input moves). Each value is dropped after its last use, so the three jet streams of
     only the live layers are held at once (not of the whole network): the pass's peak
     memory."""
     env: dict[torch.fx.Node, Any] = {}
@@ -287,7 +285,7 @@ def interpret(gm: torch.fx.GraphModule, inputs: list[Any]) -> list[Any]:
                 first = node.args[0] if node.args else None
                 donated = (isinstance(first, torch.fx.Node) and len(first.users) == 1
                            and first.target in FRESH_RESULT)
-                env[node] = jet_of(node.target, args, kwargs, node.meta.get("val"), donated)
+                env[node] = jet_of(node.target, args, kwargs, node.meta.get("val"), donated, rules)
             else:
                 env[node] = node.target(*args, **kwargs)
             del args, kwargs
@@ -368,14 +366,15 @@ class _JetGraph:
         request.curvatures = list(out[2 * k:3 * k]) if request.order == 2 else []
         return tuple(out[:k])
 
-    def _jet(self, moving: tuple[int, ...], order: int) -> Callable[..., list[Any]]:
+    def _jet(self, moving: tuple[int, ...], order: int,
+             rules: dict = RULES) -> Callable[..., list[Any]]:
         n, graph = len(self.graph.graph.find_nodes(op="placeholder")), self.graph
 
         def jet(*flat: Any) -> list[Any]:
             inputs = list(flat[:n])
             for k, i in enumerate(moving):
                 inputs[i] = Jet(inputs[i], flat[n + k], None)
-            return _totals(interpret(graph, inputs), order)
+            return _totals(interpret(graph, inputs, rules), order)
         return jet
 
     def _build(self, moving: tuple[int, ...], args: list[Any], tangents: list,
@@ -386,10 +385,10 @@ class _JetGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         try:
-            with torch.no_grad(), _no_autocast(), for_compiler():
+            with torch.no_grad(), _no_autocast():
                 # One ATen graph of the three streams: the interpreter, traced over jets.
-                traced = make_fx(jet, tracing_mode="fake", _allow_non_fake_inputs=True)(
-                    *args, *tangents)
+                traced = make_fx(self._jet(moving, order, COMPILER_RULES), tracing_mode="fake",
+                                 _allow_non_fake_inputs=True)(*args, *tangents)
                 return _compile(traced, [*args, *tangents]), "compiled"
         except Exception as err:  # the interpreter gives the same jet, op by op
             self.owner.compile_failed(err)
@@ -631,13 +630,14 @@ class TaylorPass:
     Args:
         bound: the loss as a module, ``bound(batch) -> scalar`` (its parameters are the
             model's, uncompiled).
-        compile: compile the jet graph with inductor (False: interpret it; None:
-            ``COMPILE``).
+        compile: compile the jet graph with inductor (False: interpret it; None: unless
+            the environment says ``GENLR_TAYLOR_COMPILE=0``).
     """
 
     def __init__(self, bound: nn.Module, compile: bool | None = None) -> None:
         self.bound = bound
-        self.compile = COMPILE if compile is None else compile
+        self.compile = (os.environ.get("GENLR_TAYLOR_COMPILE", "1") != "0" if compile is None
+                        else compile)
         self.mode = ""
         self.request: _Request | None = None
         self.uncaptured = ""  # why the loss can't be captured as one graph ("": it can)

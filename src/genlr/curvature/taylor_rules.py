@@ -19,11 +19,10 @@ PyTorch's core ATen operations by its own decomposition tables, so the list is s
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch.utils import _pytree as pytree
@@ -31,21 +30,6 @@ from torch.utils import _pytree as pytree
 from genlr.messages import one_line
 
 aten = torch.ops.aten
-
-
-#: True while a jet is traced for inductor (``genlr.curvature.taylor``): a rule may then take
-#: a form the compiler fuses well rather than the one fastest op by op (max pooling).
-FOR_COMPILER = False
-
-
-@contextlib.contextmanager
-def for_compiler() -> Iterator[None]:
-    global FOR_COMPILER
-    saved, FOR_COMPILER = FOR_COMPILER, True
-    try:
-        yield
-    finally:
-        FOR_COMPILER = saved
 
 
 class TaylorUnsupported(RuntimeError):
@@ -844,13 +828,19 @@ def _window_max(x: Jet, op, args) -> Jet | None:
     return Jet(*best)
 
 
+def _max_pool_for_compiler(op, args, kwargs):
+    """Max pooling as a running selection over the windows' slices, which inductor fuses
+    (``COMPILER_RULES``); the indices, if anything reads them, are the kernel's."""
+    x = as_jet(args[0])
+    jet = _window_max(x, op, args) if op is aten.max_pool2d_with_indices.default and not kwargs else None
+    if jet is None:
+        return _max_pool(op, args, kwargs)
+    return jet, op(x.v, *_constant_args(args))[1]
+
+
 @rule(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
 def _max_pool(op, args, kwargs):
     x = as_jet(args[0])
-    if FOR_COMPILER and op is aten.max_pool2d_with_indices.default and not kwargs:
-        jet = _window_max(x, op, args)
-        if jet is not None:  # the indices, if anything reads them: the kernel's
-            return jet, op(x.v, *_constant_args(args))[1]
     v = x.v
     if op is aten.max_pool2d_with_indices.default and v.device.type == "cpu" and v.dim() == 4:
         # The CPU kernel is faster on channels-last input (same values and indices).
@@ -928,3 +918,8 @@ def _floating_outputs(along: Callable[[torch.Tensor], Any], s0: torch.Tensor):
         return pytree.tree_unflatten(flat, spec)
 
     return select, assemble
+
+
+#: The rules for a jet traced for inductor (``genlr.curvature.taylor``): where a form the
+#: compiler fuses well differs from the one fastest op by op (max pooling).
+COMPILER_RULES: dict[Any, Rule] = {**RULES, aten.max_pool2d_with_indices.default: _max_pool_for_compiler}

@@ -332,10 +332,6 @@ class LRMethod:
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr"] * factor
 
-    def set_lr(self, lr: float) -> None:
-        """Set group 0's lr to ``lr`` and the others in their current ratios."""
-        self.scale_lrs(lr / self.last_lr)
-
 
 def finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)

@@ -241,6 +241,11 @@ class GeNBase(LRMethod):
         measurement must come before the step is taken (``ParabolaGeN``'s ``defer`` waits)."""
         return self.rule == "band" and (self.searching or self.gap == 1 or self.spiked)
 
+    def probes_next_batch(self) -> bool:
+        """Whether this step's probes run on the batch the next step trains on (``probe=
+        "next"``, given a ``probe_batch``: see ``probe_source``)."""
+        return self.probe == "next" and self._probe_batch is not None
+
     def probe_source(self, batch: Any) -> tuple[Any, bool]:
         """The batch the probes run on, and whether it is the training batch.
 

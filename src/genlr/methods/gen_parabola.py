@@ -117,7 +117,7 @@ class ParabolaGeN(GeNBase):
         stretch = self.stretch()
         points = [p * stretch for p in self.points]
         free = {0.0: same and loss is not None,
-                1.0: self.defer and not same and batch is self._probe_batch
+                1.0: self.defer and self.probes_next_batch()
                 and not self.profile_due() and not self.checking() and stretch == 1.0}
         losses: dict[float, float] = {}
         at = 1.0

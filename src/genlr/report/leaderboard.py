@@ -323,7 +323,7 @@ def _cell(value: float | None) -> str:
 
 
 def _markdown(board: Leaderboard, command: str) -> str:
-    lines = [f"# Leaderboard: {board.root}", "", f"Produced by `{command}`.", "",
+    lines = [f"# Leaderboard: {board.root.name}", "", f"Produced by `{command}`.", "",
              f"{len(board.workloads)} workload(s), {len(board.rows)} row(s), "
              f"{sum(len(e.group.runs) for e in board.entries)} run(s); every run here, "
              f"tuning trials included, took {duration(board.run_time_s)} of wall time (run "
