@@ -30,7 +30,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, Interpolatio
 
 from gen_cli.schema import GROUPS, option_table
 from genlr.messages import one_line
-from genlr.options import check_options
+from genlr.options import check_options, refusal
 from genlr.spec import RunSpec, TrainerConfig
 
 # Where @hydra.main finds its configs (gen_cli/train.py) and its job's name.
@@ -290,9 +290,8 @@ def _describe(err: BaseException, given: set[str], primary: str) -> str:
             workload = next((o.rsplit("_", 1)[0] for o in err.options
                              if value.startswith(o.rsplit("_", 1)[0] + "_")), value)
             sizes = [o.removeprefix(f"{workload}_") for o in err.options if o.startswith(f"{workload}_")]
-            return (f"workload {workload} has no size {value.removeprefix(f'{workload}_')!r}; "
-                    f"choose one of: {', '.join(sizes)}")
-        return f"unknown {group} {value!r}; choose one of: {', '.join(err.options)}"
+            return refusal("size", sizes, value.removeprefix(f"{workload}_"))
+        return refusal(group, err.options, value)
     if isinstance(err, MissingConfigException):  # the primary config, or its folder
         return f"{primary}: {one_line(err)}"
     chain = [err]
@@ -311,7 +310,7 @@ def _describe(err: BaseException, given: set[str], primary: str) -> str:
                 except ValueError as refused:
                     return str(refused) + ("" if key in given else
                                            f" ({key} is set by a config, not the command line)")
-            return f"{key}: no such setting; choose one of: {', '.join(fields)}"
+            return refusal(key, fields)
         return f"{key}: {one_line(cause)}"
     if err.__cause__ is not None:
         return f"{one_line(err)}: {one_line(err.__cause__)}"

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
+from genlr.options import refusal
+
 OBJECTIVES = {"eval_acc": "maximize", "eval_loss": "minimize", "train_loss": "minimize"}
 WORST = {"maximize": 0.0, "minimize": math.inf}
 
@@ -32,7 +34,7 @@ def objective_of(objective: str | None, task: str) -> str:
     if objective is None:
         return "eval_acc" if _reports_accuracy(task) else "eval_loss"
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        raise ValueError(refusal("objective", OBJECTIVES, objective))
     if objective == "eval_acc" and not _reports_accuracy(task):
         raise ValueError(f"objective=eval_acc but task {task} reports no accuracy; "
                          f"use objective=eval_loss or train_loss")

@@ -28,7 +28,7 @@ from gen_cli.jobs import Jobs, UsageError, compose_jobs, spec_from_config
 from gen_cli.objective import objective_of
 from gen_cli.schema import GROUPS, Table, TrainSchema, option_table, schema_of
 from genlr.messages import one_line
-from genlr.options import check_options
+from genlr.options import check_options, refusal
 from genlr.rundir import (CLI_OUTPUTS, ENGINE_OUTPUTS, SWEEP_OUTPUTS, check_writable, clear_run,
                           earlier_run, earlier_sweep, run_folders)
 from genlr.spec import TrainerConfig
@@ -85,15 +85,14 @@ def check_values(cfg: DictConfig, table: Table) -> None:
     every key known, every value of its type, within its choices, of its length, finite."""
     unknown = [key for key in cfg.keys() if key not in TOP_LEVEL]
     if unknown:
-        raise UsageError(f"{unknown[0]}: not a gen-train setting; choose one of: {', '.join(TOP_LEVEL)}")
+        raise UsageError(refusal(unknown[0], TOP_LEVEL))
     for group in GROUPS:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or "name" not in node:
             raise UsageError(f"the config has no {group} (choose one with {group}=<name>)")
         name = node.name
         if name not in table[group]:
-            raise UsageError(f"{group}.name={name!r}: unknown {group}; choose one of: "
-                             f"{', '.join(table[group])}")
+            raise UsageError(refusal(f"{group}.name", table[group], name))
         try:  # user configs (--config-dir) may lack the schema: type-check them here
             given = OmegaConf.to_container(node, resolve=True)
             check_options(group, name, table[group][name], {k: v for k, v in given.items() if k != "name"})
@@ -118,7 +117,7 @@ def check_values(cfg: DictConfig, table: Table) -> None:
     settings = [f.name for f in dataclasses.fields(TrainerConfig)]
     for key, value in trainer.items():
         if key not in settings:
-            raise UsageError(f"trainer.{key}: no such setting; choose one of: {', '.join(settings)}")
+            raise UsageError(refusal(f"trainer.{key}", settings))
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"trainer.{key}={value}: not a finite number")
     try:

@@ -186,7 +186,7 @@ def test_config_dir_with_the_users_own_options(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["lr_method"] == "cosine" and summary["task"] == "logreg"
     (conf / "task" / "bad.yaml").write_text("name: logreg\ndimension: 5\n")
-    with pytest.raises(UsageError, match="task.dimension: task=logreg has no option 'dimension'"):
+    with pytest.raises(UsageError, match="task.dimension: task=logreg has no such key; choose one of: dim, "):
         check_command_line(["--config-dir", str(conf), "task=bad", "model=mlp"])
 
 

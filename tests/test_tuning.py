@@ -47,7 +47,7 @@ def test_objective_value_is_the_final_metric_or_the_worst():
 @pytest.mark.parametrize("args, expected", [
     (["task=quadratic", "objective=eval_acc"],
      "objective=eval_acc but task quadratic reports no accuracy; use objective=eval_loss or train_loss"),
-    (["objective=accuracy"], "objective must be one of eval_acc, eval_loss, train_loss, got 'accuracy'"),
+    (["objective=accuracy"], "objective='accuracy': choose one of: eval_acc, eval_loss, train_loss"),
 ])
 def test_bad_objectives_get_one_line_before_anything_runs(args, expected):
     with pytest.raises(UsageError) as err:

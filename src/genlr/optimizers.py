@@ -283,4 +283,4 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 def build_optimizer(name: str, params: Params, **options) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``params`` with ``options`` (the builder's keyword-only
     parameters, checked against its signature first)."""
-    return build("optimizer", OPTIMIZERS, name, params, **options)
+    return build("optimizer", OPTIMIZERS, name, options, params)

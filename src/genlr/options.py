@@ -22,7 +22,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Callable
 
 
@@ -147,25 +147,45 @@ def options_of(builder: Callable) -> list[Option]:
     return options
 
 
-def check_options(group: str, name: str, options: Sequence[Option],
+UNKNOWN_KEY: Any = object()  # ``refusal``'s value where the key itself is refused
+
+
+def refusal(key: str, allowed: Iterable[Any], value: Any = UNKNOWN_KEY, owner: str = "") -> str:
+    """The one line that refuses what is not among ``allowed``, wherever it is judged (a
+    registry's names, a ``Literal``'s choices, a component's or the trainer's keys): the
+    key, the bad value and what is allowed.
+
+    ``lr.scale='foo': choose one of: constant, linear, cosine`` (a value);
+    ``lr='nope': choose one of: constant, step, ...`` (a name is its group's value);
+    without ``value``, the key itself is unknown (``owner``: whose keys they are):
+    ``lr.foo: lr=gen_parabola has no such key; choose one of: rule, window, ...``."""
+    allowed = [str(a) for a in allowed]
+    choose = f"choose one of: {', '.join(allowed)}" if allowed else "it has none"
+    if value is UNKNOWN_KEY:
+        return f"{key}: {f'{owner} has no such key' if owner else 'no such key'}; {choose}"
+    return f"{key}={value!r}: {choose}"
+
+
+def check_options(group: str, name: str | None, options: Sequence[Option],
                   values: Mapping[str, Any]) -> None:
     """Raise ValueError, one line naming ``group.key``, the value and what is allowed, for
     a value the signature's ``options`` do not allow: an unknown option, a value outside
-    its ``Literal`` choices, a list that is not of its tuple's length, a number that is
-    not finite or outside its ``Range``. (Types are the schema's business on the command
-    line; what involves two options, the builder's.)"""
+    its ``Literal`` choices (``refusal``), a list that is not of its tuple's length, a
+    number that is not finite or outside its ``Range``. ``name``: the entry of ``group``
+    whose options they are (None: ``group`` has one set, as the trainer's). (Types are the
+    schema's business on the command line; what involves two options, the builder's.)"""
     known = {option.name: option for option in options}
     for key, value in values.items():
         option = known.get(key)
         if option is None:
-            allowed = f"choose one of: {', '.join(known)}" if known else "it has no options"
-            raise ValueError(f"{group}.{key}: {group}={name} has no option {key!r}; {allowed}")
+            raise ValueError(refusal(f"{group}.{key}", known,
+                                     owner=f"{group}={name}" if name is not None else ""))
         shown = f"{group}.{key}={list(value) if isinstance(value, tuple) else value!r}"
         items = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(item, float) and not math.isfinite(item) for item in items):
             raise ValueError(f"{shown}: not a finite number")
         if option.choices is not None and value is not None and value not in option.choices:
-            raise ValueError(f"{shown}: choose one of: {', '.join(map(str, option.choices))}")
+            raise ValueError(refusal(f"{group}.{key}", option.choices, value))
         if option.length is not None and value is not None:
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{shown}: needs a list of {option.length} values")
@@ -178,13 +198,16 @@ def check_options(group: str, name: str, options: Sequence[Option],
             raise ValueError(f"{shown}: {each}must be {option.range.allowed()}")
 
 
-def build(group: str, registry: Mapping[str, Callable], name: str, *args: Any, **options: Any) -> Any:
-    """``registry[name](*args, **options)``, the name and the options checked first
-    (``check_options``): what ``build_task``, ``build_model`` and ``build_optimizer`` do."""
+def build(group: str, registry: Mapping[str, Callable], name: str, options: Mapping[str, Any],
+          *args: Any, **common: Any) -> Any:
+    """``registry[name](*args, **common, **options)``, the name and the ``options`` checked
+    first (``check_options``); ``args`` and ``common`` are what every entry of ``group``
+    takes (a model's task, an lr method's optimizer and horizon). What ``build_task``,
+    ``build_model``, ``build_optimizer`` and ``build_lr_method`` do."""
     if name not in registry:
-        raise ValueError(f"unknown {group} {name!r}; choose one of: {', '.join(registry)}")
+        raise ValueError(refusal(group, registry, name))
     check_options(group, name, options_of(registry[name]), options)
-    return registry[name](*args, **options)
+    return registry[name](*args, **common, **options)
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -7,7 +7,7 @@ from genlr.methods.base import (
     LRMethod,
     check_linear_in_lr,
 )
-from genlr.options import check_options, options_of
+from genlr.options import build
 from genlr.methods.hypergradient import Hypergradient
 from genlr.methods.polyak import Polyak
 from genlr.methods.gen_exact import ExactGeN
@@ -43,13 +43,10 @@ METHODS: dict[str, type[LRMethod]] = {
 def build_lr_method(name: str, optimizer, model=None, loss_fn=None, *, total_steps=None,
                     scaler=None, autocast=None, profile_every: int = 0, **options) -> LRMethod:
     """``METHODS[name](optimizer, model, loss_fn, ...)``: the name and the method's own
-    ``options`` checked first against its signature (``genlr.options.check_options``), with the
+    ``options`` checked first against its signature (``genlr.options.build``), with the
     line gen-train prints; the rest is what every method takes (``LRMethod``)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown lr method {name!r}; choose one of: {', '.join(METHODS)}")
-    check_options("lr", name, options_of(METHODS[name]), options)
-    return METHODS[name](optimizer, model, loss_fn, total_steps=total_steps, scaler=scaler,
-                         autocast=autocast, profile_every=profile_every, **options)
+    return build("lr", METHODS, name, options, optimizer, model, loss_fn, total_steps=total_steps,
+                 scaler=scaler, autocast=autocast, profile_every=profile_every)
 
 
 __all__ = [

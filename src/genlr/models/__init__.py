@@ -45,7 +45,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, task: Task, **options) -> nn.Module:
     """The model ``name`` sized for ``task``, with ``options`` (the builder's keyword-only parameters)."""
-    return build("model", MODELS, name, task, **options)
+    return build("model", MODELS, name, options, task)
 
 
 __all__ = ["MODELS", "build_model", "IncompatibleModelError", "mlp", "linear", "cnn", "resnet18", "vit", "gpt", "coords"]

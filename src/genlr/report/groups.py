@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from genlr.options import refusal
+
 from .runs import INCOMPLETE, RunRecord
 
 # Keys that never change a result: the seed (what a group averages over), how a run
@@ -326,7 +328,7 @@ def metric_column(tag: str) -> str:
         return name
     column = f"final_{name}"
     if column not in METRICS:
-        allowed = ", ".join(k.replace("final_", "").replace("_", "/", 1)
-                            for k in METRICS if k.startswith("final_"))
-        raise ValueError(f"--best-by must be one of {allowed} (or best_eval_acc, ...), got {tag!r}")
+        allowed = [k.replace("final_", "").replace("_", "/", 1) if k.startswith("final_") else k
+                   for k in METRICS]
+        raise ValueError(refusal("--best-by", allowed, tag))
     return column

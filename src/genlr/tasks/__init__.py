@@ -29,7 +29,7 @@ TASKS: dict[str, type[Task]] = {
 
 def build_task(name: str, **options) -> Task:
     """The task ``name`` with ``options`` (its constructor's keyword-only parameters)."""
-    return build("task", TASKS, name, **options)
+    return build("task", TASKS, name, options)
 
 
 __all__ = [
