@@ -64,7 +64,7 @@ def test_mlp_options():
     assert sum(isinstance(m, nn.Tanh) for m in model) == 2
     assert sum(isinstance(m, nn.Dropout) for m in model) == 2
     assert [m.out_features for m in build_model("mlp", VECTOR, hidden=[]) if isinstance(m, nn.Linear)] == [3]
-    with pytest.raises(ValueError, match="activation"):
+    with pytest.raises(ValueError, match="model.activation='swish2': choose one of: relu, gelu, "):
         build_model("mlp", VECTOR, activation="swish2")
 
 

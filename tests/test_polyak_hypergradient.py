@@ -180,7 +180,7 @@ def test_hypergradient_defaults_and_errors():
     theta = torch.nn.Parameter(THETA0.clone())
     assert Hypergradient(torch.optim.SGD([theta], lr=0.1)).beta == 1e-3
     assert Hypergradient(torch.optim.Adam([theta], lr=0.1)).beta == 1e-7
-    with pytest.raises(ValueError, match="rule must be"):
+    with pytest.raises(ValueError, match="lr.rule='exp': choose one of: additive, multiplicative"):
         Hypergradient(torch.optim.SGD([theta], lr=0.1), rule="exp")
     with pytest.raises(ValueError, match="beta must be"):
         Hypergradient(torch.optim.SGD([theta], lr=0.1), beta=-1.0)

@@ -163,6 +163,8 @@ TABLE: list[tuple[list[str], str]] = [
     (["lr=cosine", "lr.final_factor=abc"], "lr.final_factor"),
     (["lr=newt", "lr.approx=exact"], "lr.approx='exact': choose one of: secant, taylor"),
     (["lr=step", "lr.milestones=abc"], "lr.milestones"),
+    (["lr=onecycle", "lr.anneal=cosine"], "lr.anneal='cosine': choose one of: cos, linear"),
+    (["lr=hypergradient", "lr.rule=exp"], "lr.rule='exp': choose one of: additive, multiplicative"),
     (["optimizer=prodigy", "lr=gen_parabola"], "linear in lr"),
     (["optimizer=gen_optim_adamw", "task=quadratic", "model=coords", "lr=constant"],
      "the authors' GeN (gen-optim) fits a cross-entropy loss; task quadratic is not a "
@@ -178,6 +180,7 @@ TABLE: list[tuple[list[str], str]] = [
     (["task=quadratic", "model=cnn"], "model=cnn: model 'cnn' needs images"),
     (["model=coords"], "model"),
     (["model.foo=1"], "model.foo"),
+    (["model.activation=swish"], "model.activation='swish': choose one of: relu, gelu, tanh, silu"),
     (["task=fashion_mnist", "model=cnn", "task.train_size=-10"], "train_size"),
     (["task=fashion_mnist", "model=cnn", "task.train_size=0"], "train_size"),
     (["task=mnist", "model=cnn", "task.download=false", "task.data_root={tmp}/nowhere"],

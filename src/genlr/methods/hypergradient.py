@@ -15,7 +15,7 @@ Adam-HD: ``u = -alpha m_hat / (sqrt(v_hat) + eps)`` so
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -71,10 +71,9 @@ class Hypergradient(LRMethod):
     rescales_step = True
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, beta: Optional[float] = None,
-                 rule: str = "additive", lr_min: float = 0.0, lr_max: Optional[float] = None,
-                 **common) -> None:
-        if rule not in ("additive", "multiplicative"):
-            raise ValueError(f"rule must be 'additive' or 'multiplicative', got {rule!r}")
+                 rule: Literal["additive", "multiplicative"] = "additive", lr_min: float = 0.0,
+                 lr_max: Optional[float] = None, **common) -> None:
+        self.check_options(locals())
         if beta is None:
             if rule == "multiplicative":
                 beta = DEFAULT_BETA_MULTIPLICATIVE

@@ -7,7 +7,7 @@ built on ``torch.optim.lr_scheduler`` so that its behaviour is PyTorch's.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from torch.optim import lr_scheduler
 
@@ -146,12 +146,12 @@ class OneCycle(ScheduledLR):
     """PyTorch's one-cycle policy (Smith & Topin, 2019) peaking at ``max_factor`` x the initial lr."""
 
     def __init__(self, optimizer, model=None, loss_fn=None, *, max_factor: float = 10.0,
-                 pct_start: float = 0.3, anneal: str = "cos", **common) -> None:
+                 pct_start: float = 0.3, anneal: Literal["cos", "linear"] = "cos",
+                 **common) -> None:
+        self.check_options(locals())
         if max_factor <= 0:
             raise ValueError(f"max_factor must be positive, got {max_factor}")
         _check_fraction("pct_start", pct_start)
-        if anneal not in ("cos", "linear"):
-            raise ValueError(f"anneal must be 'cos' or 'linear', got {anneal!r}")
         self.max_factor, self.pct_start, self.anneal = max_factor, pct_start, anneal
         super().__init__(optimizer, model, loss_fn, **common)
 

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
 from genlr.models.compat import flat_features
 from genlr.tasks.base import Task
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+Activation = Literal[tuple(ACTIVATIONS)]  # the choices are the table's names
 
 
-def mlp(task: Task, *, hidden: tuple[int, ...] = (256, 256), activation: str = "relu",
+def mlp(task: Task, *, hidden: tuple[int, ...] = (256, 256), activation: Activation = "relu",
         dropout: float = 0.0) -> nn.Module:
     """``Flatten -> [Linear -> activation -> Dropout] * len(hidden) -> Linear``.
 
     Options:
         hidden: widths of the hidden layers (``[]``: a linear model).
-        activation: one of relu, gelu, tanh, silu.
+        activation: after each hidden layer (``ACTIVATIONS``).
         dropout: after each hidden activation (0 disables it).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
     width = flat_features(task, "mlp")
     layers: list[nn.Module] = [nn.Flatten()]
     for size in hidden:
