@@ -9,6 +9,7 @@ import dataclasses
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from genlr.options import options_of
 from genlr.spec import TrainerConfig
 
 FIRST = ("task", "model", "optimizer", "lr", "trainer", "experiment")
@@ -36,12 +37,12 @@ def groups() -> str:
 
 
 def trainer_settings() -> str:
-    """``  key (default): what it does`` for every field of TrainerConfig."""
+    """``  key (default): choices, what it does`` for every field of TrainerConfig."""
     lines = []
-    for field in dataclasses.fields(TrainerConfig):
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        lines.append(f"  {field.name} ({'null' if default is None else default}): "
-                     f"{field.metadata.get('help', '')}".rstrip(": "))
+    for field, option in zip(dataclasses.fields(TrainerConfig), options_of(TrainerConfig)):
+        choices = " | ".join(option.choices) + " " if option.choices else ""
+        lines.append(f"  {field.name} ({'null' if option.default is None else option.default}): "
+                     f"{choices}{field.metadata.get('help', '')}".rstrip(": "))
     return "\n".join(lines)
 
 

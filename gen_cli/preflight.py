@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ from gen_cli.jobs import Jobs, UsageError, compose_jobs, spec_from_config
 from gen_cli.objective import objective_of
 from gen_cli.schema import GROUPS, Table, TrainSchema, option_table, schema_of
 from genlr.messages import one_line
-from genlr.options import check_options, refusal
+from genlr.options import check_options, options_of, refusal
 from genlr.rundir import (CLI_OUTPUTS, ENGINE_OUTPUTS, SWEEP_OUTPUTS, check_writable, clear_run,
                           earlier_run, earlier_sweep, run_folders)
 from genlr.spec import TrainerConfig
@@ -114,13 +113,8 @@ def check_values(cfg: DictConfig, table: Table) -> None:
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     except OmegaConfBaseException as err:
         raise UsageError(f"{err.full_key or 'trainer'}: {one_line(err)}") from None
-    settings = [f.name for f in dataclasses.fields(TrainerConfig)]
-    for key, value in trainer.items():
-        if key not in settings:
-            raise UsageError(refusal(f"trainer.{key}", settings))
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"trainer.{key}={value}: not a finite number")
-    try:
+    try:  # check_options first: to TrainerConfig, an unknown key is a TypeError
+        check_options("trainer", None, options_of(TrainerConfig), trainer)
         TrainerConfig(**trainer)
     except (TypeError, ValueError) as err:
         raise UsageError(one_line(err)) from None

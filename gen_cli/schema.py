@@ -40,7 +40,7 @@ class TrainSchema:
     model: Any = None
     optimizer: Any = None
     lr: Any = None
-    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    trainer: Any = None  # typed, as the groups are, by its schema (conf/trainer/default.yaml)
     seed: int = 0
     # what gen-train returns to a sweeper (gen_cli/objective.py); None: the task's own metric
     objective: Optional[str] = None
@@ -117,15 +117,17 @@ def _type_of(name: str) -> Any:
     return _WRAPPERS[wrapper][_type_of(inner[:-1])] if inner else _BASIC[name]
 
 
-def schema_of(group: str, name: str, options: list[Option]) -> type:
-    """A dataclass with ``name`` and one field per option."""
-    fields: list[tuple[str, Any, Any]] = [("name", str, dataclasses.field(default=name))]
+def schema_of(group: str, name: str | None, options: list[Option]) -> type:
+    """A dataclass with ``name`` (None: without, as the trainer's) and one field per option,
+    of a type OmegaConf takes (a ``Literal``'s choices are ``check_options``' to judge)."""
+    fields: list[tuple[str, Any, Any]] = [] if name is None else [
+        ("name", str, dataclasses.field(default=name))]
     for option in options:
         default = option.default
         spec = (dataclasses.field(default_factory=lambda d=default: list(d))
                 if isinstance(default, list) else dataclasses.field(default=default))
         fields.append((option.name, option.type, spec))
-    title = "".join(part.title() for part in f"{group}_{name}".split("_"))
+    title = "".join(part.title() for part in f"{group}_{name or ''}".split("_"))
     return dataclasses.make_dataclass(f"{title}Options", fields)
 
 
@@ -137,7 +139,8 @@ def register_schemas() -> Table:
     table = option_table()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
-    store.store(group="schema/trainer", name="default", node=TrainerConfig)
+    store.store(group="schema/trainer", name="default",
+                node=schema_of("trainer", None, options_of(TrainerConfig)))
     for group, names in table.items():
         for name, options in names.items():
             store.store(group=f"schema/{group}", name=name, node=schema_of(group, name, options))

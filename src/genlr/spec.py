@@ -4,12 +4,15 @@ prints ``--help`` before torch is imported; ``genlr.engine`` builds and trains f
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-DEVICES = ("auto", "cpu", "cuda")
-STRATEGIES = ("single", "ddp")
-AMP_MODES = ("off", "bf16", "fp16")
+from genlr.options import NonNegativeInt, PositiveInt, check_options, options_of
+
+Device = Literal["auto", "cpu", "cuda"]
+AmpMode = Literal["off", "bf16", "fp16"]
+DEVICES, AMP_MODES = typing.get_args(Device), typing.get_args(AmpMode)
 EVALS_PER_RUN = 10  # evaluations spread over a run when trainer.eval_every is 0
 
 
@@ -17,25 +20,31 @@ def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainerConfig:
     """How to train (the ``trainer.*`` overrides; these names are the public interface).
-    Each field's ``help`` is what ``gen-train --help`` says about it."""
+    Its fields are options as a registry entry's are (``genlr.options``: keyword-only, a
+    ``Literal``'s choices, a ``Range``), judged by ``check_options``; each field's ``help``
+    is what ``gen-train --help`` says about it, after its choices."""
 
-    device: str = _setting("auto", "auto | cpu | cuda (auto: cuda when there is one)")
-    strategy: str = _setting("single", "single | ddp (under torchrun; batch_size is the global batch)")
-    amp: str = _setting("off", "off | bf16 | fp16 (fp16: CUDA only, with a GradScaler)")
+    device: Device = _setting("auto", "(auto: cuda when there is one)")
+    strategy: Literal["single", "ddp"] = _setting(
+        "single", "(under torchrun; batch_size is the global batch)")
+    amp: AmpMode = _setting("off", "(fp16: CUDA only, with a GradScaler)")
     compile: bool = _setting(False, "torch.compile the model")
-    epochs: int = _setting(1, "passes over the training data (unless max_steps is given)")
-    max_steps: Optional[int] = _setting(None, "the run's length in steps; given, it replaces epochs "
-                                              "(the data is passed over as often as it takes)")
-    batch_size: int = _setting(128, "training batch size")
-    eval_batch_size: int = _setting(1000, "evaluation batch size (the metrics do not depend on it)")
-    eval_every: int = _setting(0, f"steps between evaluations; 0: {EVALS_PER_RUN} spread over the run")
-    log_every: int = _setting(10, "steps between TensorBoard points")
-    checkpoint_every: int = _setting(0, "steps between checkpoints (checkpoints/last.pt); 0: at "
-                                        "every evaluation. Also at the start, the end and on "
-                                        "SIGTERM/SIGINT; a diverged run keeps its last good one")
+    epochs: PositiveInt = _setting(1, "passes over the training data (unless max_steps is given)")
+    max_steps: Optional[PositiveInt] = _setting(
+        None, "the run's length in steps; given, it replaces epochs (the data is passed over as "
+              "often as it takes)")
+    batch_size: PositiveInt = _setting(128, "training batch size")
+    eval_batch_size: PositiveInt = _setting(
+        1000, "evaluation batch size (the metrics do not depend on it)")
+    eval_every: NonNegativeInt = _setting(
+        0, f"steps between evaluations; 0: {EVALS_PER_RUN} spread over the run")
+    log_every: PositiveInt = _setting(10, "steps between TensorBoard points")
+    checkpoint_every: NonNegativeInt = _setting(
+        0, "steps between checkpoints (checkpoints/last.pt); 0: at every evaluation. Also at the "
+           "start, the end and on SIGTERM/SIGINT; a diverged run keeps its last good one")
     resume: Optional[str] = _setting(None, "continue a run: true (this run folder's checkpoint), "
                                            "auto (that checkpoint if there is one, else start: a "
                                            "rerun of a sweep goes on where it stopped), or the "
@@ -48,28 +57,13 @@ class TrainerConfig:
                                       "tb/, plots/ and gen-train's .hydra/ and train.log (in a "
                                       "sweep: every earlier job's, multirun.yaml and "
                                       "optimization_results.yaml); other files stay")
-    profile_every: int = _setting(0, "steps between phi(s) line-profile images; 0: never")
+    profile_every: NonNegativeInt = _setting(0, "steps between phi(s) line-profile images; 0: never")
     progress: bool = _setting(True, "a progress bar when the terminal shows one (progress lines "
                                     "go to the log either way)")
     plots: bool = _setting(True, "PNG plots of loss, accuracy and lr into plots/ at the end")
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"trainer.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"trainer.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
-                    "eval_batch_size": self.eval_batch_size, "log_every": self.log_every}
-        if self.max_steps is not None:
-            positive["max_steps"] = self.max_steps
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"trainer.{name} must be a positive integer, got {value}")
-        for name in ("eval_every", "checkpoint_every", "profile_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+        check_options("trainer", None, options_of(TrainerConfig), vars(self))
         if self.overwrite and str(self.resume).lower() not in ("none", "false", "no", "0", ""):
             raise ValueError(f"trainer.overwrite=true and trainer.resume={self.resume}: the one "
                              "starts over, the other continues; give one of them")
