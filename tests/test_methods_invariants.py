@@ -18,7 +18,8 @@ from torch import nn
 from genlr import ExactGeN, Newt, ParabolaGeN
 from genlr.methods import METHODS, IncompatibleOptimizerError
 from genlr.methods.base import LRMethod
-from genlr.methods.schedules import DECAYS
+from genlr.methods.gen_base import GeNBase
+from genlr.methods.schedules import DECAYS, Cosine
 from genlr.options import options_of
 from methods_helpers import classification_loss, cnn, cnn_batch, mlp, mlp_batch
 
@@ -480,6 +481,26 @@ def test_gen_scale_choices_are_the_schedules_decays(cls):
     """``scale``'s ``Literal`` (what gen-train offers) names exactly the shapes in ``DECAYS``."""
     (scale,) = [o for o in options_of(cls) if o.name == "scale"]
     assert set(scale.choices) == set(DECAYS)
+
+
+def test_gen_variants_take_the_options_declared_once_on_gen_base():
+    """GeN's rule options are declared on ``GeNBase.__init__`` alone (``shared_options``):
+    each variant lists them, defaults and choices included, before its own; a base that is
+    not marked (``WarmupDecay``, whose ``warmup`` ``Cosine`` fixes) gives none."""
+    shared = options_of(GeNBase)
+    assert [o.name for o in shared][:3] == ["rule", "window", "every"]
+    for cls, own in ((ExactGeN, ["curvature", "curvature_batch", "check_every"]),
+                     (ParabolaGeN, ["points", "r2_min", "defer"])):
+        options = options_of(cls)
+        assert options[:len(shared)] == shared and [o.name for o in options[len(shared):]] == own
+    assert [o.name for o in options_of(Cosine)] == ["final_factor"]
+
+    class Again(GeNBase):  # an option declared a second time is refused
+        def __init__(self, optimizer, *, rule: str = "band", **shared) -> None:
+            super().__init__(optimizer, **shared)
+
+    with pytest.raises(TypeError, match="option 'rule' of .*Again is declared twice"):
+        options_of(Again)
 
 
 def test_gen_cosine_horizon_scale_is_the_cosine_schedules_shape():

@@ -5,7 +5,8 @@ Every registry entry (task, model, optimizer, lr method) declares its options as
 keyword-only parameters with a default and a simple annotation (bool, int, float, str,
 an Optional of those, a ``Literal`` of choices, or a list or fixed-length tuple of them),
 a number's allowed values as ``Annotated[float, Range(...)]`` (``NonNegative``,
-``Positive``, ``Decay``, ...). That signature is the single source of truth: the command
+``Positive``, ``Decay``, ...); options several entries share, once, on their base class's
+``__init__`` (``shared_options``). That signature is the single source of truth: the command
 line's config schema is generated from it, and ``check_options`` judges a value against it,
 the one place the library (``build``) and gen-train refuse an option, with the same line
 (and gen-train before torch is imported). What involves two options at once (SGD's
@@ -128,22 +129,47 @@ def _range(annotation: Any) -> Range | None:
     return None
 
 
+def shared_options(init: Callable) -> Callable:
+    """Mark a base class's ``__init__`` whose keyword-only options are those of every
+    subclass too that hands it its ``**kwargs`` (GeN's rule, for both variants): each is
+    declared once, there, and ``options_of`` lists them before the subclass's own."""
+    init.shares_options = True
+    return init
+
+
+def _inits(cls: type) -> list[Callable]:
+    """The ``__init__``s whose keyword-only parameters are ``cls``'s options: its own, and
+    up its bases each ``shared_options`` one it reaches through ``**kwargs``; base first."""
+    inits = [vars(klass)["__init__"] for klass in cls.__mro__ if "__init__" in vars(klass)]
+    chain = inits[:1]
+    for init in inits[1:]:
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD
+                           for p in inspect.signature(chain[-1]).parameters.values())
+        if not (takes_kwargs and getattr(init, "shares_options", False)):
+            break
+        chain.append(init)
+    return chain[::-1]
+
+
 def options_of(builder: Callable) -> list[Option]:
-    """The keyword-only parameters of ``builder`` (a class: its ``__init__``)."""
-    target = builder.__init__ if inspect.isclass(builder) else builder
-    hints = typing.get_type_hints(target)  # Annotated stripped: the types
-    declared = typing.get_type_hints(target, include_extras=True)  # with their ranges
-    options = []
-    for param in inspect.signature(target).parameters.values():
-        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
-            continue
-        if param.default is inspect.Parameter.empty:
-            raise TypeError(f"option {param.name!r} of {builder.__qualname__} needs a default")
-        default = list(param.default) if isinstance(param.default, tuple) else param.default
-        annotation = hints.get(param.name, Any)
-        choices, length = _constraints(annotation)
-        options.append(Option(param.name, _simplify(annotation), default, choices, length,
-                              _range(declared.get(param.name))))
+    """The keyword-only parameters of ``builder`` (a class: its ``__init__``, after those of
+    the ``shared_options`` it inherits)."""
+    options: list[Option] = []
+    for target in _inits(builder) if inspect.isclass(builder) else [builder]:
+        hints = typing.get_type_hints(target)  # Annotated stripped: the types
+        declared = typing.get_type_hints(target, include_extras=True)  # with their ranges
+        for param in inspect.signature(target).parameters.values():
+            if param.kind is not inspect.Parameter.KEYWORD_ONLY:
+                continue
+            if param.default is inspect.Parameter.empty:
+                raise TypeError(f"option {param.name!r} of {builder.__qualname__} needs a default")
+            if any(option.name == param.name for option in options):
+                raise TypeError(f"option {param.name!r} of {builder.__qualname__} is declared twice")
+            default = list(param.default) if isinstance(param.default, tuple) else param.default
+            annotation = hints.get(param.name, Any)
+            choices, length = _constraints(annotation)
+            options.append(Option(param.name, _simplify(annotation), default, choices, length,
+                                  _range(declared.get(param.name))))
     return options
 
 

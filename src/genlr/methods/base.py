@@ -158,9 +158,10 @@ class LRMethod:
         """Refuse, one line each, an option value the class's signature does not allow
         (``genlr.options.check_options``: ``Literal`` choices, tuple lengths, finite numbers)
         and an option set where the others leave it unread (``READ_WHEN``). ``given``: the
-        constructor's ``locals()``, from which the options are picked."""
+        constructor's ``locals()`` (and the ``**shared`` options it passes on), from which
+        the options are picked; one not given has its default."""
         options = options_of(type(self))
-        values = {o.name: given[o.name] for o in options if o.name in given}
+        values = {o.name: given.get(o.name, o.default) for o in options}
         check_options("lr", type(self).__name__, options, values)
         defaults = {o.name: o.default for o in options}
         for name, (when, read) in self.READ_WHEN.items():

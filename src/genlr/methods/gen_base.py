@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
 from genlr.methods.base import (LRMethod, as_float, check_positive_lr,
                                finite)
 from genlr.methods.schedules import DECAYS
+from genlr.options import shared_options
 
 #: the band moves the lr only when its estimate lies this many standard errors beyond an edge
 BAND_MARGIN = 2.0
@@ -137,7 +138,7 @@ class GeNBase(LRMethod):
     diagnostics, model)``: ``diagnostics`` holds ``slope`` (``-phi'(0)``) and ``curvature``
     (``phi''(0)``), ``model(s)`` is the quadratic model of ``phi(s) - phi(0)``.
 
-    Options (each variant's own are in its docstring):
+    Options, both variants' (``shared_options``; each variant's own are in its docstring):
         rule: "band" (search from the initial lr, then hold the lr while the last
             ``window`` probes put it within ``[1.8 alpha*, 2 alpha*]``, with a net against
             divergence; see the module docstring) or "line_search" (the paper's: towards
@@ -169,10 +170,15 @@ class GeNBase(LRMethod):
                    lambda o: o["fallback"] == "shrink" or o["max_factor"] is None),
     }
 
-    def __init__(self, optimizer, model=None, loss_fn=None, *, rule: str, window: int,
-                 lr_min: float, lr_max: Optional[float], every: int, smoothing: float,
-                 max_factor: Optional[float], fallback: str, shrink: float, probe: str,
-                 scale: str, **common) -> None:
+    @shared_options  # declared once, here: each variant's __init__ takes them as **shared
+    def __init__(self, optimizer, model=None, loss_fn=None, *,
+                 rule: Literal["band", "line_search"] = "band", window: int = 10,
+                 every: int = 4, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
+                 probe: Literal["same", "next"] = "next",
+                 scale: Literal["constant", "linear", "cosine"] = "constant",
+                 lr_min: float = 0.0, lr_max: Optional[float] = None,
+                 fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
+                 **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_positive_lr(optimizer, type(self).__name__)
         if window < 1:

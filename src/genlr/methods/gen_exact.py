@@ -53,21 +53,12 @@ class ExactGeN(GeNBase):
                  "check_every": ("with curvature='auto'", lambda o: o["curvature"] == "auto")}
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
-                 rule: Literal["band", "line_search"] = "band", window: int = 10,
-                 every: int = 4, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
-                 probe: Literal["same", "next"] = "next",
-                 scale: Literal["constant", "linear", "cosine"] = "constant",
-                 lr_min: float = 0.0, lr_max: Optional[float] = None,
-                 fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
                  curvature: Literal["auto", "taylor", "double_backward",
                                     "forward_over_reverse"] = "auto",
                  curvature_batch: Optional[float] = None, check_every: int = 0,
-                 **common) -> None:
-        self.check_options(locals())
-        super().__init__(optimizer, model, loss_fn, rule=rule, window=window, lr_min=lr_min,
-                         lr_max=lr_max, every=every, smoothing=smoothing,
-                         max_factor=max_factor, fallback=fallback, shrink=shrink, probe=probe,
-                         scale=scale, **common)
+                 **shared) -> None:
+        self.check_options({**shared, **locals()})
+        super().__init__(optimizer, model, loss_fn, **shared)
         if curvature_batch is not None and not 0.0 < curvature_batch <= 1.0:
             raise ValueError(f"curvature_batch must be in (0, 1] or None, got {curvature_batch}")
         if check_every < 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Literal, Optional
+from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
@@ -82,19 +82,10 @@ class ParabolaGeN(GeNBase):
     }
 
     def __init__(self, optimizer, model=None, loss_fn=None, *,
-                 rule: Literal["band", "line_search"] = "band", window: int = 10,
-                 every: int = 4, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
-                 probe: Literal["same", "next"] = "next",
-                 scale: Literal["constant", "linear", "cosine"] = "constant",
-                 lr_min: float = 0.0, lr_max: Optional[float] = None,
-                 fallback: Literal["keep", "shrink"] = "keep", shrink: float = 0.5,
                  points: list[float] = (-1.0, 0.0, 1.0), r2_min: float = 0.9,
-                 defer: bool = True, **common) -> None:
-        self.check_options(locals())
-        super().__init__(optimizer, model, loss_fn, rule=rule, window=window, lr_min=lr_min,
-                         lr_max=lr_max, every=every, smoothing=smoothing,
-                         max_factor=max_factor, fallback=fallback, shrink=shrink, probe=probe,
-                         scale=scale, **common)
+                 defer: bool = True, **shared) -> None:
+        self.check_options({**shared, **locals()})
+        super().__init__(optimizer, model, loss_fn, **shared)
         if not 0.0 <= r2_min <= 1.0:
             raise ValueError(f"r2_min must be in [0, 1] (a fit's R^2), got {r2_min}")
         points = [float(p) for p in points]
