@@ -28,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationKeyError,
                               OmegaConfBaseException, UnsupportedInterpolationType)
 
-from gen_cli.schema import GROUPS, option_table
+from gen_cli.schema import GROUPS, not_in_table, option_table
 from genlr.messages import one_line
 from genlr.options import check_options, refusal
 from genlr.spec import RunSpec, TrainerConfig
@@ -284,6 +284,9 @@ def _describe(err: BaseException, given: set[str], primary: str) -> str:
     """One line for a composition error: the key or group, the value, what is allowed
     (``given``: the keys the command line sets, a config sets the others; ``primary``: the
     flags that chose the primary config)."""
+    missing = err.missing_cfg_file if isinstance(err, MissingConfigException) else None
+    if missing and missing.startswith("schema/"):  # conf/<group>/<name>.yaml's, not in the table
+        return not_in_table(*missing.removeprefix("schema/").rsplit("/", 1))
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
         group, _, value = err.missing_cfg_file.rpartition("/")
         if group == "workload/sizes":  # conf/workload/sizes/<workload>_<size>.yaml

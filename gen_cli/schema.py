@@ -78,6 +78,13 @@ def option_table() -> Table:
             for group, names in data.items()}
 
 
+def not_in_table(group: str, name: str) -> str:
+    """The line for a config whose schema the option table lacks: an entry added to a
+    registry since ``python -m gen_cli.schema`` last wrote it."""
+    return (f"{group}={name}: gen_cli/options.json has no options for it; after adding it to "
+            f"the registry, run python -m gen_cli.schema (and commit gen_cli/options.json)")
+
+
 def table_text(table: Table) -> str:
     """``gen_cli/options.json`` for ``table``: one option a line."""
     def option(o: Option) -> str:

@@ -239,6 +239,41 @@ def test_the_committed_option_table_is_the_signatures():
     assert schema.option_table() == schema.live_table()
 
 
+def test_a_method_missing_from_the_option_table_names_the_command_that_writes_it(tmp_path,
+                                                                                 monkeypatch):
+    """A new lr method takes its file, its registry line and its YAML file; until
+    ``python -m gen_cli.schema`` writes its options into gen_cli/options.json, gen-train
+    says to run it (not Hydra's "Could not load 'schema/lr/...'"), and then takes it."""
+    from gen_cli import schema
+    from genlr.methods import METHODS
+    from genlr.methods.schedules import Constant
+
+    class Throwaway(Constant):
+        def __init__(self, optimizer, model=None, loss_fn=None, *, hold: float = 1.0,
+                     **common) -> None:
+            super().__init__(optimizer, model, loss_fn, **common)
+
+    monkeypatch.setitem(METHODS, "throwaway", Throwaway)
+    (tmp_path / "lr").mkdir()
+    (tmp_path / "lr" / "throwaway.yaml").write_text(
+        "defaults:\n  - /schema/lr/throwaway@_here_\n  - _self_\nname: throwaway\n")
+    args = ["--config-dir", str(tmp_path), "lr=throwaway", "task=logreg", "model=mlp"]
+    with pytest.raises(UsageError) as refused:
+        check_command_line(args)
+    assert str(refused.value) == schema.not_in_table("lr", "throwaway")
+    assert "run python -m gen_cli.schema" in str(refused.value)
+
+    table = tmp_path / "options.json"  # what the command writes, here in a scratch file
+    table.write_text(schema.table_text(schema.live_table()))
+    monkeypatch.setattr(schema, "TABLE_FILE", table)
+    schema.option_table.cache_clear()
+    try:
+        register_schemas()
+        assert check_command_line([*args, "lr.hold=0.5", f"hydra.run.dir={tmp_path}/run"])
+    finally:
+        schema.option_table.cache_clear()
+
+
 def test_gen_cli_uses_public_modules_only():
     """No ``hydra._internal`` (nor any other private module) behind gen_cli's imports."""
     import ast
