@@ -157,11 +157,17 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
     assert len(lines) == 1 and str(tmp_path / "nowhere") in lines[0], proc.stderr
 
 
-def test_wheel_ships_the_configs(tmp_path):
+def test_wheel_ships_the_code_and_the_configs(tmp_path):
+    """Every module of the library and the CLI, and every config, is in the wheel (an
+    editable install finds a package missing from pyproject's list; a wheel does not)."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("genlr-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    for module in (REPO / "src").rglob("*.py"):
+        assert module.relative_to(REPO / "src").as_posix() in names, module
+    for module in (REPO / "gen_cli").glob("*.py"):
+        assert f"gen_cli/{module.name}" in names, module
     for yaml in (REPO / "conf").rglob("*.yaml"):
         assert f"gen_cli/conf/{yaml.relative_to(REPO / 'conf')}" in names, yaml
 
