@@ -30,7 +30,7 @@ from genlr.methods import build_lr_method
 from genlr.curvature import compile_seconds, compiling_now
 from genlr.models import build_model
 from genlr.optimizers import build_optimizer
-from genlr.options import flatten_config
+from genlr.options import SettingError, flatten_config
 from genlr.peers import optimizer_hooks
 from genlr.rundir import (EarlierRun, RunDirInUse, check_run_dir, clear_run, resume_path,
                           resumes_here, run_dir_lock)
@@ -62,12 +62,11 @@ class ConfigError(ValueError):
 @contextlib.contextmanager
 def _blame(group: str, name: str):
     """Prefix a builder's ValueError/TypeError with the component it came from, unless it
-    names a setting already (``optimizer.betas=...``, ``task.path=...``, ``lr=newt: ...``)."""
+    names its setting already (a ``SettingError``: ``optimizer.betas=...``, ``task.path=...``)."""
     try:
         yield
     except (ValueError, TypeError) as err:
-        named = tuple(f"{g}{sep}" for g in ("task", "model", "optimizer", "lr", "trainer") for sep in "=.")
-        if isinstance(err, ConfigError) or str(err).startswith(named):
+        if isinstance(err, (ConfigError, SettingError)):
             raise
         raise ConfigError(f"{group}={name}: {err}") from err
 

@@ -14,7 +14,7 @@ from typing import Annotated, Callable, Iterable, Optional
 import torch
 
 from genlr.options import (AtLeast1, Decay, NonNegative, NonNegativeInt, Positive, PositiveInt,
-                           Range, build)
+                           Range, SettingError, build)
 
 Params = Iterable[torch.Tensor] | Iterable[dict]
 
@@ -25,8 +25,8 @@ Betas = Annotated[tuple[float, float], Range(0, 1, high_open=True)]  # each in [
 def sgd(params: Params, *, lr: NonNegative = 0.1, momentum: Decay = 0.9, nesterov: bool = False,
         weight_decay: NonNegative = 0.0, dampening: Decay = 0.0) -> torch.optim.SGD:
     if nesterov and (momentum == 0 or dampening != 0):
-        raise ValueError(f"optimizer.nesterov=true: needs optimizer.momentum > 0 and "
-                         f"optimizer.dampening=0 (got momentum {momentum}, dampening {dampening})")
+        raise SettingError(f"optimizer.nesterov=true: needs optimizer.momentum > 0 and "
+                           f"optimizer.dampening=0 (got momentum {momentum}, dampening {dampening})")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
                            weight_decay=weight_decay, dampening=dampening)
 

@@ -176,6 +176,12 @@ def options_of(builder: Callable) -> list[Option]:
 UNKNOWN_KEY: Any = object()  # ``refusal``'s value where the key itself is refused
 
 
+class SettingError(ValueError):
+    """A refusal whose one line starts with the setting it refuses (``task.path=...: ...``,
+    ``lr.shrink=0.5 is read only ...``, ``lr=polyak needs ...``): whoever passes it on has
+    nothing to add in front (``genlr.engine.build_run`` names the component of any other)."""
+
+
 def refusal(key: str, allowed: Iterable[Any], value: Any = UNKNOWN_KEY, owner: str = "") -> str:
     """The one line that refuses what is not among ``allowed``, wherever it is judged (a
     registry's names, a ``Literal``'s choices, a component's or the trainer's keys): the
@@ -204,24 +210,24 @@ def check_options(group: str, name: str | None, options: Sequence[Option],
     for key, value in values.items():
         option = known.get(key)
         if option is None:
-            raise ValueError(refusal(f"{group}.{key}", known,
+            raise SettingError(refusal(f"{group}.{key}", known,
                                      owner=f"{group}={name}" if name is not None else ""))
         shown = f"{group}.{key}={list(value) if isinstance(value, tuple) else value!r}"
         items = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(item, float) and not math.isfinite(item) for item in items):
-            raise ValueError(f"{shown}: not a finite number")
+            raise SettingError(f"{shown}: not a finite number")
         if option.choices is not None and value is not None and value not in option.choices:
-            raise ValueError(refusal(f"{group}.{key}", option.choices, value))
+            raise SettingError(refusal(f"{group}.{key}", option.choices, value))
         if option.length is not None and value is not None:
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{shown}: needs a list of {option.length} values")
+                raise SettingError(f"{shown}: needs a list of {option.length} values")
             if len(value) != option.length:
-                raise ValueError(f"{shown}: needs {option.length} values, got {len(value)}")
+                raise SettingError(f"{shown}: needs {option.length} values, got {len(value)}")
         numbers = [item for item in items if isinstance(item, (int, float))
                    and not isinstance(item, bool)]
         if option.range is not None and any(item not in option.range for item in numbers):
             each = "each value " if isinstance(value, (list, tuple)) else ""
-            raise ValueError(f"{shown}: {each}must be {option.range.allowed()}")
+            raise SettingError(f"{shown}: {each}must be {option.range.allowed()}")
 
 
 def build(group: str, registry: Mapping[str, Callable], name: str, options: Mapping[str, Any],
@@ -231,7 +237,7 @@ def build(group: str, registry: Mapping[str, Callable], name: str, options: Mapp
     takes (a model's task, an lr method's optimizer and horizon). What ``build_task``,
     ``build_model``, ``build_optimizer`` and ``build_lr_method`` do."""
     if name not in registry:
-        raise ValueError(refusal(group, registry, name))
+        raise SettingError(refusal(group, registry, name))
     check_options(group, name, options_of(registry[name]), options)
     return registry[name](*args, **common, **options)
 

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from genlr.options import NonNegativeInt, PositiveInt, check_options, options_of
+from genlr.options import NonNegativeInt, PositiveInt, SettingError, check_options, options_of
 
 Device = Literal["auto", "cpu", "cuda"]
 AmpMode = Literal["off", "bf16", "fp16"]
@@ -65,7 +65,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         check_options("trainer", None, options_of(TrainerConfig), vars(self))
         if self.overwrite and str(self.resume).lower() not in ("none", "false", "no", "0", ""):
-            raise ValueError(f"trainer.overwrite=true and trainer.resume={self.resume}: the one "
+            raise SettingError(f"trainer.overwrite=true and trainer.resume={self.resume}: the one "
                              "starts over, the other continues; give one of them")
 
     def eval_interval(self, total_steps: int) -> int:

@@ -35,7 +35,7 @@ from torch import nn
 from genlr.curvature import LossFn, dot, has_active_dropout, probe_mode
 from genlr.distributed import mean_over_ranks
 from genlr.line_profile import LineProfile
-from genlr.options import check_options, options_of
+from genlr.options import SettingError, check_options, options_of
 
 
 # Optimizers whose step is exactly linear in ``lr`` (the weight decay of AdamW included),
@@ -71,7 +71,7 @@ def check_positive_lr(optimizer: torch.optim.Optimizer, method: str) -> None:
     rescales the optimizer's step learns nothing from a step of zero."""
     lowest = min(g["lr"] for g in optimizer.param_groups)
     if not lowest > 0:
-        raise ValueError(f"optimizer.lr={lowest}: {method} rescales the optimizer's step, "
+        raise SettingError(f"optimizer.lr={lowest}: {method} rescales the optimizer's step, "
                          f"which is zero at lr 0; start from a positive lr")
 
 
@@ -167,7 +167,7 @@ class LRMethod:
         for name, (when, read) in self.READ_WHEN.items():
             value = list(values[name]) if isinstance(values[name], tuple) else values[name]
             if value != defaults[name] and not read(values):
-                raise ValueError(f"lr.{name}={value!r} is read only {when}")
+                raise SettingError(f"lr.{name}={value!r} is read only {when}")
 
     # ----------------------------------------------------------------- public protocol
     def step(self, batch: Any = None, loss: torch.Tensor | None = None,

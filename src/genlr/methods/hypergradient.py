@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from genlr.methods.base import LRMethod
+from genlr.options import SettingError
 
 # The paper's hyper-learning rates (its experiments): SGD-HD / SGDN-HD and Adam-HD.
 PAPER_BETA_SGD = 1e-3
@@ -90,7 +91,7 @@ class Hypergradient(LRMethod):
         super().__init__(optimizer, model, loss_fn, **common)
         lr0 = float(optimizer.param_groups[0]["lr"])
         if not lr0 > 0:
-            raise ValueError(f"lr=hypergradient needs a positive initial lr, got {lr0}")
+            raise SettingError(f"lr=hypergradient needs a positive initial lr, got {lr0}")
         self.beta, self.rule, self.lr_min, self.lr_max = float(beta), rule, lr_min, lr_max
         self.ratios = [float(g["lr"]) / lr0 for g in optimizer.param_groups]
         self.alpha = lr0

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from genlr.methods.base import LRMethod
+from genlr.options import SettingError
 
 
 class Polyak(LRMethod):
@@ -74,7 +75,7 @@ class Polyak(LRMethod):
         super().__init__(optimizer, model, loss_fn, **common)
         lr0 = float(optimizer.param_groups[0]["lr"])
         if not lr0 > 0:
-            raise ValueError(f"lr=polyak needs a positive optimizer lr to set group ratios, got {lr0}")
+            raise SettingError(f"lr=polyak needs a positive optimizer lr to set group ratios, got {lr0}")
         self.c, self.f_star, self.growth, self.eps = c, f_star, growth, eps
         self.lr_max = float(lr_max) if lr_max is not None else lr0
         # Fixed group ratios: the lr of a group may reach 0, so ratios cannot be re-read.
@@ -88,7 +89,7 @@ class Polyak(LRMethod):
     def step(self, batch: Any = None, loss: torch.Tensor | float | None = None,
              probe_batch: Any = None) -> float:
         if loss is None:
-            raise ValueError("lr=polyak needs the training loss: call step(batch, loss=loss)")
+            raise SettingError("lr=polyak needs the training loss: call step(batch, loss=loss)")
         f = self.batch_mean(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         self.step_count += 1
         # Measure the direction at the (positive) cap, never at a previous gamma that may

@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 from torch.optim import lr_scheduler
 
 from genlr.methods.base import LRMethod
+from genlr.options import SettingError
 
 # Decay shapes over a run's progress ``t/T`` in [0, 1], from 1 at the start to 0 at the end
 # (``constant`` stays 1): the schedules' and GeN's horizon-aware ``scale``.
@@ -36,7 +37,7 @@ class ScheduledLR(LRMethod):
 
     def horizon(self) -> int:
         if not self.total_steps or self.total_steps < 1:
-            raise ValueError(f"lr={self.name} needs the number of training steps (total_steps)")
+            raise SettingError(f"lr={self.name} needs the number of training steps (total_steps)")
         return self.total_steps
 
     @property

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from genlr.options import SettingError
+
 Batch = Any
 
 
@@ -73,7 +75,7 @@ class Task(ABC):
         and ``build_run`` call it before the data loads, ``steps_per_epoch`` after."""
         examples = self.train_examples()
         if examples is not None and batch_size > examples:
-            raise ValueError(f"trainer.batch_size={batch_size}: task {self.name} has "
+            raise SettingError(f"trainer.batch_size={batch_size}: task {self.name} has "
                              f"{examples} training {self.examples_are}; choose at most {examples}")
 
     @property

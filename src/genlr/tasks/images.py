@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from genlr.messages import one_line
+from genlr.options import SettingError
 from genlr.tasks.base import DatasetNotFoundError
 from genlr.tasks.in_memory import InMemoryTask
 
@@ -100,7 +101,7 @@ class ImageClassification(InMemoryTask):
                  train_size: Optional[int] = None) -> None:
         super().__init__()
         if data_root is not None and not data_root.strip():
-            raise ValueError(f"task.data_root={data_root!r}: no folder; give the folder that "
+            raise SettingError(f"task.data_root={data_root!r}: no folder; give the folder that "
                              f"holds the data, or null for the default ({default_data_root()})")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be a positive number of examples (or null for "

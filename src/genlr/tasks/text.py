@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlr.options import SettingError
 from genlr.tasks.base import Batch, DatasetNotFoundError, Task, epoch_generator
 
 
@@ -55,10 +56,10 @@ def read_text(path: str, max_chars: int) -> str:
     try:  # a character cut at the end of what was read is not an error
         text = codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < limit)
     except UnicodeDecodeError as err:
-        raise ValueError(f"task.path={path}: not UTF-8 text (byte {err.start}: {err.reason}); "
+        raise SettingError(f"task.path={path}: not UTF-8 text (byte {err.start}: {err.reason}); "
                          "give a text file") from None
     if "\x00" in text:
-        raise ValueError(f"task.path={path}: a binary file (it holds NUL characters); give a "
+        raise SettingError(f"task.path={path}: a binary file (it holds NUL characters); give a "
                          "text file")
     return text[:max_chars]
 
@@ -102,7 +103,7 @@ class CharLM(Task):
         if not 0.0 < eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
         if path is not None and corpus != "stdlib":
-            raise ValueError(f"task.corpus={corpus}: read only without task.path (the text "
+            raise SettingError(f"task.corpus={corpus}: read only without task.path (the text "
                              f"is {path})")
         if path is not None and not Path(path).is_file():
             raise DatasetNotFoundError(f"task charlm: task.path={path} is not a file")
