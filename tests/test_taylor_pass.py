@@ -110,6 +110,29 @@ def test_the_graph_is_compiled_once_while_nothing_changes(monkeypatch):
     assert disagreement(moved, double_backward(model, classify, params, d, batch)) < 1e-9
 
 
+@pytest.mark.parametrize("passes_left, modes", [
+    (lambda: 10, ["interpreted"] * 6),  # seconds saved, a minute's compile: never
+    (lambda: 1e12, ["interpreted", "interpreted", "compiled", "compiled", "compiled", "compiled"]),
+])
+def test_the_jet_is_compiled_once_it_pays_for_itself(monkeypatch, passes_left, modes):
+    """Given the run's passes left, the jet runs interpreted, and is compiled only once the
+    time a compiled pass saves over them exceeds a compile's (after two timed passes); its
+    first compiled pass is checked against the interpreted one, as at first use."""
+    model, batch, params, d = tempered_case()
+    compiled, checked = [], []
+    monkeypatch.setattr(taylor, "_compile", lambda graph, example: (compiled.append(1), graph)[1])
+    dd = DirectionalDerivatives(model, classify, passes_left=passes_left)
+    original = dd._check_compiled
+    monkeypatch.setattr(dd, "_check_compiled", lambda *a: (checked.append(1), original(*a))[1])
+    reference = double_backward(model, classify, params, d, batch)
+    seen = []
+    for _ in modes:
+        assert disagreement(dd.derivatives(params, d, batch), reference) < 1e-9
+        seen.append(dd.taylor_mode)
+    assert seen == modes
+    assert len(compiled) == len(checked) == ("compiled" in modes)
+
+
 def test_a_compile_failure_runs_interpreted_with_one_warning(monkeypatch):
     model, batch, params, d = tempered_case()
 

@@ -175,7 +175,10 @@ class DirectionalDerivatives:
             (``loss_fn(model, batch) -> scalar``; it must use the model it is given).
         autocast: zero-argument factory of the training autocast context.
         check_every: check the Taylor pass against a reference path on its first use and,
-            if > 0, every ``check_every``-th use after.
+            if > 0, every ``check_every``-th use after (and a compiled pass against the
+            same graph interpreted on its first use).
+        passes_left: the passes the run still expects (``TaylorPass``: compile the jet
+            once that pays for itself; None: at once).
 
     Attributes (what the last ``derivatives`` call did, for diagnostics):
         path: the path that gave the result, or "none" when none could.
@@ -192,13 +195,13 @@ class DirectionalDerivatives:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn,
                  autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 check_every: int = 0) -> None:
+                 check_every: int = 0, passes_left: Callable[[], float] | None = None) -> None:
         self.model = original_module(model)
         self.loss_fn = loss_fn
         self.autocast = autocast or contextlib.nullcontext
         self.check_every = check_every
         self._bound = BoundLoss(self.model, loss_fn)
-        self._taylor_pass = TaylorPass(self._bound)
+        self._taylor_pass = TaylorPass(self._bound, passes_left=passes_left)
         self.path = ""
         self.taylor_mode = ""
         self.counts: Counter[str] = Counter()
@@ -207,6 +210,7 @@ class DirectionalDerivatives:
         self.precision_error = math.nan
         self.taylor_autocast = True
         self._checks = 0
+        self._compiled_checked = False
 
     # ----------------------------------------------------------------------- dispatch
     def derivatives(self, params: list[torch.Tensor], d: list[torch.Tensor], batch: Any,
@@ -233,6 +237,8 @@ class DirectionalDerivatives:
                     self.taylor_mode = self._taylor_pass.mode
                     if self._check_due():
                         value = self._check(params, d, batch, value)
+                    elif self.taylor_mode == "compiled" and not self._compiled_checked:
+                        value = self._check_compiled(params, d, batch, value)  # compiled late
             except Exception as err:  # this path can't, for this model: the next one takes over
                 self._give_up(path, err)
                 continue
@@ -386,6 +392,7 @@ class DirectionalDerivatives:
                     p.grad = g
 
     def _check_compiled(self, params, d, batch, compiled: tuple[float, float]) -> tuple[float, float]:
+        self._compiled_checked = True
         interpreted = self.run("taylor", params, d, batch, compile=False)
         if not all(map(math.isfinite, interpreted)):  # nothing to learn here
             return compiled

@@ -67,6 +67,15 @@ aten = torch.ops.aten
 
 log = logging.getLogger(__name__)
 _compile_seconds, _timing = 0.0, False
+_compile_durations: list[float] = []  # each jet graph's compile in this process, seconds
+
+# What compiling a jet graph costs and saves, to compile only where it pays for itself over
+# the passes a run has left (``TaylorPass.compile_pays``): a first compile's seconds (this
+# project's 2-core CPU, cold cache: 37-165 s for 2-layer models; a later one is expected to
+# take what this process's took), and a compiled pass's time as a share of the same graph
+# interpreted (0.79 on the CNN, 0.57 on the char-GPT under bf16, both on this CPU).
+FIRST_COMPILE_S = 60.0
+COMPILED_SHARE = 0.7
 
 
 def compiling_now() -> bool:
@@ -341,6 +350,7 @@ class _JetGraph:
         # per (moving inputs, compiled?): the jet's runner and how it runs
         self.runners: dict[tuple, Callable[..., Any]] = {}
         self.modes: dict[tuple, str] = {}
+        self.interpreted_s: list[float] = []  # passes run interpreted until compiling pays
 
     def __call__(self, *args: Any) -> Any:
         request = self.owner.request
@@ -349,13 +359,19 @@ class _JetGraph:
                 return tuple(interpret(self.graph, list(args)))
         moving = tuple(i for i, x in enumerate(args) if id(x) in request.tangents)
         tangents = [request.tangents[id(args[i])] for i in moving]
-        key = (moving, request.compile, request.order)
+        compile = request.compile and self.owner.compile_pays(self.interpreted_s)
+        key = (moving, compile, request.order)
         if key not in self.runners:
             self.runners[key], self.modes[key] = self._build(moving, list(args), tangents,
-                                                             request.compile, request.order)
+                                                             compile, request.order)
+        started = time.perf_counter()
         try:
             with torch.no_grad(), _no_autocast():
                 out = self.runners[key](*args, *tangents)
+                if request.compile and not compile:  # timed, to see when compiling pays
+                    if any(isinstance(x, torch.Tensor) and x.is_cuda for x in args):
+                        torch.cuda.synchronize()
+                    self.interpreted_s.append(time.perf_counter() - started)
         except Exception as err:  # the jet itself can't (not the capture): no eager retry
             request.error = err if isinstance(err, TaylorUnsupported) else TaylorUnsupported(
                 f"the jet of the captured graph failed ({_first_line(err)})")
@@ -411,7 +427,8 @@ def _compile(graph: torch.fx.GraphModule, example: list[Any]) -> Callable[..., A
         log.info("compiling the curvature pass (%d ops; once per graph, up to a minute or two "
                  "on a CPU)", len(graph.graph.nodes))
         compiled = compile_fx(graph, example)
-    log.info("compiled the curvature pass in %.0f s", time.perf_counter() - started)
+    _compile_durations.append(time.perf_counter() - started)
+    log.info("compiled the curvature pass in %.0f s", _compile_durations[-1])
     return compiled
 
 
@@ -632,12 +649,17 @@ class TaylorPass:
             model's, uncompiled).
         compile: compile the jet graph with inductor (False: interpret it; None: unless
             the environment says ``GENLR_TAYLOR_COMPILE=0``).
+        passes_left: how many passes the run still expects to make (its owner knows the
+            run's length); the jet graph then runs interpreted until compiling it pays for
+            itself over them (``compile_pays``). None: compile at once.
     """
 
-    def __init__(self, bound: nn.Module, compile: bool | None = None) -> None:
+    def __init__(self, bound: nn.Module, compile: bool | None = None,
+                 passes_left: Callable[[], float] | None = None) -> None:
         self.bound = bound
         self.compile = (os.environ.get("GENLR_TAYLOR_COMPILE", "1") != "0" if compile is None
                         else compile)
+        self.passes_left = passes_left
         self.mode = ""
         self.request: _Request | None = None
         self.uncaptured = ""  # why the loss can't be captured as one graph ("": it can)
@@ -718,6 +740,20 @@ class TaylorPass:
                 curvature = float(request.curvatures[i]) if request.curvatures else math.nan
                 return float(v), float(request.slopes[i]), curvature
         raise TaylorUnsupported("the loss is none of the captured graph's outputs")
+
+    def compile_pays(self, interpreted_s: list[float]) -> bool:
+        """Whether compiling a graph's jet now saves more than it costs: the passes left
+        times what a compiled pass saves on the fastest interpreted one (the first warms
+        up) against a compile's expected seconds (``FIRST_COMPILE_S``, ``COMPILED_SHARE``).
+        A short run on a CPU never waits a minute for a compile that saves it seconds; a
+        long one, or a GPU's launch-bound interpreted pass, compiles after two passes."""
+        if self.passes_left is None:
+            return True
+        if len(interpreted_s) < 2:
+            return False
+        expected = (sum(_compile_durations) / len(_compile_durations) if _compile_durations
+                    else FIRST_COMPILE_S)
+        return self.passes_left() * min(interpreted_s[1:]) * (1 - COMPILED_SHARE) > expected
 
     def compile_failed(self, err: BaseException) -> None:
         if not self._compile_warned:

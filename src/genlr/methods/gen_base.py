@@ -222,6 +222,11 @@ class GeNBase(LRMethod):
                  loss) -> tuple[float | None, dict[str, float], Any]:
         raise NotImplementedError
 
+    def probes_left(self) -> float:
+        """The probes the run still expects at the lazy pace (``every``): what a one-off
+        cost of probing (compiling the Taylor pass) is weighed against."""
+        return max(self.total_steps - self.step_count, 0) / self.every
+
     def horizon_scale(self, step: int | None = None) -> float:
         """The factor ``scale`` puts on the GeN learning rate at ``step`` (default: now)."""
         if self.scale == "constant":  # no horizon needed

@@ -64,7 +64,8 @@ class ExactGeN(GeNBase):
         if check_every < 0:
             raise ValueError(f"check_every must be >= 0, got {check_every}")
         self.curvature_mode, self.curvature_batch = curvature, curvature_batch
-        self.derivatives = DirectionalDerivatives(model, loss_fn, self.autocast, check_every)
+        self.derivatives = DirectionalDerivatives(model, loss_fn, self.autocast, check_every,
+                                                  self.probes_left if self.total_steps else None)
 
     def estimate(self, params, d, batch, same, loss):
         self.shift(params, d, 0.0, current=1.0)  # back to theta: the derivatives are taken there

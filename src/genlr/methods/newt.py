@@ -137,7 +137,9 @@ class Newt(LRMethod):
         self._jet: TaylorPass | None = None
         self._jet_checked = False
         if lookahead == "probe" and model is not None and loss_fn is not None:
-            self._jet = TaylorPass(BoundLoss(original_module(model), loss_fn))
+            steps_left = lambda: max(self.total_steps - self.step_count, 0)  # noqa: E731
+            self._jet = TaylorPass(BoundLoss(original_module(model), loss_fn),
+                                   passes_left=steps_left if self.total_steps else None)
 
     # ----------------------------------------------------------------------- step
     def step(self, batch: Any = None, loss: torch.Tensor | None = None,
