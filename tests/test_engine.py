@@ -172,15 +172,31 @@ def test_divergence_keeps_logs_plots_and_last_good_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("lr", sorted(METHODS))
 def test_every_method_trains_under_bf16_autocast_on_cpu(lr, tmp_path):
-    run = RunSpec(task={"name": "logreg"}, model={"name": "mlp", "hidden": [16]},
-                  optimizer={"name": "sgd", "lr": 0.05}, lr={"name": lr},
-                  trainer=TrainerConfig(amp="bf16", max_steps=6, batch_size=64, progress=False,
-                                        plots=False))
-    summary = train(run, tmp_path)
+    """A run under bf16 completes, and a method that rescales the step moves the lr as in float32
+    (the engine hands its probes the training autocast, and they measure under it): the
+    lowest, highest and final lr of the run, each against the first, to bf16's rounding."""
+    def run(amp):
+        # AdamW at lr 1: GeN's search cuts it, Newt scales it back, Polyak's ratio is below
+        # its cap, so that every measuring method moves within the run
+        spec = RunSpec(task={"name": "logreg"}, model={"name": "mlp", "hidden": [16]},
+                       optimizer={"name": "adamw", "lr": 1.0}, lr={"name": lr},
+                       trainer=TrainerConfig(amp=amp, max_steps=6, batch_size=64,
+                                             progress=False, plots=False))
+        return train(spec, tmp_path / amp)
+
+    def moves(summary):
+        return [math.log(summary["lr"][key] / summary["lr"]["initial"])
+                for key in ("min", "max", "final")]
+
+    summary = run("bf16")
     assert summary["status"] == "completed", summary["message"]
     assert summary["amp"] == "bf16"
     assert summary["lr"]["initial"] > 0  # schedules may end at 0; nothing may be NaN
     assert all(v is not None and v >= 0 for v in summary["lr"].values())
+    if METHODS[lr].rescales_step:
+        full = run("off")
+        assert any(moves(full)), f"{lr} kept its lr in float32: start where it moves"
+        assert moves(summary) == pytest.approx(moves(full), rel=0.1)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from genlr.models import MODELS, IncompatibleModelError, build_model
-from genlr.options import options_of
+from genlr.options import check_options, options_of
 from genlr.tasks import build_task
 from genlr.tasks.base import Task
 
@@ -26,11 +26,21 @@ GREY, COLOUR, VECTOR = Shaped((1, 28, 28)), Shaped((3, 32, 32)), Shaped((20,), o
 
 
 def test_registry_and_options():
+    """A name the registry does not hold is refused naming every one it does; each builder's
+    options (keyword-only, each with a default its own declaration allows) are the ones
+    build_model takes: one the builder does not have is refused naming them."""
     assert set(MODELS) >= {"mlp", "linear", "cnn", "resnet18", "vit", "coords"}
-    for builder in MODELS.values():
-        options_of(builder)
-    with pytest.raises(ValueError, match="mlp.*cnn"):
+    with pytest.raises(ValueError) as refused:
         build_model("alexnet", GREY)
+    assert str(refused.value) == f"model='alexnet': choose one of: {', '.join(MODELS)}"
+    for name, builder in MODELS.items():
+        options = options_of(builder)  # raises for an option without a default
+        check_options("model", name, options, {o.name: o.default for o in options})
+        names = ", ".join(o.name for o in options)
+        with pytest.raises(ValueError) as refused:
+            build_model(name, GREY, bogus=1)
+        assert str(refused.value) == (f"model.bogus: model={name} has no such key; "
+                                      + (f"choose one of: {names}" if names else "it has none"))
 
 
 @pytest.mark.parametrize("name", ["mlp", "linear", "cnn", "vit"])

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from genlr.methods import METHODS, Hypergradient, IncompatibleOptimizerError, Polyak
+from genlr.methods import Hypergradient, IncompatibleOptimizerError, Polyak, build_lr_method
 
 A = torch.tensor([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.0]], dtype=torch.float64)
 B = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
@@ -35,7 +35,18 @@ def backward(param: torch.nn.Parameter) -> torch.Tensor:
 
 
 def test_registered():
-    assert METHODS["polyak"] is Polyak and METHODS["hypergradient"] is Hypergradient
+    """``lr=polyak`` and ``lr=hypergradient`` build these methods with the options given, as
+    gen-train's engine builds them (``build_lr_method``), not their defaults."""
+    opt = torch.optim.SGD([torch.nn.Parameter(THETA0.clone())], lr=0.1)
+    polyak = build_lr_method("polyak", opt, c=0.2, f_star=-1.0, lr_max=2.0, growth=1.5, eps=1e-9)
+    assert type(polyak) is Polyak
+    assert (polyak.c, polyak.f_star, polyak.lr_max, polyak.growth, polyak.eps) == (
+        0.2, -1.0, 2.0, 1.5, 1e-9)
+    hyper = build_lr_method("hypergradient", opt, beta=0.01, rule="multiplicative",
+                            lr_min=1e-4, lr_max=2.0)
+    assert type(hyper) is Hypergradient
+    assert (hyper.beta, hyper.rule, hyper.lr_min, hyper.lr_max) == (
+        0.01, "multiplicative", 1e-4, 2.0)
 
 
 # ----------------------------------------------------------------------------- Polyak

@@ -1,8 +1,9 @@
 """Bad command lines: each must exit with status 2 and exactly one line on stderr that
-names the key (the table's text), never a traceback, and leave no run behind (no run
-folder, no summary.json). One table, run two ways: every row in-process through gen-train's
-``main`` in the default suite, and every row through the real gen-train console script
-under ``-m slow`` (a few representative rows by default)."""
+says the table's text (the key, the bad value, what is allowed or what to do), never a
+traceback, and leave no run behind (no run folder, no summary.json). One table, run two
+ways: every row in-process through gen-train's ``main`` in the default suite, and every row
+through the real gen-train console script under ``-m slow`` (a few representative rows by
+default)."""
 
 from __future__ import annotations
 
@@ -29,81 +30,95 @@ GEN_TRAIN = str(Path(sys.executable).with_name("gen-train"))
 BASE = ["task=logreg", "model=mlp", "trainer.max_steps=2"]  # quick, no data on disk
 LONG_NAME = "a" * 300  # longer than any file system takes for one name
 
-# (arguments, text the one line must contain: the key, and where it matters the value and
-# what is allowed). Flags come first (the overrides follow them, as Hydra reads them). In
-# each row's scratch folder {tmp}: `a_file` (empty) and `binary` (bytes).
+# (arguments, text the one line must contain: the key, the bad value and what is allowed or
+# what to do, as the user reads them; a list of choices only up to its first names, so that a
+# new option does not change the table). Flags come first (the overrides follow them, as
+# Hydra reads them). In each row's scratch folder {tmp}: `a_file` (empty) and `binary` (bytes).
 TABLE: list[tuple[list[str], str]] = [
     # config groups: unknown options
     (["lr=nonexistent"], "lr='nonexistent': choose one of: constant, cosine, "),
-    (["task=imagenet"], "task='imagenet': choose one of: beale, charlm, cifar10, "),
-    (["model=transformer9"], "model='transformer9': choose one of: cnn, coords, gpt, "),
-    (["optimizer=lamb"], "optimizer='lamb': choose one of: adagrad, adam, adamw, "),
+    (["task=imagenet"], "task='imagenet': choose one of: beale, charlm, "),
+    (["model=transformer9"], "model='transformer9': choose one of: cnn, coords, "),
+    (["optimizer=lamb"], "optimizer='lamb': choose one of: adagrad, adam, "),
     (["trainer=fast"], "trainer='fast': choose one of: default"),
-    (["experiment=nope"], "experiment='nope': choose one of: lr_sensitivity, "),
-    (["hydra/launcher=nope"], "hydra/launcher='nope': choose one of: basic, "),
-    (["lr="], "lr='': choose one of: constant, "),
-    (["lr=cösine"], "cannot parse 'lr=cösine'"),
-    (["size=gpu"], "size=gpu sizes a workload: add workload=<name>"),
+    (["experiment=nope"], "experiment='nope': choose one of: lr_sensitivity, method_comparison, "),
+    (["hydra/launcher=nope"], "hydra/launcher='nope': choose one of: basic, joblib, "),
+    (["lr="], "lr='': choose one of: constant, cosine, "),
+    (["lr=cösine"], "cannot parse 'lr=cösine': token recognition error at: 'ö' (write "
+                    "key=value; quote a value with special characters: key='a value')"),
+    (["size=gpu"], "size=gpu sizes a workload: add workload=<name> (see gen-train --help)"),
     (["workload=cifar10_resnet18", "size=cpu"], "size='cpu': choose one of: gpu"),
     (["workload=fmnist_cnn", "size=tpu"], "size='tpu': choose one of: cpu, gpu"),
-    (["workload=nope"], "workload='nope': choose one of: charlm_gpt, "),
+    (["workload=nope"], "workload='nope': choose one of: charlm_gpt, cifar10_resnet18, "),
     (["workload=fmnist_linear", "optimizer=prodigy"],
      "optimizer=prodigy does not fit workload=fmnist_linear: the workload sets optimizer.momentum "
      "for its optimizer=sgd, an option optimizer=prodigy does not have; drop optimizer=prodigy, "
      "or drop workload= and choose the settings yourself"),
     (["workload=charlm_gpt", "task=mnist"],
      "task=mnist does not fit workload=charlm_gpt: the workload sets task.max_chars for its "
-     "task=charlm, an option task=mnist does not have"),
+     "task=charlm, an option task=mnist does not have; drop task=mnist, or drop workload= and "
+     "choose the settings yourself"),
     (["lr=[constant,cosine]"], "lr=[constant,cosine]: lr is a config group and takes one option; "
                                "to run each as its own job, sweep: gen-train -m lr=constant,cosine"),
-    (["optimizer=[sgd]"], "optimizer=[sgd]: optimizer is a config group and takes one option"),
+    (["optimizer=[sgd]"], "optimizer=[sgd]: optimizer is a config group and takes one option; to "
+                         "run each as its own job, sweep: gen-train -m optimizer=sgd"),
     # trainer settings
     (["trainer.max_steps=abc"], "trainer.max_steps: Value 'abc' of type 'str' could not be converted to Integer"),
-    (["trainer.max_steps=2.5"], "trainer.max_steps"),
+    (["trainer.max_steps=2.5"],
+     "trainer.max_steps: Value '2.5' of type 'float' could not be converted to Integer"),
     (["trainer.max_steps=0"], "trainer.max_steps=0: must be >= 1"),
-    (["trainer.compile=maybe"], "trainer.compile"),
+    (["trainer.compile=maybe"], "trainer.compile: Value 'maybe' is not a valid bool (type str)"),
     (["trainer.batch_size=0"], "trainer.batch_size=0: must be >= 1"),
-    (["trainer.batch_size=-4"], "trainer.batch_size"),
+    (["trainer.batch_size=-4"], "trainer.batch_size=-4: must be >= 1"),
     (["trainer.batch_size=100000"],
      "trainer.batch_size=100000: task logreg has 4096 training examples; choose at most 4096"),
     (["task.train_samples=100", "trainer.batch_size=101"],
      "trainer.batch_size=101: task logreg has 100 training examples; choose at most 100"),
-    (["task=charlm", "model=gpt", "trainer.batch_size=100000"],
-     "training windows of block_size + 1 = 65 characters; choose at most"),
+    # (a corpus of 10000 characters: the default one, this Python's standard library, and the
+    # count of its windows change with the Python)
+    (["task=charlm", "model=gpt", "task.max_chars=10000", "trainer.batch_size=100000"],
+     "trainer.batch_size=100000: task charlm has 140 training windows of block_size + 1 = 65 "
+     "characters; choose at most 140"),
     (["trainer.overwrite=true", "trainer.resume=auto"],
      "trainer.overwrite=true and trainer.resume=auto: the one starts over, the other "
      "continues; give one of them"),
-    (["trainer.eval_batch_size=0"], "trainer.eval_batch_size"),
-    (["trainer.epochs=0"], "trainer.epochs"),
-    (["trainer.log_every=0"], "trainer.log_every"),
-    (["trainer.eval_every=-1"], "trainer.eval_every"),
-    (["trainer.checkpoint_every=-5"], "trainer.checkpoint_every"),
-    (["trainer.profile_every=-1"], "trainer.profile_every"),
+    (["trainer.eval_batch_size=0"], "trainer.eval_batch_size=0: must be >= 1"),
+    (["trainer.epochs=0"], "trainer.epochs=0: must be >= 1"),
+    (["trainer.log_every=0"], "trainer.log_every=0: must be >= 1"),
+    (["trainer.eval_every=-1"], "trainer.eval_every=-1: must be >= 0"),
+    (["trainer.checkpoint_every=-5"], "trainer.checkpoint_every=-5: must be >= 0"),
+    (["trainer.profile_every=-1"], "trainer.profile_every=-1: must be >= 0"),
     (["trainer.amp=fp8"], "trainer.amp='fp8': choose one of: off, bf16, fp16"),
     (["trainer.device=tpu"], "trainer.device='tpu': choose one of: auto, cpu, cuda"),
     (["trainer.strategy=fsdp"], "trainer.strategy='fsdp': choose one of: single, ddp"),
-    (["trainer.strategy=ddp"], "trainer.strategy=ddp needs torchrun"),
-    (["trainer.foo=1"], "trainer.foo: no such key; choose one of: device, "),
-    (["trainer.batch_sze=4"], "trainer.batch_sze: no such key; choose one of: device, "),
-    (["+trainer.foo=1"], "trainer.foo"),
-    (["~trainer.max_steps"], "~trainer.max_steps: a setting cannot be removed"),
-    (["trainer.resume={tmp}/missing"], "trainer.resume"),
-    (["trainer.resume=true"], "trainer.resume"),
+    (["trainer.strategy=ddp"], "trainer.strategy=ddp needs torchrun: torchrun --nproc_per_node=N "
+                              "$(which gen-train) trainer.strategy=ddp ..."),
+    (["trainer.foo=1"], "trainer.foo: no such key; choose one of: device, strategy, "),
+    (["trainer.batch_sze=4"], "trainer.batch_sze: no such key; choose one of: device, strategy, "),
+    (["+trainer.foo=1"], "trainer.foo: no such key; choose one of: device, strategy, "),
+    (["~trainer.max_steps"], "~trainer.max_steps: a setting cannot be removed; give it a value "
+                            "instead (trainer.max_steps=...)"),
+    (["trainer.resume={tmp}/missing"], "trainer.resume: no checkpoint at {tmp}/missing"),
+    (["trainer.resume=true"], "trainer.resume: no checkpoint at {tmp}/run/checkpoints/last.pt"),
     # the seed
-    (["seed=abc"], "seed"),
-    (["seed=1.5"], "seed"),
-    (["seed=99999999999999999999"], "seed=99999999999999999999: out of range"),
-    (["seed=null"], "seed"),
-    (["task=rosenbrock", "model=coords", "seed=3"], "seed=3: task=rosenbrock does not depend on the seed"),
+    (["seed=abc"], "seed: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer"),
+    (["seed=99999999999999999999"],
+     "seed=99999999999999999999: out of range; choose an integer in [-2**63, 2**64)"),
+    (["seed=null"], "seed: field 'seed' is not Optional"),
+    (["task=rosenbrock", "model=coords", "seed=3"],
+     "seed=3: task=rosenbrock does not depend on the seed (a fixed start and no data); set "
+     "task.start_noise > 0 to draw the start from the seed"),
     # optimizer options
-    (["optimizer.lr=abc"], "optimizer.lr"),
+    (["optimizer.lr=abc"], "optimizer.lr: Value 'abc' of type 'str' could not be converted to Float"),
     (["optimizer.lr=inf"], "optimizer.lr=inf: not a finite number"),
-    (["optimizer.lr=1e400"], "optimizer.lr"),
+    (["optimizer.lr=1e400"], "optimizer.lr=inf: not a finite number"),
     (["optimizer.lr=nan"], "optimizer.lr=nan: not a finite number"),
     (["optimizer.lr=-1"], "optimizer.lr=-1.0: must be >= 0"),
     (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: needs 2 values, got 1"),
     (["optimizer.betas=[0.9,0.99,0.999]"], "optimizer.betas=[0.9, 0.99, 0.999]: needs 2 values, got 3"),
-    (["optimizer.betas=0.9"], "optimizer.betas"),
+    (["optimizer.betas=0.9"],
+     "optimizer.betas: Invalid value assigned: float is not a ListConfig, list or tuple."),
     # ... each within what its optimizer's maths needs (genlr.options.Range in the signature)
     (["optimizer.betas=[0.9,2]"], "optimizer.betas=[0.9, 2.0]: each value must be in [0, 1)"),
     (["optimizer.betas=[1.0,0.999]"], "optimizer.betas=[1.0, 0.999]: each value must be in [0, 1)"),
@@ -148,82 +163,119 @@ TABLE: list[tuple[list[str], str]] = [
     (["optimizer=dadapt_sgd", "lr=constant", "optimizer.momentum=1"], "optimizer.momentum=1.0: must be in [0, 1)"),
     (["optimizer=gen_optim_sgd", "lr=constant", "optimizer.every=0"], "optimizer.every=0: must be >= 1"),
     (["optimizer=gen_optim_adamw", "lr=constant", "optimizer.scale=0"], "optimizer.scale=0.0: must be > 0"),
-    (["optimizer.foo=1"], "optimizer.foo: optimizer=adamw has no such key; choose one of: lr, "),
-    (["+optimizer.foo=1"], "optimizer.foo"),
+    (["optimizer.foo=1"],
+     "optimizer.foo: optimizer=adamw has no such key; choose one of: lr, betas, "),
+    (["+optimizer.foo=1"],
+     "optimizer.foo: optimizer=adamw has no such key; choose one of: lr, betas, "),
     # lr-method options
-    (["lr.foo=1"], "lr.foo: lr=gen_parabola has no such key; choose one of: rule, "),
-    (["+lr.foo=1"], "lr.foo"),
+    (["lr.foo=1"], "lr.foo: lr=gen_parabola has no such key; choose one of: rule, window, "),
+    (["+lr.foo=1"], "lr.foo: lr=gen_parabola has no such key; choose one of: rule, window, "),
     (["lr=constant", "lr.foo=1"], "lr.foo: lr=constant has no such key; it has none"),
-    (["lr.r2_min=2"], "r2_min"),
+    (["lr.r2_min=2"], "lr.r2_min=2.0 is read only with more than three points"),
     (["lr.scale=foo"], "lr.scale='foo': choose one of: constant, linear, cosine"),
-    (["lr.every=0"], "every"),
-    (["lr.smoothing=1.5"], "smoothing"),
-    (["lr.points=[0,1]"], "points"),
-    (["lr=cosine", "lr.final_factor=2"], "final_factor must be a fraction in [0, 1], got 2"),
-    (["lr=cosine", "lr.final_factor=abc"], "lr.final_factor"),
+    (["lr.every=0"], "lr=gen_parabola: every must be >= 1, got 0"),
+    (["lr.smoothing=1.5"], "lr.smoothing=1.5 is read only with rule='line_search'"),
+    (["lr.points=[0,1]"],
+     "lr=gen_parabola: points must be at least three distinct values, got [0.0, 1.0]"),
+    (["lr=cosine", "lr.final_factor=2"], "lr=cosine: final_factor must be a fraction in [0, 1], got 2.0"),
+    (["lr=cosine", "lr.final_factor=abc"],
+     "lr.final_factor: Value 'abc' of type 'str' could not be converted to Float"),
     (["lr=newt", "lr.approx=exact"], "lr.approx='exact': choose one of: secant, taylor"),
-    (["lr=step", "lr.milestones=abc"], "lr.milestones"),
+    (["lr=step", "lr.milestones=abc"],
+     "lr.milestones: Invalid value assigned: str is not a ListConfig, list or tuple."),
+    (["optimizer=prodigy", "lr=gen_parabola"],
+     "lr=gen_parabola: ParabolaGeN rescales the optimizer's step, which needs an update linear in "
+     "lr; Prodigy is not (use one of: SGD, Adam, AdamW, "),
     (["lr=onecycle", "lr.anneal=cosine"], "lr.anneal='cosine': choose one of: cos, linear"),
     (["lr=hypergradient", "lr.rule=exp"], "lr.rule='exp': choose one of: additive, multiplicative"),
-    (["optimizer=prodigy", "lr=gen_parabola"], "linear in lr"),
     (["optimizer=gen_optim_adamw", "task=quadratic", "model=coords", "lr=constant"],
-     "the authors' GeN (gen-optim) fits a cross-entropy loss; task quadratic is not a "
-     "classification task"),
-    (["optimizer=gen_optim_adamw", "lr=gen_parabola"], "needs an update linear in lr"),
+     "optimizer=gen_optim_adamw: the authors' GeN (gen-optim) fits a cross-entropy loss; task "
+     "quadratic is not a classification task"),
+    (["optimizer=gen_optim_adamw", "lr=gen_parabola"],
+     "lr=gen_parabola: ParabolaGeN rescales the optimizer's step, which needs an update linear in "
+     "lr; GeNReference is not (use one of: SGD, Adam, AdamW, "),
     (["optimizer=gen_optim_sgd", "lr=cosine"],
      "optimizer=gen_optim_sgd: it sets its own learning rate: use lr=constant, not lr=cosine"),
     (["optimizer=gen_optim_adamw", "lr=constant", "trainer.strategy=ddp"],
      "optimizer=gen_optim_adamw: it runs in one process: trainer.strategy=ddp is not for it"),
-    (["lr=newt", "optimizer.lr=0"], "optimizer.lr=0.0: Newt rescales the optimizer's step"),
-    (["lr=gen_exact", "optimizer.lr=0"], "optimizer.lr=0.0: ExactGeN rescales the optimizer's step"),
+    (["lr=newt", "optimizer.lr=0"], "optimizer.lr=0.0: Newt rescales the optimizer's step, which is "
+                                   "zero at lr 0; start from a positive lr"),
+    (["lr=gen_exact", "optimizer.lr=0"], "optimizer.lr=0.0: ExactGeN rescales the optimizer's step, "
+                                        "which is zero at lr 0; start from a positive lr"),
     # tasks and models
-    (["task=quadratic", "model=cnn"], "model=cnn: model 'cnn' needs images"),
-    (["model=coords"], "model"),
-    (["model.foo=1"], "model.foo"),
+    (["task=quadratic", "model=cnn"], "model=cnn: model 'cnn' needs images (channels, height, width); "
+                                     "task 'quadratic' has coordinates (use model=coords)"),
+    (["model=coords"], "model=coords: model 'coords' needs a coordinate problem (quadratic, "
+                        "rosenbrock, beale); task 'logreg' has data (use model=linear)"),
+    (["model.foo=1"],
+     "model.foo: model=mlp has no such key; choose one of: hidden, activation, dropout"),
+    (["task=fashion_mnist", "model=cnn", "task.train_size=-10"],
+     "task=fashion_mnist: train_size must be a positive number of examples (or null for all of "
+     "them), got -10"),
+    (["task=fashion_mnist", "model=cnn", "task.train_size=0"],
+     "task=fashion_mnist: train_size must be a positive number of examples (or null for all of "
+     "them), got 0"),
     (["model.activation=swish"], "model.activation='swish': choose one of: relu, gelu, tanh, silu"),
-    (["task=fashion_mnist", "model=cnn", "task.train_size=-10"], "train_size"),
-    (["task=fashion_mnist", "model=cnn", "task.train_size=0"], "train_size"),
     (["task=mnist", "model=cnn", "task.download=false", "task.data_root={tmp}/nowhere"],
      "task.data_root={tmp}/nowhere: no mnist data there (MNIST/raw/); put the files there "
      "(torchvision's layout), or set task.download=true to download them"),
     (["task=fashion_mnist", "model=cnn", "task.data_root={tmp}/a_file"],
      "task.data_root={tmp}/a_file: it is a file; give the folder that holds the fashion_mnist "
      "data"),
-    (["task=mnist", "model=cnn", "task.data_root="], "task.data_root='': no folder"),
-    (["task=charlm", "model=gpt", "task.path={tmp}/binary"], "task.path={tmp}/binary: not UTF-8 text"),
+    (["task=mnist", "model=cnn", "task.data_root="],  # (the default folder is this machine's)
+     "task.data_root='': no folder; give the folder that holds the data, or null for the default ("),
+    (["task=charlm", "model=gpt", "task.path={tmp}/binary"],
+     "task.path={tmp}/binary: not UTF-8 text (byte 128: invalid start byte); give a text file"),
     (["task=charlm", "model=gpt", "task.path={tmp}/missing"],
      "task charlm: task.path={tmp}/missing is not a file"),
-    (["task=quadratic", "model=coords", "task.dim=0"], "dim"),
-    (["task=quadratic", "model=coords", "task.condition=0.5"], "condition"),
-    (["task=quadratic", "model=coords", "task.steps_per_epoch=0"], "steps_per_epoch"),
-    (["task=quadratic", "model=coords", "task.start_noise=-1"], "start_noise"),
-    (["+foo=1"], "foo: no such key; choose one of: task, "),
-    (["foo=1"], "foo: no such key; choose one of: task, "),
+    (["task=quadratic", "model=coords", "task.dim=0"],
+     "task=quadratic: quadratic needs dim >= 1 and condition >= 1, got dim=0, condition=100.0"),
+    (["task=quadratic", "model=coords", "task.condition=0.5"],
+     "task=quadratic: quadratic needs dim >= 1 and condition >= 1, got dim=20, condition=0.5"),
+    (["task=quadratic", "model=coords", "task.steps_per_epoch=0"],
+     "task=quadratic: steps_per_epoch must be at least 1, got 0"),
+    (["task=quadratic", "model=coords", "task.start_noise=-1"],
+     "task=quadratic: start_noise must be >= 0, got -1.0"),
+    (["+foo=1"], "foo: no such key; choose one of: task, model, "),
+    (["foo=1"], "foo: no such key; choose one of: task, model, "),
     # Hydra's settings, sweeps and flags
-    (["hydra.run.dir="], "hydra.run.dir is empty"),
+    (["hydra.run.dir="], "hydra.run.dir is empty; give the run a folder (hydra.run.dir=runs/NAME)"),
     (["hydra.run.dir=/proc/x"], "hydra.run.dir=/proc/x: cannot create folders in /proc"),
     (["hydra.run.dir={tmp}/a_file/run"], "hydra.run.dir={tmp}/a_file/run: {tmp}/a_file is not a directory"),
-    ([f"hydra.run.dir={{tmp}}/{LONG_NAME}/run"], "is 300 bytes long; the file system takes at most"),
-    (["-m", f"hydra.sweep.subdir={LONG_NAME}"], "hydra.sweep.subdir"),
-    (["hydra.job.chdir=${{oops}}"], "hydra.job.chdir"),
-    (["optimizer.lr=${{now:}}"], "optimizer.lr: TypeError raised while resolving interpolation"),
-    (["hydra.foo=1"], "hydra.foo: no such key; choose one of: "),
-    (["lr=constant,cosine"], "'lr=constant,cosine' sweeps over several values: add -m"),
-    (["-m", "lr=constant,nope"], "lr='nope': choose one of: constant, "),
+    ([f"hydra.run.dir={{tmp}}/{LONG_NAME}/run"],
+     f"hydra.run.dir={{tmp}}/{LONG_NAME}/run: the folder name {'a' * 20}... is 300 bytes long; "
+     "the file system takes at most 255"),
+    (["-m", f"hydra.sweep.subdir={LONG_NAME}"],
+     f"hydra.sweep.subdir={{tmp}}/sweep/{LONG_NAME}: the folder name {'a' * 20}... is 300 bytes "
+     "long; the file system takes at most 255"),
+    (["hydra.job.chdir=${{oops}}"], "hydra.job.chdir: Interpolation key 'oops' not found"),
+    (["optimizer.lr=${{now:}}"], "optimizer.lr: TypeError raised while resolving interpolation: "
+                                "setup_globals.<locals>.<lambda>() missing 1 required positional "
+                                "argument: 'pattern'"),
+    (["hydra.foo=1"], "hydra.foo: no such key; choose one of: defaults, mode, "),
+    (["lr=constant,cosine"], "'lr=constant,cosine' sweeps over several values: add -m to run them "
+                            "all, or write a list as key=[a,b] or a string as key='a,b'"),
+    (["-m", "lr=constant,nope"], "lr='nope': choose one of: constant, cosine, "),
     (["-m", "seed=0,1", "optimizer=sgd,adamw", "optimizer.lr=-1"], "optimizer.lr=-1.0: must be >= 0"),
     (["-m", "optimizer.lr=0.1,-1"], "optimizer.lr=-1.0: must be >= 0"),
-    (["-m", "hydra.sweep.dir="], "hydra.sweep.dir is empty"),
-    (["--foo"], "--foo: not a flag of gen-train"),
-    (["--run", "--multirun"], "--run and --multirun"),
+    (["-m", "hydra.sweep.dir="],
+     "hydra.sweep.dir is empty; give the run a folder (hydra.sweep.dir=runs/NAME)"),
+    (["--foo"], "--foo: not a flag of gen-train (see gen-train --help)"),
+    (["--run", "--multirun"], "--run and --multirun: give one of them (a sweep runs with -m)"),
     (["--config-dir", "{tmp}/missing"], "--config-dir {tmp}/missing: no such folder"),
     (["--config-path", "{tmp}/missing"], "--config-path {tmp}/missing --config-name train: Primary config directory not found"),
-    (["--config-name", "nope"], "--config-name nope: Cannot find primary config 'nope'"),
-    (["x=["], "cannot parse 'x=['"),
+    (["--config-name", "nope"], "--config-path pkg://gen_cli.conf --config-name nope: Cannot find "
+                               "primary config 'nope'. Check that it's in your config search path."),
+    (["x=["], "cannot parse 'x=[': no viable alternative at input '[' (write key=value; quote a "
+              "value with special characters: key='a value')"),
 ]
 if shutil.which("sbatch") is None:
-    TABLE.append((["-m", "hydra/launcher=slurm"], "hydra/launcher=slurm: SLURM's sbatch is not on PATH"))
+    TABLE.append((["-m", "hydra/launcher=slurm"],
+                  "hydra/launcher=slurm: SLURM's sbatch is not on PATH (run from a SLURM login node, "
+                  "or use hydra/launcher=submitit_local or joblib)"))
 if not torch.cuda.is_available():
-    TABLE.append((["trainer.device=cuda"], "trainer.device=cuda but no CUDA device"))
+    TABLE.append((["trainer.device=cuda"],
+                  "trainer.device=cuda but no CUDA device is available (use auto or cpu)"))
 
 DEFAULT_ROWS = ["lr=nonexistent", "trainer.max_steps=abc", "optimizer.betas=[0.9]",
                 "seed=99999999999999999999", "task=quadratic", "hydra.run.dir=/proc/x"]

@@ -143,11 +143,22 @@ def test_markdown_rows_and_figures(report):
         assert f"]({name}.png)" in md
 
 
-def test_best_per_method(report):
-    best = {g.method: (g, ranked) for g, ranked in report.best}
-    group, ranked = best[("sgd", "cosine")]
-    assert len(ranked) == 2
-    assert not group.has_problems or all(g.has_problems for g in ranked)
+def test_best_per_method(report, sweep):
+    """Per (optimizer, lr method), its groups ranked by mean final accuracy, the best first,
+    except that a group with a diverged run ranks after every group without one."""
+    def acc(*jobs):
+        return statistics.fmean(read_summary(sweep / j)["final"]["eval_acc"] for j in jobs)
+
+    ranked = {best.method: [g.name for g in groups] for best, groups in report.best}
+    assert all(best.name == ranked[best.method][0] for best, _ in report.best)
+    constant = {"lr=constant optimizer.lr=0.1": acc("0", "1"),
+                "lr=constant optimizer.lr=0.01": acc("5")}  # job 7 never finished
+    assert ranked[("sgd", "constant")] == sorted(constant, key=constant.get, reverse=True)
+    # lr=cosine at 0.1 has the better accuracy over its completed runs: the diverged one
+    # (job 4), not the accuracy, puts it last
+    assert acc("2", "3") > acc("6")
+    assert ranked[("sgd", "cosine")] == ["lr=cosine optimizer.lr=0.01", "lr=cosine optimizer.lr=0.1"]
+    assert set(ranked) == {("sgd", "constant"), ("sgd", "cosine")}
 
 
 def test_cli_in_process(sweep, tmp_path, capsys):

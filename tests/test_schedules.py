@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -68,8 +66,23 @@ def test_bad_options_are_one_line_errors(name, options, message):
         trace(name, **options)
 
 
-def test_schedules_need_a_horizon():
+@pytest.mark.parametrize("name", ["step", "cosine", "linear", "onecycle", "warmup_cosine"])
+def test_schedules_need_a_horizon(name):
+    """A schedule over the run's progress is refused without the run's length, in one line
+    that names it as gen-train does."""
     param = torch.nn.Parameter(torch.ones(1))
-    with pytest.raises(ValueError, match="total_steps"):
-        build_lr_method("cosine", torch.optim.SGD([param], lr=0.1))
-    assert math.isfinite(trace("constant", steps=1)[-1])
+    with pytest.raises(ValueError) as refused:
+        build_lr_method(name, torch.optim.SGD([param], lr=0.1))
+    assert str(refused.value) == f"lr={name} needs the number of training steps (total_steps)"
+
+
+@pytest.mark.parametrize("name", ["constant", "plateau"])
+def test_schedules_not_over_the_run_need_no_horizon(name):
+    """The constant lr and the plateau's cuts (on the eval loss) are built and step without
+    the run's length."""
+    param = torch.nn.Parameter(torch.ones(1))
+    method = build_lr_method(name, torch.optim.SGD([param], lr=0.1))
+    for _ in range(3):
+        param.grad = torch.ones(1)
+        assert method.step() == 0.1
+    assert param.item() == pytest.approx(1.0 - 3 * 0.1)

@@ -42,7 +42,10 @@ class ScheduledLR(LRMethod):
 
     @property
     def name(self) -> str:
-        return type(self).__name__.lower()
+        """Its name in the registry (``lr=warmup_cosine``), as gen-train says it."""
+        from genlr.methods import METHODS  # (which imports this module)
+
+        return next((k for k, v in METHODS.items() if v is type(self)), type(self).__name__)
 
     def step(self, batch=None, loss=None, probe_batch=None) -> float:
         self.apply_update()
