@@ -421,7 +421,8 @@ def test_sigterm_while_the_curvature_pass_compiles_acts_within_seconds(tmp_path)
     10 s, interrupted, its summary and last good checkpoint written."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold_cache")}
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold_cache"),
+           "GENLR_TAYLOR_COMPILE": "1"}  # at once (a run this short would not pay for it)
     proc = subprocess.Popen([*GEN_TRAIN, "task=charlm", "task.max_chars=20000", "model=gpt",
                              "model.width=32", "model.depth=1", "lr=gen_exact",
                              "trainer.max_steps=50", "trainer.progress=false",

@@ -118,6 +118,7 @@ def test_the_jet_is_compiled_once_it_pays_for_itself(monkeypatch, passes_left, m
     """Given the run's passes left, the jet runs interpreted, and is compiled only once the
     time a compiled pass saves over them exceeds a compile's (after two timed passes); its
     first compiled pass is checked against the interpreted one, as at first use."""
+    monkeypatch.setenv("GENLR_TAYLOR_COMPILE", "auto")
     model, batch, params, d = tempered_case()
     compiled, checked = [], []
     monkeypatch.setattr(taylor, "_compile", lambda graph, example: (compiled.append(1), graph)[1])

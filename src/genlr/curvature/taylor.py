@@ -647,8 +647,9 @@ class TaylorPass:
     Args:
         bound: the loss as a module, ``bound(batch) -> scalar`` (its parameters are the
             model's, uncompiled).
-        compile: compile the jet graph with inductor (False: interpret it; None: unless
-            the environment says ``GENLR_TAYLOR_COMPILE=0``).
+        compile: compile the jet graph with inductor (False: interpret it; None: as the
+            environment says, ``GENLR_TAYLOR_COMPILE``: ``0`` never, ``1`` at once, ``auto``
+            or unset once it pays for itself).
         passes_left: how many passes the run still expects to make (its owner knows the
             run's length); the jet graph then runs interpreted until compiling it pays for
             itself over them (``compile_pays``). None: compile at once.
@@ -657,9 +658,9 @@ class TaylorPass:
     def __init__(self, bound: nn.Module, compile: bool | None = None,
                  passes_left: Callable[[], float] | None = None) -> None:
         self.bound = bound
-        self.compile = (os.environ.get("GENLR_TAYLOR_COMPILE", "1") != "0" if compile is None
-                        else compile)
-        self.passes_left = passes_left
+        setting = os.environ.get("GENLR_TAYLOR_COMPILE", "auto")
+        self.compile = setting != "0" if compile is None else compile
+        self.passes_left = None if setting == "1" else passes_left
         self.mode = ""
         self.request: _Request | None = None
         self.uncaptured = ""  # why the loss can't be captured as one graph ("": it can)
