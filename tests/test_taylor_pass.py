@@ -457,6 +457,28 @@ def test_newt_lookahead_slopes_by_jets_match_the_gradients(lookahead_batch):
     assert runs[True][1]["backward"] == 1  # the one check, at the first probe
 
 
+def test_newt_checks_its_jet_again_once_it_runs_compiled(monkeypatch):
+    """A run long enough compiles Newt's jet after its interpreted passes; the first compiled
+    pass is checked against the gradients too, as the first interpreted one was."""
+    from genlr import Newt
+
+    monkeypatch.setenv("GENLR_TAYLOR_COMPILE", "auto")
+    monkeypatch.setattr(taylor, "_compile", lambda graph, example: graph)  # inductor's stand-in
+    model, batch, params, _ = tempered_case()
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    method = Newt(opt, model, classify, gamma=0.5, lookahead_batch=None, total_steps=10**9)
+    checked = []
+    original = method._check_jet
+    monkeypatch.setattr(method, "_check_jet",
+                        lambda *a: (checked.append(method._jet.mode), original(*a))[1])
+    for _ in range(5):
+        opt.zero_grad()
+        loss = classify(model, batch)
+        loss.backward()
+        method.step(batch, loss=loss)
+    assert checked == ["interpreted", "compiled"] and method._jet is not None
+
+
 def test_a_float32_disagreement_that_is_rounding_passes_the_check(monkeypatch):
     """With deep BatchNorm stacks float32 double backward can itself be off by more than
     the check's tolerance (the zoo's ResNet-18 at AdamW's first step, on one torch: the two

@@ -135,7 +135,7 @@ class Newt(LRMethod):
         self._window_u: list[torch.Tensor] | None = None
         # lookahead="probe": the lookahead's slopes by forward-mode jets (``_slopes_at``)
         self._jet: TaylorPass | None = None
-        self._jet_checked = False
+        self._jet_checked: set[str] = set()  # the ways it ran when checked ("compiled", ...)
         if lookahead == "probe" and model is not None and loss_fn is not None:
             steps_left = lambda: max(self.total_steps - self.step_count, 0)  # noqa: E731
             self._jet = TaylorPass(BoundLoss(original_module(model), loss_fn),
@@ -347,16 +347,17 @@ class Newt(LRMethod):
         averaged over ranks. Newt reads the lookahead gradient only through its inner
         product with ``d``: a directional derivative, which a first-order jet gives in one
         forward pass with its tangent (compiled; three products a layer, no backward, no
-        tape; its cost in docs/methods.md, "Cost"). Checked once against the forward and
-        backward; where the jet can't (per-group slopes, a model without a Taylor pass) the
-        forward and backward run."""
+        tape; its cost in docs/methods.md, "Cost"). Checked against the forward and backward
+        once in each way it runs (interpreted, then compiled once that pays); where the jet
+        can't (per-group slopes, a model without a Taylor pass) the forward and backward run."""
         if self._jet is not None and not self.per_group:
             try:
                 with torch.no_grad(), probe_mode(self.model) as probe, self.autocast():
                     loss, slope, _ = self._jet.jet(params, d, batch, order=1)
                 self.probes_removed_dropout |= probe.removed > 0 and self.model.training
                 self.passes["forward"] += 1
-                if self._jet_checked or self._check_jet(params, d, groups, batch, slope):
+                if (self._jet.mode in self._jet_checked
+                        or self._check_jet(params, d, groups, batch, slope)):
                     return self.batch_mean(loss), [self.batch_mean(slope)]
             except TaylorUnsupported as err:
                 self._jet = None
@@ -366,13 +367,14 @@ class Newt(LRMethod):
         return loss, [self.batch_mean(v) for v in self._group_dots(grads, d, groups)]
 
     def _check_jet(self, params, d, groups, batch, slope: float) -> bool:
-        """The jet's slope against the gradient's, once (float32: 1e-3 of it; under autocast
-        what that precision's rounding allows); on disagreement the jet is dropped."""
+        """The jet's slope against the gradient's, once per way the jet runs (float32: 1e-3
+        of it; under autocast what that precision's rounding allows); on disagreement the jet
+        is dropped."""
         _, grads = self._loss_and_grads(params, batch)
         reference = self._group_dots(grads, d, groups)[0]
         if not finite(reference):  # nothing to learn here: check next time
             return True
-        self._jet_checked = True
+        self._jet_checked.add(self._jet.mode)
         tolerance = result_tolerance(params[0].dtype, self.autocast)
         if abs(slope - reference) <= tolerance * max(abs(reference), 1e-30):
             return True
