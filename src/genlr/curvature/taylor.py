@@ -21,8 +21,9 @@ How a pass runs (``TaylorPass``), fastest first:
     ops with rules) and functionalized; the interpreter below, traced with ``make_fx`` over
     jets, turns it into one ATen graph of the three streams, which inductor compiles.
 ``interpreted``
-    The same guarded graph, its jet applied op by op by the interpreter: when compiling the
-    jet graph fails (one warning says why).
+    The same guarded graph, its jet applied op by op by the interpreter: until compiling the
+    jet graph pays for itself over the passes the run has left (``TaylorPass.compile_pays``),
+    or when compiling it fails (one warning says why).
 ``eager``
     Where no single graph exists -- the loss reads a tensor's value (``.item()``, a
     data-dependent branch, ``nonzero``, the routing of a mixture of experts) -- the loss runs
