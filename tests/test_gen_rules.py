@@ -70,12 +70,13 @@ def test_band_holds_at_stationarity_where_the_line_search_collapses():
 @pytest.mark.parametrize("seed", range(5))
 def test_band_drifts_little_at_a_noisy_stationarity(seed):
     """With s* = 1/2 +- 0.3 at every lr (the worst case: the run is stationary whatever the
-    lr), the search's first moves follow the noise and a window sometimes shows the lr above
-    the band by chance and the lr falls; over 400 probes (1600 steps of ExactGeN) that costs
-    it less than x25, where the line search loses x1e5 (x1e8 without its clamp)."""
+    lr), the search's first three probes follow the noise (each cuts where its s* < 1/2,
+    half of them) and a window sometimes shows the lr above the band by chance and the lr
+    falls; over 400 probes (1600 steps of ExactGeN) that costs it less than x100, where the
+    line search loses x1e5 (x1e8 without its clamp)."""
     band = Scripted(stationary(0.3, seed), rule="band").run(400)
     line_search = Scripted(stationary(0.3, seed), rule="line_search").run(400)
-    assert 0.04 <= band[-1] <= 1.0
+    assert 0.01 <= band[-1] <= 1.0
     assert line_search[-1] < 1e-5
 
 
@@ -213,9 +214,10 @@ def test_net_leaves_the_noise_of_a_stationary_run_alone():
 
 def test_a_spike_of_the_training_loss_is_probed_at_once_and_a_rise_there_netted():
     """Lazily probing (every 16), a training loss that jumps far beyond its step-to-step
-    noise gets a probe at that very step, and the smallest rise there cuts the lr (to
-    ``sqrt(2)`` times that probe's line search, by 4 at most); without the spike the same
-    small rise is the band's to judge, and it holds."""
+    noise gets a probe at that very step, and the smallest rise there cuts the lr as a
+    backtracking line search does, by half at least (to ``sqrt(2)`` times that probe's line
+    search where that is lower, by 4 at most); without the spike the same small rise is the
+    band's to judge, and it holds."""
     def run(spike: bool):
         # s* = 1/2 until step 50, then 0.45: a small rise
         method = Scripted(lambda lr: (lr**2 * (0.5 if method.step_count < 50 else 0.45), lr**2),
@@ -232,7 +234,7 @@ def test_a_spike_of_the_training_loss_is_probed_at_once_and_a_rise_there_netted(
     lrs, probed = run(spike=False)
     assert not probed[50] and lrs[-1] == 1.0
     lrs, probed = run(spike=True)
-    assert probed[50] and lrs[50] == pytest.approx(math.sqrt(2.0) * 0.45)
+    assert probed[50] and lrs[50] == 0.5
     assert 1.0 * SPIKE_MARGIN > 0  # the margin the watch uses
 
 
@@ -245,15 +247,16 @@ def test_loss_watch_flags_a_jump_beyond_its_noise_and_not_the_noise():
 
 
 def test_band_probes_lazily_only_while_the_lr_holds():
-    """Holding, the gap between probes doubles up to ``every``; after a move the next step
-    is a probe (a new lr is checked before it has run for long)."""
+    """Holding, the gap between probes doubles up to ``every`` (after the search's first
+    three steps); after a move the next step is a probe (a new lr is checked before it has
+    run for long)."""
     method = Scripted(stationary(0.0), lr=1.0, every=16)
     probes = []
     for t in range(70):
         method.run(1)
         if method.last_probe == t:
             probes.append(t)
-    assert probes == [0, 2, 6, 14, 30, 46, 62]
+    assert probes == [0, 1, 2, 4, 8, 16, 32, 48, 64]
     climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
     probes, lrs = [], []
     for t in range(200):

@@ -105,20 +105,27 @@ class LossWatch:
 
     DECAY, WARMUP = 0.9, 4
 
-    def __init__(self, last: float = math.nan, mean_square: float = 0.0, seen: int = 0) -> None:
+    def __init__(self, last: float = math.nan, mean_square: float = 0.0, seen: int = 0,
+                 streak: int = 0) -> None:
         self.last, self.mean_square, self.seen = last, mean_square, seen
+        self.streak = streak  # spikes in a row, up to the latest step
 
     def spiked(self, loss: float) -> bool:
         change, self.last = loss - self.last, loss
         if not finite(change):
             return False
-        spike = self.seen >= self.WARMUP and change > SPIKE_MARGIN * math.sqrt(self.mean_square)
+        limit = SPIKE_MARGIN * math.sqrt(self.mean_square)
+        warm = self.seen >= self.WARMUP
+        spike = warm and change > limit
+        self.streak = self.streak + 1 if spike else 0
+        if warm:  # a spike (or a plunge) is not noise: it must not mask the next one
+            change = max(min(change, limit), -limit)
         self.mean_square = self.DECAY * self.mean_square + (1.0 - self.DECAY) * change * change
         self.seen += 1
         return spike
 
-    def state(self) -> tuple[float, float, int]:
-        return self.last, self.mean_square, self.seen
+    def state(self) -> tuple[float, float, int, int]:
+        return self.last, self.mean_square, self.seen, self.streak
 
 
 class GeNBase(LRMethod):
@@ -397,16 +404,20 @@ class GeNBase(LRMethod):
         raises the loss too (``phi(1) > phi(0)`` on its quadratic model): a divergence,
         which shows in the loss at once, where a single probe's rise is as often noise (a
         language model's curvature along the step jumps a hundredfold and settles)."""
-        return self.spiked and -slope + 0.5 * curvature > 0
+        return self.spiked and (-slope + 0.5 * curvature > 0 or self.loss_watch.streak > 1)
 
     def net_factor(self, s_star: float | None) -> tuple[float, bool]:
-        """The net's answer: down to ``sqrt(2) alpha*`` of this probe alone, by
-        ``max_factor**2`` at most (by that where its slope is uphill), the next step
-        probed; the probe stays out of the window (an outlier); a divergence that goes on
-        spikes the loss again and is netted again; ``(factor, fallback)``."""
+        """The net's answer, a backtracking line search's: at least halved, down to
+        ``sqrt(2) alpha*`` of this probe alone (by ``max_factor**2`` at most on a first
+        spike, where its slope is uphill too; as far as the probe says once the divergence
+        goes on), the next step probed; the probe stays out of the window (an outlier); a
+        divergence that goes on spikes the loss again and is netted again; ``(factor,
+        fallback)``."""
         floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.25
-        cut = math.sqrt(2.0) * s_star if s_star is not None else 0.0
-        return (max(cut, floor) if self.max_factor is not None or cut <= 0 else cut), False
+        cut = math.sqrt(2.0) * s_star if s_star is not None and s_star > 0 else floor
+        if self.max_factor is not None and self.loss_watch.streak <= 1:
+            cut = max(cut, floor)
+        return min(cut, 0.5 ** max(self.loss_watch.streak, 1)), False
 
     def band_factor(self, slope: float, curvature: float, lr: float) -> tuple[float, bool]:
         """``(factor, fallback)`` of the band rule, this probe added to the window: the
@@ -461,7 +472,9 @@ class GeNBase(LRMethod):
         if 2.0 * alpha < lr:  # by max_factor**2 at most: one noisy probe can't cut far
             floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.0
             return max(math.sqrt(2.0) * alpha / lr, floor)
-        self.searching = False
+        # The first probe can't speak for the steps after it (momentum builds the step up
+        # over the next ones): the search goes on for the first MIN_PROBES steps at least.
+        self.searching = self.step_count + 1 < LineSearchWindow.MIN_PROBES
         return 1.0
 
     def clamped(self, factor: float) -> float:
