@@ -8,9 +8,10 @@ a constant and a cosine lr from the optimizer's default 1e-3 and the best of eac
 x0.1, x0.3, x1, x3, x10 (the tuned baselines), and each GeN variant at its library
 defaults plus the horizon scale (``scale="cosine"``, as gen-train runs it) from x0.1, x1
 and x10. Each run's final eval loss (nats/char) goes into ``OUT/<row>.json``; a rerun skips
-finished rows. ::
+finished rows. ``--model llama``: the same loop with ``LlamaForCausalLM`` (grouped-query
+attention 4/2 heads, RMSNorm, rotary positions, SwiGLU) at the same width and depth. ::
 
-    python benchmarks/heldout_hf.py [OUT] [--steps 600] [--rows gen_exact@1,...]
+    python benchmarks/heldout_hf.py [OUT] [--steps 600] [--rows gen_exact@1,...] [--model llama]
 """
 
 from __future__ import annotations
@@ -65,16 +66,27 @@ def batches(task: CharLM, batch_size: int, seed: int):
         epoch += 1
 
 
-def train(method: str, multiplier: float, steps: int, seed: int = 0) -> dict:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def build_model(kind: str, vocab_size: int) -> torch.nn.Module:
+    """A 2-layer, width-64 Hugging Face causal LM from its config, without dropout."""
+    import transformers
 
+    if kind == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            bos_token_id=None, eos_token_id=None))
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=vocab_size, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
+        eos_token_id=None))
+
+
+def train(method: str, multiplier: float, steps: int, seed: int = 0,
+          kind: str = "gpt2") -> dict:
     task = CharLM(corpus="python_docs", block_size=64)
     task.setup("cpu")
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(task.chars), n_positions=64, n_embd=64, n_layer=2,
-                        n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=None, eos_token_id=None)
-    model = GPT2LMHeadModel(config)
+    model = build_model(kind, len(task.chars))
     lr = DEFAULT_LR * multiplier
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     options = {"scale": "cosine"} if method.startswith("gen") else {}
@@ -98,6 +110,7 @@ def main() -> None:
     parser.add_argument("out", nargs="?", default="outputs/heldout_hf")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--rows", help="only these rows, e.g. gen_exact@1,constant@0.3")
+    parser.add_argument("--model", choices=("gpt2", "llama"), default="gpt2")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,10 +119,11 @@ def main() -> None:
     for method, multiplier in chosen:
         file = out / f"{method}@{multiplier:g}.json"
         if not file.exists():
-            file.write_text(json.dumps(train(method, multiplier, args.steps)))
+            file.write_text(json.dumps(train(method, multiplier, args.steps, kind=args.model)))
         result = json.loads(file.read_text())
         print(f"{method:13s} x{multiplier:<4g} {result['status']:9s} "
-              f"eval loss {result.get('eval_loss', math.inf):.4f}", flush=True)
+              f"eval loss {result.get('eval_loss', math.inf):.4f}, "
+              f"{result.get('seconds', math.nan):.1f} s", flush=True)
 
 
 if __name__ == "__main__":

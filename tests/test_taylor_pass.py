@@ -421,6 +421,31 @@ def test_a_hugging_face_gpt2_is_captured_compiled_and_exact():
     assert disagreement(got, double_backward(model, loss_fn, params, d, ids)) <= 1e-6
 
 
+@pytest.mark.parametrize("compile_now", [
+    "0", pytest.param("1", marks=pytest.mark.slow)])  # compiling the jet: a minute on 2 cores
+def test_a_hugging_face_llama_is_exact(monkeypatch, compile_now):
+    """Issue 27: ``LlamaForCausalLM`` from a config (no download): grouped-query attention
+    (4 query heads on 2 key-value heads), RMSNorm, rotary positions, SwiGLU, its own loss
+    (``labels=``). float64, interpreted and compiled: the Taylor pass equals double
+    backward."""
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("GENLR_TAYLOR_COMPILE", compile_now)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0)
+    model = transformers.LlamaForCausalLM(config).double().eval()
+    ids = torch.randint(0, 100, (8, 32))
+    loss_fn = lambda m, b: m(input_ids=b, labels=b).loss  # noqa: E731
+    params = list(model.parameters())
+    d = direction(params)
+    dd = DirectionalDerivatives(model, loss_fn)
+    got = dd.derivatives(params, d, ids, "taylor")
+    assert dd.taylor_mode == ("compiled" if compile_now == "1" else "interpreted"), dd.unavailable
+    assert disagreement(got, double_backward(model, loss_fn, params, d, ids)) <= 1e-6
+
+
 def test_the_capture_leaves_out_logging_and_warnings(monkeypatch):
     """Loggers' added methods count by their names (transformers adds ``warning_once``)."""
     added = lambda self, *args: None  # noqa: E731
