@@ -14,7 +14,8 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
   - *search*: the initial lr is nobody's evidence, and a step above the band's top edge
     raises the loss, so from the first probe, probing every step, the lr falls on the
     point estimate of ``alpha*`` (as far as it takes, as a backtracking line search cuts)
-    until the estimate no longer puts it above that edge;
+    until the estimate no longer puts it above that edge, over the first three steps at
+    least (momentum builds the step up after the first);
   - *band*: then it holds the lr while the probes are consistent with it lying in
     ``[2(1-c) alpha*, 2 alpha*]`` and moves only when they show it outside. Once the update
     noise dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
@@ -32,9 +33,10 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     holds: the gap between probes doubles up to ``every`` and falls back to one step after
     any move, so that a new lr is checked at the next step, and while the window warms up;
   - *net*: a spike of the training loss beyond its step-to-step noise (``LossWatch``)
-    gets a probe at once, and a rise there is answered at once, as a backtracking line
-    search answers a failed Armijo test: the lr falls below that probe's own edge (by
-    ``max_factor**2`` at most); a divergence that goes on spikes again.
+    gets a probe at once, and a rise there, or a second spike in a row, is answered at
+    once, as a backtracking line search answers a failed Armijo test: the lr at least
+    halves (``2^k`` on the ``k``-th spike in a row), and falls below that probe's own edge
+    where that is lower; a divergence that goes on spikes again.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ class LineSearchWindow:
 class LossWatch:
     """Spikes of the training loss: a step-to-step rise beyond ``SPIKE_MARGIN`` times the
     root mean square of the recent changes (an exponential average over about ten steps,
-    after ``WARMUP`` of them), which a noisy loss crosses rarely and a diverging one at
-    once."""
+    after ``WARMUP`` of them, each change clipped to the margin), which a noisy loss
+    crosses rarely and a diverging one at once, and how many came in a row."""
 
     DECAY, WARMUP = 0.9, 4
 
@@ -401,18 +403,18 @@ class GeNBase(LRMethod):
 
     def net_catches(self, slope: float, curvature: float) -> bool:
         """Whether the training loss has just spiked (``LossWatch``) and this probe's step
-        raises the loss too (``phi(1) > phi(0)`` on its quadratic model): a divergence,
-        which shows in the loss at once, where a single probe's rise is as often noise (a
-        language model's curvature along the step jumps a hundredfold and settles)."""
+        raises the loss too (``phi(1) > phi(0)`` on its quadratic model), or spiked the
+        step before as well: a divergence, which shows in the loss at once, where a single
+        probe's rise is as often noise (a language model's curvature along the step jumps
+        a hundredfold and settles) and a quadratic model far from a minimum can miss it."""
         return self.spiked and (-slope + 0.5 * curvature > 0 or self.loss_watch.streak > 1)
 
     def net_factor(self, s_star: float | None) -> tuple[float, bool]:
-        """The net's answer, a backtracking line search's: at least halved, down to
-        ``sqrt(2) alpha*`` of this probe alone (by ``max_factor**2`` at most on a first
-        spike, where its slope is uphill too; as far as the probe says once the divergence
-        goes on), the next step probed; the probe stays out of the window (an outlier); a
-        divergence that goes on spikes the loss again and is netted again; ``(factor,
-        fallback)``."""
+        """The net's answer, a backtracking line search's: halved at least (``2^k`` on the
+        ``k``-th spike in a row), down to ``sqrt(2) alpha*`` of this probe alone where that
+        is lower (by ``max_factor**2`` at most on a first spike, or where the probe shows
+        no descent; as far as the probe says once the divergence goes on), the next step
+        probed; the probe stays out of the window (an outlier); ``(factor, fallback)``."""
         floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.25
         cut = math.sqrt(2.0) * s_star if s_star is not None and s_star > 0 else floor
         if self.max_factor is not None and self.loss_watch.streak <= 1:
