@@ -71,12 +71,14 @@ def test_band_holds_at_stationarity_where_the_line_search_collapses():
 def test_band_drifts_little_at_a_noisy_stationarity(seed):
     """With s* = 1/2 +- 0.3 at every lr (the worst case: the run is stationary whatever the
     lr), the search's first three probes follow the noise (each cuts where its s* < 1/2,
-    half of them) and a window sometimes shows the lr above the band by chance and the lr
-    falls; over 400 probes (1600 steps of ExactGeN) that costs it less than x100, where the
-    line search loses x1e5 (x1e8 without its clamp)."""
+    half of them), so do the window's first three (where s* < 1/4), and a window sometimes
+    shows the lr above the band by chance and the lr falls; over 400 probes (1600 steps of
+    ExactGeN) that costs it less than x200 (the price of cutting a start nobody chose
+    before the window can rule it out), where the line search loses x1e5 (x1e8 without
+    its clamp)."""
     band = Scripted(stationary(0.3, seed), rule="band").run(400)
     line_search = Scripted(stationary(0.3, seed), rule="line_search").run(400)
-    assert 0.01 <= band[-1] <= 1.0
+    assert 0.005 <= band[-1] <= 1.0
     assert line_search[-1] < 1e-5
 
 
@@ -248,15 +250,15 @@ def test_loss_watch_flags_a_jump_beyond_its_noise_and_not_the_noise():
 
 def test_band_probes_lazily_only_while_the_lr_holds():
     """Holding, the gap between probes doubles up to ``every`` (after the search's first
-    three steps); after a move the next step is a probe (a new lr is checked before it has
-    run for long)."""
+    three steps and the window's first three probes); after a move the next step is a
+    probe (a new lr is checked before it has run for long)."""
     method = Scripted(stationary(0.0), lr=1.0, every=16)
     probes = []
     for t in range(70):
         method.run(1)
         if method.last_probe == t:
             probes.append(t)
-    assert probes == [0, 1, 2, 4, 8, 16, 32, 48, 64]
+    assert probes == [0, 1, 2, 3, 4, 5, 7, 11, 19, 35, 51, 67]
     climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
     probes, lrs = [], []
     for t in range(200):

@@ -390,7 +390,8 @@ class GeNBase(LRMethod):
         """Steps from this probe to the next under the band: lazy (doubling up to
         ``every``) only while the lr holds; the next step while searching and after a move,
         so that a new lr is checked before it has run for long."""
-        return 1 if self.searching or factor != 1.0 else min(2 * self.gap, self.every)
+        warming = len(self.window.samples) < LineSearchWindow.MIN_PROBES
+        return 1 if self.searching or warming or factor != 1.0 else min(2 * self.gap, self.every)
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The paper's rule (its authors' code): ``lr <- smoothing*lr + (1-smoothing)*alpha*``,
@@ -442,8 +443,13 @@ class GeNBase(LRMethod):
             return self.search_factor(slope, curvature, lr), False
         self.window.add(slope, curvature, lr)
         alpha, error = self.window.estimate()
-        if not finite(alpha):  # warming up, or the mean curvature is not positive
-            return 1.0, len(self.window.samples) >= LineSearchWindow.MIN_PROBES
+        if len(self.window.samples) < LineSearchWindow.MIN_PROBES:
+            # Warming up: a window that cannot rule the lr out is no reason to keep a start
+            # nobody chose, so a probe that puts it twice above the edge (beyond a noisy
+            # probe's reach) cuts as the search does.
+            return self.backtrack(slope, curvature, lr, beyond=2.0), False
+        if not finite(alpha):  # the mean curvature is not positive
+            return 1.0, True
         low, high = alpha - BAND_MARGIN * error, alpha + BAND_MARGIN * error
         armijo = 2.0 * (1.0 - ARMIJO_C) * low
         # A rise also needs the probes at the current lr (MIN_PROBES of them) to put their
@@ -451,7 +457,7 @@ class GeNBase(LRMethod):
         alpha_now, _ = self.trial.estimate()
         waited = self.step_count - self.moved_at >= self.window.samples.maxlen
         if (armijo > self.base_lr() and 2.0 * (1.0 - ARMIJO_C) * alpha_now > self.base_lr()
-                and waited):
+                and waited and not self.spiked):  # never on a step that spiked the loss
             return self.clamped(armijo / self.base_lr()), False
         # Down to sqrt(2) alpha*, the middle of [alpha*, 2 alpha*], well below the edge where
         # a step along d would not lower a quadratic at all; from there it climbs back to the
@@ -461,23 +467,28 @@ class GeNBase(LRMethod):
         return 1.0, False
 
     def search_factor(self, slope: float, curvature: float, lr: float) -> float:
-        """The search's factor: while a probe's own line search ``alpha*`` puts the lr
-        above the band's top edge (``2 alpha* < lr``: the step raises the loss), down to
-        ``sqrt(2) alpha*`` (by ``max_factor**2`` a probe at most), probing every step, as a
-        backtracking line search cuts. It ends at the first
-        probe that shows a descent along ``d`` that does not (rises are the band's, on
-        evidence), or after a window of probes without one."""
+        """The search's factor (``backtrack``), probing every step. It ends at the first
+        probe that shows a descent along ``d`` that does not cut (rises are the band's, on
+        evidence) from the third step on, or after a window of probes without a descent."""
         if not (slope > 0 and curvature > 0):  # no descent along d, or no curvature: no lr fits
             self.searching = len(self.trial.samples) < self.trial.samples.maxlen
             return 1.0
-        alpha = slope / curvature * lr
-        if 2.0 * alpha < lr:  # by max_factor**2 at most: one noisy probe can't cut far
-            floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.0
-            return max(math.sqrt(2.0) * alpha / lr, floor)
+        factor = self.backtrack(slope, curvature, lr)
         # The first probe can't speak for the steps after it (momentum builds the step up
         # over the next ones): the search goes on for the first MIN_PROBES steps at least.
-        self.searching = self.step_count + 1 < LineSearchWindow.MIN_PROBES
-        return 1.0
+        self.searching = factor < 1.0 or self.step_count + 1 < LineSearchWindow.MIN_PROBES
+        return factor
+
+    def backtrack(self, slope: float, curvature: float, lr: float, beyond: float = 1.0) -> float:
+        """Where a probe's own line search ``alpha*`` puts the lr ``beyond`` times above the
+        band's top edge (``2 alpha* < lr``: the step raises the loss), the factor down to
+        ``sqrt(2) alpha*`` (by ``max_factor**2`` at most: one noisy probe can't cut far), as
+        a backtracking line search cuts; else 1."""
+        alpha = slope / curvature * lr if slope > 0 and curvature > 0 else math.nan
+        if not 2.0 * beyond * alpha < lr:
+            return 1.0
+        floor = 1.0 / self.max_factor**2 if self.max_factor is not None else 0.0
+        return max(math.sqrt(2.0) * alpha / lr, floor)
 
     def clamped(self, factor: float) -> float:
         """``factor`` within ``[1/max_factor, max_factor]`` (no bound without ``max_factor``,
