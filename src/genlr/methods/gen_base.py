@@ -17,7 +17,9 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     until the estimate no longer puts it above that edge, over the first three steps at
     least (momentum builds the step up after the first);
   - *band*: then it holds the lr while the probes are consistent with it lying in
-    ``[2(1-c) alpha*, 2 alpha*]`` and moves only when they show it outside. Once the update
+    ``[2(1-c) alpha*, 2 alpha*]`` and moves only when they show it outside (while its
+    window warms up, a probe that puts the lr twice above the edge cuts as the search
+    does; no rise on a step that spiked the loss). Once the update
     noise dominates, the fluctuation-dissipation relation of SGD (Yaida, ICLR 2019) gives
     ``E[phi(0) - phi(1)] = 0``, i.e. ``s* = 1/2`` at *every* stable lr, and the sharpness
     along the step adapts to the lr (Cohen et al., ICLR 2021; arXiv:2207.14484), so ``s*``
