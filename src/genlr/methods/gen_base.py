@@ -390,8 +390,8 @@ class GeNBase(LRMethod):
 
     def next_gap(self, factor: float) -> int:
         """Steps from this probe to the next under the band: lazy (doubling up to
-        ``every``) only while the lr holds; the next step while searching and after a move,
-        so that a new lr is checked before it has run for long."""
+        ``every``) only while the lr holds; the next step while searching, while the window
+        warms up and after a move, so that a new lr is checked before it has run for long."""
         warming = len(self.window.samples) < LineSearchWindow.MIN_PROBES
         return 1 if self.searching or warming or factor != 1.0 else min(2 * self.gap, self.every)
 
