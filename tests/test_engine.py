@@ -174,7 +174,9 @@ def test_divergence_keeps_logs_plots_and_last_good_checkpoint(tmp_path):
 def test_every_method_trains_under_bf16_autocast_on_cpu(lr, tmp_path):
     """A run under bf16 completes, and a method that rescales the step moves the lr as in float32
     (the engine hands its probes the training autocast, and they measure under it): the
-    lowest, highest and final lr of the run, each against the first, to bf16's rounding."""
+    lowest, highest and final lr of the run, each against the first, to bf16's rounding or
+    one cut of GeN's search apart (x1/4: by its third step the loss along the step is flat,
+    the float32 probe reads no descent, and bf16's reads a rise there)."""
     def run(amp):
         # AdamW at lr 1: GeN's search cuts it, Newt scales it back, Polyak's ratio is below
         # its cap, so that every measuring method moves within the run
@@ -196,7 +198,9 @@ def test_every_method_trains_under_bf16_autocast_on_cpu(lr, tmp_path):
     if METHODS[lr].rescales_step:
         full = run("off")
         assert any(moves(full)), f"{lr} kept its lr in float32: start where it moves"
-        assert moves(summary) == pytest.approx(moves(full), rel=0.1)
+        one_cut = math.log(4.0) if lr.startswith("gen") else 0.0
+        assert all(abs(bf16 - f32) <= 0.1 * abs(f32) + one_cut + 1e-9
+                   for bf16, f32 in zip(moves(summary), moves(full))), (moves(summary), moves(full))
 
 
 @pytest.mark.slow
