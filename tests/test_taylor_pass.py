@@ -397,6 +397,16 @@ def test_grouped_mm_experts_match_the_per_expert_matmuls():
     assert disagreement(got, want) < 1e-4
 
 
+def causal_lm_case(model):
+    """A Hugging Face causal LM in float64 (eval mode), its own loss (``labels=``) on 8 rows
+    of 32 token ids below 100: ``(model, loss_fn, params, d, ids)``."""
+    model = model.double().eval()
+    ids = torch.randint(0, 100, (8, 32))
+    loss_fn = lambda m, b: m(input_ids=b, labels=b).loss  # noqa: E731
+    params = list(model.parameters())
+    return model, loss_fn, params, direction(params), ids
+
+
 @pytest.mark.slow  # compiles a GPT-2's jet: a minute on 2 cores
 def test_a_hugging_face_gpt2_is_captured_compiled_and_exact():
     """Issue 27: ``GPT2LMHeadModel``'s loss (``labels=``) calls ``logger.warning_once`` on
@@ -407,11 +417,7 @@ def test_a_hugging_face_gpt2_is_captured_compiled_and_exact():
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64,
                                      vocab_size=100, bos_token_id=0, eos_token_id=0)
-    model = transformers.GPT2LMHeadModel(config).double().eval()
-    ids = torch.randint(0, 100, (8, 32))
-    loss_fn = lambda m, b: m(input_ids=b, labels=b).loss  # noqa: E731
-    params = list(model.parameters())
-    d = direction(params)
+    model, loss_fn, params, d, ids = causal_lm_case(transformers.GPT2LMHeadModel(config))
     dd = DirectionalDerivatives(model, loss_fn)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -435,11 +441,7 @@ def test_a_hugging_face_llama_is_exact(monkeypatch, compile_now):
         vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         bos_token_id=0, eos_token_id=0)
-    model = transformers.LlamaForCausalLM(config).double().eval()
-    ids = torch.randint(0, 100, (8, 32))
-    loss_fn = lambda m, b: m(input_ids=b, labels=b).loss  # noqa: E731
-    params = list(model.parameters())
-    d = direction(params)
+    model, loss_fn, params, d, ids = causal_lm_case(transformers.LlamaForCausalLM(config))
     dd = DirectionalDerivatives(model, loss_fn)
     got = dd.derivatives(params, d, ids, "taylor")
     assert dd.taylor_mode == ("compiled" if compile_now == "1" else "interpreted"), dd.unavailable
