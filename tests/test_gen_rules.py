@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from genlr.methods.gen_base import (
-    ARMIJO_C, BAND_MARGIN, SPIKE_MARGIN, GeNBase, LineSearchWindow, LossWatch)
+    ARMIJO_C, BAND_MARGIN, SPIKE_MARGIN, UNSETTLED_GAP, GeNBase, LineSearchWindow, LossWatch)
 from genlr.methods.gen_exact import ExactGeN
 from methods_helpers import Quadratic, exact_line_search, quadratic_loss
 
@@ -249,16 +249,18 @@ def test_loss_watch_flags_a_jump_beyond_its_noise_and_not_the_noise():
 
 
 def test_band_probes_lazily_only_while_the_lr_holds():
-    """Holding, the gap between probes doubles up to ``every`` (after the search's first
-    three steps and the window's first three probes); after a move the next step is a
-    probe (a new lr is checked before it has run for long)."""
+    """Holding, the gap between probes doubles up to ``UNSETTLED_GAP`` (after the search's
+    first three steps and the window's first three probes), and up to ``every`` once a
+    window of probes (ten) has held the lr; after a move the next step is a probe (a new
+    lr is checked before it has run for long)."""
     method = Scripted(stationary(0.0), lr=1.0, every=16)
     probes = []
-    for t in range(70):
+    for t in range(130):
         method.run(1)
         if method.last_probe == t:
             probes.append(t)
-    assert probes == [0, 1, 2, 3, 4, 5, 7, 11, 19, 35, 51, 67]
+    assert UNSETTLED_GAP == 4
+    assert probes == [0, 1, 2, 3, 4, 5, 7, 11, 15, 19, 27, 43, 59, 75, 91, 107, 123]
     climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
     probes, lrs = [], []
     for t in range(200):

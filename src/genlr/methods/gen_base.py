@@ -32,7 +32,8 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     it); in between, annealing is the horizon scale's job. A rise also needs the latest
     probe's own Armijo step above the lr (the first steps' transient line search, far above
     the lr that suits the rest of a run, can't carry it). Probing is lazy where the lr
-    holds: the gap between probes doubles up to ``every`` and falls back to one step after
+    holds: the gap between probes doubles up to four steps, and up to ``every`` once a
+    window of probes has held the lr, and falls back to one step after
     any move, so that a new lr is checked at the next step, and while the window warms up;
   - *net*: a spike of the training loss beyond its step-to-step noise (``LossWatch``)
     gets a probe at once, and a rise there, or a second spike in a row, is answered at
@@ -62,6 +63,9 @@ ARMIJO_C = 0.1
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is the net's
 SPIKE_MARGIN = 6.0
+#: until a window of probes has held the lr, the band probes at least every this many steps
+#: (up to ``every`` after: those probes add to a window that already rules)
+UNSETTLED_GAP = 4
 
 
 class LineSearchWindow:
@@ -156,7 +160,8 @@ class GeNBase(LRMethod):
             ``alpha*`` with ``smoothing`` every ``every`` steps).
         window: probes averaged by the band (the ratio of their mean slope and curvature).
         every: with "line_search", probe every this many steps (lazy GeN); with "band",
-            the largest gap between probes while the lr holds.
+            the largest gap between probes while the lr holds (at most ``UNSETTLED_GAP``
+            until a window of probes has held it).
         smoothing: the line search's ``lr <- smoothing*lr + (1-smoothing)*alpha*``.
         max_factor: the lr rises by at most this factor per probe (``None``: no clamp);
             the line search's ``alpha*`` is clamped to within it of the lr, the band's
@@ -184,7 +189,7 @@ class GeNBase(LRMethod):
     @shared_options  # declared once, here: each variant's __init__ takes them as **shared
     def __init__(self, optimizer, model=None, loss_fn=None, *,
                  rule: Literal["band", "line_search"] = "band", window: int = 10,
-                 every: int = 4, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
+                 every: int = 16, smoothing: float = 0.9, max_factor: Optional[float] = 2.0,
                  probe: Literal["same", "next"] = "next",
                  scale: Literal["constant", "linear", "cosine"] = "constant",
                  lr_min: float = 0.0, lr_max: Optional[float] = None,
@@ -390,10 +395,16 @@ class GeNBase(LRMethod):
 
     def next_gap(self, factor: float) -> int:
         """Steps from this probe to the next under the band: lazy (doubling up to
-        ``every``) only while the lr holds; the next step while searching, while the window
-        warms up and after a move, so that a new lr is checked before it has run for long."""
+        ``UNSETTLED_GAP``, and up to ``every`` once a window of probes has held the lr) only
+        while the lr holds; the next step while searching, while the window warms up and
+        after a move, so that a new lr is checked before it has run for long. A settled run
+        spends little on probes (issue 27: ParabolaGeN's two forwards every fourth step cost
+        it 1.2-1.3x AdamW), and a spike of the loss still gets a probe at once."""
         warming = len(self.window.samples) < LineSearchWindow.MIN_PROBES
-        return 1 if self.searching or warming or factor != 1.0 else min(2 * self.gap, self.every)
+        if self.searching or warming or factor != 1.0:
+            return 1
+        settled = len(self.trial.samples) == self.trial.samples.maxlen
+        return min(2 * self.gap, self.every if settled else min(self.every, UNSETTLED_GAP))
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
         """The paper's rule (its authors' code): ``lr <- smoothing*lr + (1-smoothing)*alpha*``,
