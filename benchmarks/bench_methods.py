@@ -255,17 +255,19 @@ def run_steps(built, batches, steps: int, start: int = 0,
 
 
 def time_configs(names: list[str], block: int, rounds: int, work,
-                 clock: Callable[[], float] = time.perf_counter) -> dict:
+                 clock: Callable[[], float] = time.perf_counter, warmup: int = 32) -> dict:
     """Per configuration, the median over ``rounds`` of (mean step time of a block of
     ``block`` steps) / (the same for a block of plain AdamW run just before it), and the
     quartiles of those ratios. A block holds whole probe periods (``block`` a multiple of
     ``every``), so each one carries its share of probe steps; pairing adjacent blocks
     cancels slow drift of the machine's speed, and the median drops the blocks a
-    background burst hit (on a shared 2-core machine single ratios swing by +-30%)."""
+    background burst hit (on a shared 2-core machine single ratios swing by +-30%).
+    ``warmup`` steps per configuration come first (first-call tracing; a lazy method's
+    pace early in a run)."""
     batches = work[2]
     built = {name: build(name, work) for name in ["adamw", *names]}
-    for one in built.values():  # warm-up (and first-call tracing)
-        run_steps(one, batches, 2 * block)
+    for one in built.values():
+        run_steps(one, batches, warmup)
     ratios: dict[str, list[float]] = {name: [] for name in names}
     base_ms = []
     for r in range(rounds):
@@ -370,6 +372,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", type=int, default=16,
                         help="steps per timed block (a multiple of the lazy methods' every)")
+    parser.add_argument("--warmup", type=int, default=32,
+                        help="steps before timing (GeN's band probes every fourth step until "
+                             "a window of probes has held the lr, up to every 16th after: "
+                             "a few hundred steps measure the settled pace)")
     parser.add_argument("--rounds", type=int, default=9,
                         help="timed blocks per configuration (0: no timing, memory alone)")
     parser.add_argument("--only", default="",
@@ -401,7 +407,7 @@ def main() -> None:
         clock = synchronised(clock)
     if args.newt_breakdown:
         return newt_breakdown(work, args.newt_breakdown, clock)
-    result = time_configs(names, args.block, args.rounds, work, clock) if timed else {}
+    result = time_configs(names, args.block, args.rounds, work, clock, args.warmup) if timed else {}
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, model {args.model}, "
           f"size {args.size}, batch {len(work[2][0][1])}, amp {args.amp}"
           + (f", AdamW step {result['adamw_ms']:.1f} ms ({args.clock} clock)" if timed else ""))

@@ -261,6 +261,11 @@ def test_band_probes_lazily_only_while_the_lr_holds():
             probes.append(t)
     assert UNSETTLED_GAP == 4
     assert probes == [0, 1, 2, 3, 4, 5, 7, 11, 15, 19, 27, 43, 59, 75, 91, 107, 123]
+    spiking = Scripted(stationary(0.0), lr=1.0, every=16)  # settled, a spike is probed at once
+    losses = [1.0 + 0.01 * (-1) ** t for t in range(130)]
+    losses[100] = 5.0
+    probes = [t for t in range(130) if spiking.run(1, losses=[losses[t]]) and spiking.last_probe == t]
+    assert probes[-3:] == [91, 100, 116]
     climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
     probes, lrs = [], []
     for t in range(200):

@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from gen_cli.jobs import spec_from_config
 from gen_cli.preflight import check_command_line
 from gen_cli.schema import register_schemas
+from gen_cli.suite import HELDOUT_WORKLOADS
 from genlr.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ def test_the_suite_has_its_workloads():
     assert {"fmnist_cnn", "fmnist_mlp", "fmnist_linear", "charlm_gpt", "cifar10_resnet18"} <= set(WORKLOADS)
     assert all(SIZES[w] for w in WORKLOADS)
     assert SIZES["cifar10_resnet18"] == ["gpu"]  # needs the download: GPU size only
+    assert set(HELDOUT_WORKLOADS) <= set(WORKLOADS)
 
 
 @pytest.mark.slow
