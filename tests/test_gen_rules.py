@@ -266,6 +266,19 @@ def test_band_probes_lazily_only_while_the_lr_holds():
     losses[100] = 5.0
     probes = [t for t in range(130) if spiking.run(1, losses=[losses[t]]) and spiking.last_probe == t]
     assert probes[-3:] == [91, 100, 116]
+
+
+def test_band_keeps_probing_while_its_window_calls_for_a_rise_it_cannot_certify():
+    """Not settled while the window's mean puts the Armijo step above the lr: from x0.1 on
+    the CNN the probes' noise kept a rise from being certified for ten probes while their
+    mean read the line search 20x above the lr; probing every 16th step from there, the
+    first rise waited until step 95 (0.836 accuracy against 0.860)."""
+    rng = random.Random(0)
+    far = Scripted(lambda lr: (lr * lr * 20.0 * (1.0 + 3.0 * rng.gauss(0.0, 1.0)), lr * lr),
+                   lr=1.0, every=16)
+    probes = [t for t in range(120) if far.run(1) and far.last_probe == t]
+    assert far.last_lr == 1.0 and len(far.window.samples) == 10  # no rise certified
+    assert len(probes) > 120 / 4  # settled, it would have probed 15 times
     climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
     probes, lrs = [], []
     for t in range(200):

@@ -395,15 +395,21 @@ class GeNBase(LRMethod):
 
     def next_gap(self, factor: float) -> int:
         """Steps from this probe to the next under the band: lazy (doubling up to
-        ``UNSETTLED_GAP``, and up to ``every`` once a window of probes has held the lr) only
-        while the lr holds; the next step while searching, while the window warms up and
+        ``UNSETTLED_GAP``, and up to ``every`` once a window of probes has held the lr and
+        their mean line search does not put its Armijo step above it) only while the lr
+        holds; the next step while searching, while the window warms up and
         after a move, so that a new lr is checked before it has run for long. A settled run
         spends little on probes (issue 27: ParabolaGeN's two forwards every fourth step cost
         it 1.2-1.3x AdamW), and a spike of the loss still gets a probe at once."""
         warming = len(self.window.samples) < LineSearchWindow.MIN_PROBES
         if self.searching or warming or factor != 1.0:
             return 1
-        settled = len(self.trial.samples) == self.trial.samples.maxlen
+        # Settled: a window of probes has held this lr and their mean does not call for a
+        # rise its noise keeps from being certified (from x0.1 on the CNN the window could
+        # not rule for ten probes while its mean put the line search 20x above the lr).
+        alpha, _ = self.window.estimate()
+        settled = (len(self.trial.samples) == self.trial.samples.maxlen
+                   and not 2.0 * (1.0 - ARMIJO_C) * alpha > self.base_lr())
         return min(2 * self.gap, self.every if settled else min(self.every, UNSETTLED_GAP))
 
     def line_search_factor(self, s_star: float | None) -> tuple[float, bool]:
