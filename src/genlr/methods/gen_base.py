@@ -33,7 +33,8 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     probe's own Armijo step above the lr (the first steps' transient line search, far above
     the lr that suits the rest of a run, can't carry it). Probing is lazy where the lr
     holds: the gap between probes doubles up to four steps, and up to ``every`` once a
-    window of probes has held the lr, and falls back to one step after
+    window of probes has held the lr without their mean calling for a rise, and falls back
+    to one step after
     any move, so that a new lr is checked at the next step, and while the window warms up;
   - *net*: a spike of the training loss beyond its step-to-step noise (``LossWatch``)
     gets a probe at once, and a rise there, or a second spike in a row, is answered at
@@ -63,8 +64,8 @@ ARMIJO_C = 0.1
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is the net's
 SPIKE_MARGIN = 6.0
-#: until a window of probes has held the lr, the band probes at least every this many steps
-#: (up to ``every`` after: those probes add to a window that already rules)
+#: until a window of probes has held the lr (``next_gap``), the band probes at least every
+#: this many steps (up to ``every`` after: those probes add to a window that already rules)
 UNSETTLED_GAP = 4
 
 
