@@ -33,9 +33,9 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     probe's own Armijo step above the lr (the first steps' transient line search, far above
     the lr that suits the rest of a run, can't carry it). Probing is lazy where the lr
     holds: the gap between probes doubles up to four steps, and up to ``every`` once a
-    window of probes has held the lr without their mean calling for a rise, and falls back
-    to one step after
-    any move, so that a new lr is checked at the next step, and while the window warms up;
+    window of probes has held the lr without their mean calling for a rise; it falls back
+    to one step after any move, so that a new lr is checked at the next step, and while
+    the window warms up;
   - *net*: a spike of the training loss beyond its step-to-step noise (``LossWatch``)
     gets a probe at once, and a rise there, or a second spike in a row, is answered at
     once, as a backtracking line search answers a failed Armijo test: the lr at least
@@ -162,7 +162,7 @@ class GeNBase(LRMethod):
         window: probes averaged by the band (the ratio of their mean slope and curvature).
         every: with "line_search", probe every this many steps (lazy GeN); with "band",
             the largest gap between probes while the lr holds (at most ``UNSETTLED_GAP``
-            until a window of probes has held it).
+            until a window of probes has held it without calling for a rise).
         smoothing: the line search's ``lr <- smoothing*lr + (1-smoothing)*alpha*``.
         max_factor: the lr rises by at most this factor per probe (``None``: no clamp);
             the line search's ``alpha*`` is clamped to within it of the lr, the band's
@@ -398,10 +398,10 @@ class GeNBase(LRMethod):
         """Steps from this probe to the next under the band: lazy (doubling up to
         ``UNSETTLED_GAP``, and up to ``every`` once a window of probes has held the lr and
         their mean line search does not put its Armijo step above it) only while the lr
-        holds; the next step while searching, while the window warms up and
-        after a move, so that a new lr is checked before it has run for long. A settled run
-        spends little on probes (issue 27: ParabolaGeN's two forwards every fourth step cost
-        it 1.2-1.3x AdamW), and a spike of the loss still gets a probe at once."""
+        holds; the next step while searching, while the window warms up and after a move,
+        so that a new lr is checked before it has run for long. A settled run spends little
+        on probes (issue 27: ParabolaGeN's two forwards every fourth step cost it 1.2-1.3x
+        AdamW), and a spike of the loss still gets a probe at once."""
         warming = len(self.window.samples) < LineSearchWindow.MIN_PROBES
         if self.searching or warming or factor != 1.0:
             return 1
