@@ -48,6 +48,16 @@ class Scripted(GeNBase):
             lrs.append(self.step(None, loss=None if losses is None else losses[t]))
         return lrs
 
+    def probe_steps(self, steps: int, losses=None) -> list[int]:
+        """The steps, of the next ``steps``, that probed."""
+        probed = []
+        for t in range(steps):
+            start = self.step_count
+            self.run(1, losses=None if losses is None else [losses[t]])
+            if self.last_probe == start:
+                probed.append(t)
+        return probed
+
 
 def stationary(noise: float, seed: int = 0):
     """At every lr the run is stationary: ``s*`` scatters around 1/2 (curvature ``lr^2``)."""
@@ -253,19 +263,13 @@ def test_band_probes_lazily_only_while_the_lr_holds():
     first three steps and the window's first three probes), and up to ``every`` once a
     window of probes (ten) has held the lr; after a move the next step is a probe (a new
     lr is checked before it has run for long)."""
-    method = Scripted(stationary(0.0), lr=1.0, every=16)
-    probes = []
-    for t in range(130):
-        method.run(1)
-        if method.last_probe == t:
-            probes.append(t)
+    probes = Scripted(stationary(0.0), lr=1.0, every=16).probe_steps(130)
     assert UNSETTLED_GAP == 4
     assert probes == [0, 1, 2, 3, 4, 5, 7, 11, 15, 19, 27, 43, 59, 75, 91, 107, 123]
     spiking = Scripted(stationary(0.0), lr=1.0, every=16)  # settled, a spike is probed at once
     losses = [1.0 + 0.01 * (-1) ** t for t in range(130)]
     losses[100] = 5.0
-    probes = [t for t in range(130) if spiking.run(1, losses=[losses[t]]) and spiking.last_probe == t]
-    assert probes[-3:] == [91, 100, 116]
+    assert spiking.probe_steps(130, losses)[-3:] == [91, 100, 116]
 
 
 def test_band_keeps_probing_while_its_window_calls_for_a_rise_it_cannot_certify():
@@ -276,7 +280,7 @@ def test_band_keeps_probing_while_its_window_calls_for_a_rise_it_cannot_certify(
     rng = random.Random(0)
     far = Scripted(lambda lr: (lr * lr * 20.0 * (1.0 + 3.0 * rng.gauss(0.0, 1.0)), lr * lr),
                    lr=1.0, every=16)
-    probes = [t for t in range(120) if far.run(1) and far.last_probe == t]
+    probes = far.probe_steps(120)
     assert far.last_lr == 1.0 and len(far.window.samples) == 10  # no rise certified
     assert len(probes) > 120 / 4  # settled, it would have probed 15 times
     climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
