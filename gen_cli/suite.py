@@ -49,7 +49,12 @@ PEERS = {
               "schedulefree": ["optimizer=schedulefree_adamw"]},
     "sgd": {"dadapt_sgd": ["optimizer=dadapt_sgd"],
             "schedulefree": ["optimizer=schedulefree_sgd", "optimizer.momentum=0.9"]},
+    # No learning-rate-free method is built on RMSprop: its workloads get ours and the
+    # tuned baselines only.
+    "rmsprop": {},
 }
+# The families with a GeN optimizer class (conf/optimizer/gen_optim_<family>.yaml).
+GEN_OPTIM = ("adamw", "sgd")
 CPU_WORKLOADS = ("fmnist_cnn", "fmnist_mlp", "fmnist_linear", "charlm_gpt")
 GPU_WORKLOADS = (*CPU_WORKLOADS, "cifar10_resnet18")
 # docs/heldout.md: never tuned on, CPU size only; run when named (--workloads), not by default.
@@ -78,13 +83,14 @@ class Row:
 
 
 def rows_for(family: str, best_lr: dict[str, float]) -> list[Row]:
-    """The rows of a workload whose optimizer is ``family`` (adamw or sgd), the tuned
+    """The rows of a workload whose optimizer is ``family`` (a key of ``PEERS``), the tuned
     baselines at their best lr."""
     rows = [Row(f"{b}_tuned", [f"lr={b}", f"optimizer.lr={best_lr[b]!r}"]) for b in TUNED
             if b in best_lr]
     rows += [Row(name, [f"lr={name}"]) for name in OURS]
     rows += [Row(name, [*overrides, "lr=constant"]) for name, overrides in PEERS[family].items()]
-    rows.append(Row("gen_optim", [f"optimizer=gen_optim_{family}", "lr=constant"]))
+    if family in GEN_OPTIM:
+        rows.append(Row("gen_optim", [f"optimizer=gen_optim_{family}", "lr=constant"]))
     return rows
 
 

@@ -98,6 +98,17 @@ def test_an_adamw_workload_gets_the_adam_peers(fake, tmp_path):
     assert "optimizer=schedulefree_adamw" in rows["schedulefree"]
 
 
+def test_an_rmsprop_workload_gets_ours_and_the_baselines(fake, tmp_path):
+    # No peer is built on RMSprop, and there is no GeN optimizer class for it.
+    gen_suite.main([str(tmp_path / "out"), "--workloads", "heldout_mlp_rmsprop", "--seeds", "1"])
+    assert list(rows_called(fake)) == ["constant_tuned", "cosine_tuned", "gen_parabola",
+                                       "gen_exact", "newt"]
+    fake.calls.clear()
+    gen_suite.main([str(tmp_path / "sens"), "--workloads", "heldout_mlp_rmsprop",
+                    "--sensitivity", "--rows", "gen_exact", "--multipliers", "1"])
+    assert list(rows_called(fake)) == ["x1"]
+
+
 def test_a_rerun_skips_finished_jobs_and_runs_the_rest(fake, tmp_path, capsys):
     out = str(tmp_path / "out")
     fake.statuses = {("gen_parabola", 1): "interrupted", ("newt", 0): "diverged",
