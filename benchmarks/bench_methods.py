@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from genlr import ExactGeN, Newt, ParabolaGeN  # noqa: E402
 from genlr.curvature import probe_mode  # noqa: E402
 from genlr.curvature.taylor import eager_math_kernels  # noqa: E402
+from genlr.methods.gen_base import GeNBase  # noqa: E402
 from genlr.models import build_model  # noqa: E402
 from genlr.tasks import build_task  # noqa: E402
 
@@ -79,7 +80,9 @@ def classification_loss(model: nn.Module, batch) -> torch.Tensor:
 
 def workload(kind: str, count: int = 16, size: str = "cpu") -> tuple[Callable[[], nn.Module], Callable, list]:
     """``(make_model, loss_fn, batches)`` of a ``--model`` choice at a ``--size``; every
-    ``make_model()`` call gives the same initial weights."""
+    ``make_model()`` call gives the same initial weights. ``count`` distinct batches (the
+    images at most one epoch's): GeN's band probes at a pace that depends on how training
+    goes, and a few batches gone round many times are memorised, a run no user makes."""
     if kind == "gpt":
         task_options, model_options, batch_size = SIZES[size]["gpt"]
         task = build_task("charlm", **task_options)
@@ -134,7 +137,9 @@ def image_model(kind: str) -> nn.Module:
 
 
 def fashion_batches(count: int, batch_size: int = 128) -> list:
-    n = count * batch_size
+    """``count`` batches of Fashion-MNIST's training images in file order, at most one
+    epoch's worth (``run_steps`` goes round them)."""
+    n = min(count, 60_000 // batch_size) * batch_size
     if DATA.exists() and LABELS.exists():
         with gzip.open(DATA) as f:
             images = torch.frombuffer(bytearray(f.read(16 + n * 784)[16:]), dtype=torch.uint8)
@@ -257,17 +262,20 @@ def run_steps(built, batches, steps: int, start: int = 0,
 def time_configs(names: list[str], block: int, rounds: int, work,
                  clock: Callable[[], float] = time.perf_counter, warmup: int = 32) -> dict:
     """Per configuration, the median over ``rounds`` of (mean step time of a block of
-    ``block`` steps) / (the same for a block of plain AdamW run just before it), and the
-    quartiles of those ratios. A block holds whole probe periods (``block`` a multiple of
-    ``every``), so each one carries its share of probe steps; pairing adjacent blocks
-    cancels slow drift of the machine's speed, and the median drops the blocks a
-    background burst hit (on a shared 2-core machine single ratios swing by +-30%).
-    ``warmup`` steps per configuration come first (first-call tracing; a lazy method's
-    pace early in a run)."""
+    ``block`` steps) / (the same for a block of plain AdamW run just before it, on the same
+    batches), and the quartiles of those ratios. A block holds whole probe periods
+    (``block`` a multiple of ``every``), so each one carries its share of probe steps;
+    pairing adjacent blocks cancels slow drift of the machine's speed, and the median drops
+    the blocks a background burst hit (on a shared 2-core machine single ratios swing by
+    +-30%). ``warmup`` steps per configuration come first (first-call tracing; a lazy
+    method's pace early in a run), then the timed blocks go on through the batches.
+    ``result["probes"][name]``: a GeN configuration's probes per timed step (the pace
+    measured)."""
     batches = work[2]
     built = {name: build(name, work) for name in ["adamw", *names]}
     for one in built.values():
         run_steps(one, batches, warmup)
+    probed = {name: probes(built[name]) for name in names}
     ratios: dict[str, list[float]] = {name: [] for name in names}
     base_ms = []
     for r in range(rounds):
@@ -275,13 +283,21 @@ def time_configs(names: list[str], block: int, rounds: int, work,
             pair = []
             for which in ("adamw", name):
                 pair.append(statistics.fmean(run_steps(built[which], batches, block,
-                                                       start=r * block, clock=clock)))
+                                                       start=warmup + r * block, clock=clock)))
             base_ms.append(pair[0] * 1e3)
             ratios[name].append(pair[1] / pair[0])
-    result = {"adamw_ms": statistics.median(base_ms)}
+    result = {"adamw_ms": statistics.median(base_ms),
+              "probes": {name: (probes(built[name]) - probed[name]) / (rounds * block)
+                         for name in names if isinstance(built[name][2], GeNBase)}}
     for name, values in ratios.items():
         result[name] = tuple(statistics.quantiles(values, n=4)) if len(values) > 1 else values * 3
     return result
+
+
+def probes(built) -> int:
+    """A GeN method's probe steps so far (0 for anything else)."""
+    method = built[2]
+    return method.account["probes"] if isinstance(method, GeNBase) else 0
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -400,7 +416,8 @@ def main() -> None:
     global AUTOCAST
     AUTOCAST = autocast_factory(args.amp, args.device)
     names = [n for n in CONFIGS if n != "adamw" and any(s in n for s in args.only.split("|"))]
-    work = on_device(workload(args.model, size=args.size), torch.device(args.device))
+    count = args.warmup + max(args.rounds, 1) * args.block  # a batch for every timed step
+    work = on_device(workload(args.model, count, args.size), torch.device(args.device))
     timed = args.rounds > 0
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.device == "cuda":
@@ -421,6 +438,8 @@ def main() -> None:
         if timed:
             q1, median, q3 = result[name]
             line += f" {median:12.2f} {q1:5.2f}-{q3:<5.2f}"
+            if name in result["probes"]:
+                line += f"  probes/step {result['probes'][name]:.3f}"
         if args.memory:
             line += f" {peak_memory(name, 4, work) / base_memory:15.2f}"
         print(line, flush=True)
