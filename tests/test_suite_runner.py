@@ -109,6 +109,11 @@ def test_an_rmsprop_workload_gets_ours_and_the_baselines(fake, tmp_path):
     assert list(rows_called(fake)) == ["x1"]
 
 
+def test_every_held_out_workload_has_its_rows():
+    suite = gen_suite.Suite(Path("unused"), "cpu", 1, False)
+    assert all(suite.family(w) in gen_suite.PEERS for w in gen_suite.HELDOUT_WORKLOADS)
+
+
 def test_a_rerun_skips_finished_jobs_and_runs_the_rest(fake, tmp_path, capsys):
     out = str(tmp_path / "out")
     fake.statuses = {("gen_parabola", 1): "interrupted", ("newt", 0): "diverged",
