@@ -215,6 +215,8 @@ CONFIGS: dict[str, Callable[[Any, nn.Module, Callable, dict], Any] | None] = {
     "gen_parabola (defaults)": lambda o, m, f, a: ParabolaGeN(o, m, f, **a),
     "newt full-batch lookahead": lambda o, m, f, a: Newt(o, m, f, **a, lookahead_batch=None),
     "newt (defaults)": lambda o, m, f, a: Newt(o, m, f, **a),
+    "newt lookahead on 1/8 of the batch": lambda o, m, f, a: Newt(o, m, f, **a,
+                                                                  lookahead_batch=0.125),
     "newt (defaults) by forward and backward": lambda o, m, f, a: without_jets(Newt(o, m, f, **a)),
     "newt next_step (zero-pass)": lambda o, m, f, a: Newt(o, m, f, **a, lookahead="next_step"),
     "newt window (zero-pass)": lambda o, m, f, a: Newt(o, m, f, **a, lookahead="window"),

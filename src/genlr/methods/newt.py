@@ -111,7 +111,7 @@ class Newt(LRMethod):
                  lr_min: Optional[float] = 1e-7,
                  lr_max: Optional[float] = 1.0, eps: float = 1e-9,
                  lookahead: Literal["probe", "next_step", "window"] = "probe",
-                 lookahead_batch: Optional[float] = 0.25, window: int = 100,
+                 lookahead_batch: Optional[float] = 0.125, window: int = 100,
                  window_gamma: float = 0.2, per_group: bool = False, **common) -> None:
         super().__init__(optimizer, model, loss_fn, **common)
         check_positive_lr(optimizer, "Newt")
