@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from genlr.methods.gen_base import (
-    ARMIJO_C, BAND_MARGIN, SPIKE_MARGIN, UNSETTLED_GAP, GeNBase, LineSearchWindow, LossWatch)
+    ARMIJO_C, BAND_MARGIN, SEARCH_CLIMB, SPIKE_MARGIN, UNSETTLED_GAP, GeNBase, LineSearchWindow, LossWatch)
 from genlr.methods.gen_exact import ExactGeN
 from methods_helpers import Quadratic, exact_line_search, quadratic_loss
 
@@ -92,24 +92,38 @@ def test_band_drifts_little_at_a_noisy_stationarity(seed):
     assert line_search[-1] < 1e-5
 
 
-def test_band_climbs_to_the_armijo_step_of_a_line_search_far_above_and_then_holds():
-    """x2 per ``window`` steps at most (here a probe a step): each new lr proves itself
-    before the next rise, and the first steps' line search can't carry the lr away."""
-    lrs = Scripted(fixed_optimum(1000.0), lr=1.0).run(120)
+def test_search_climbs_to_a_quarter_of_a_line_search_far_above_then_the_band_to_its_armijo_step():
+    """From 1000x below the line search the search climbs x2 a probe while the probe puts
+    ``alpha*`` more than ``SEARCH_CLIMB`` times above the lr, and stops at ``alpha* / 4``
+    (a start too low loses most in a run's first steps); from there the band climbs x2 per
+    ``window`` steps at most (here a probe a step), each new lr proving itself before the
+    next rise, to the Armijo step, and holds."""
+    lrs = Scripted(fixed_optimum(1000.0), lr=1.0).run(60)
+    assert lrs[:8] == pytest.approx([2, 4, 8, 16, 32, 64, 128, 1000.0 / SEARCH_CLIMB])
     armijo = 2.0 * (1.0 - ARMIJO_C) * 1000.0  # the largest lr with sufficient decrease
-    expected = [min(2.0 ** (k // 10), armijo) for k in range(120)]
-    assert lrs == pytest.approx(expected)
+    band = [min(250.0 * 2.0 ** ((k - 7) // 10), armijo) for k in range(7, 60)]
+    assert lrs[7:] == pytest.approx(band)
+
+
+def test_search_climbs_no_more_once_it_has_cut():
+    """A search that has found the edge from above (a cut) does not climb again on a later
+    probe's line search far above the lr: rises are then the band's, on evidence."""
+    script = iter([0.1, 100.0, 100.0])  # s* per probe: the first step raises the loss
+    method = Scripted(lambda lr: (lr**2 * next(script, 100.0), lr**2), lr=1.0)
+    lrs = method.run(3)
+    assert lrs == pytest.approx([0.25, 0.25, 0.25])
+    assert method.account["cut by the search"] == 1 and method.account["rose"] == 0
 
 
 @pytest.mark.parametrize("start", [0.1, 10.0])
 def test_a_start_off_by_ten_either_way_reaches_the_band(start):
-    """The initial lr is nobody's evidence: from 10x below the line search the band climbs
-    x2 per window, from 10x above the search cuts at once (by 4 a probe); either way the lr is
-    at the Armijo step 1.8 alpha* after five windows and stays."""
+    """The initial lr is nobody's evidence: from 10x below the line search the search
+    climbs to a quarter of it (x2 a probe) and the band on from there x2 per window, from
+    10x above the search cuts at once (by 4 a probe); either way the lr is at the Armijo
+    step 1.8 alpha* after five windows and stays."""
     method = Scripted(fixed_optimum(1.0), lr=start)
     lrs = method.run(60)
-    if start > 1.0:
-        assert lrs[:2] == pytest.approx([2.5, math.sqrt(2.0)])
+    assert lrs[:2] == pytest.approx([2.5, math.sqrt(2.0)] if start > 1.0 else [0.2, 0.25])
     assert lrs[50:] == pytest.approx([2.0 * (1.0 - ARMIJO_C)] * 10)
     assert not method.searching
 
@@ -278,8 +292,9 @@ def test_band_keeps_probing_while_its_window_calls_for_a_rise_it_cannot_certify(
     mean read the line search 20x above the lr; probing every 16th step from there, the
     first rise waited until step 95 (0.836 accuracy against 0.860)."""
     rng = random.Random(0)
-    far = Scripted(lambda lr: (lr * lr * 20.0 * (1.0 + 3.0 * rng.gauss(0.0, 1.0)), lr * lr),
-                   lr=1.0, every=16)
+    search = iter([0.6, 0.6, 0.6])  # the search's three probes: no move, so no climb either
+    far = Scripted(lambda lr: (lr * lr * next(search, 20.0 * (1.0 + 3.0 * rng.gauss(0.0, 1.0))),
+                               lr * lr), lr=1.0, every=16)
     probes = far.probe_steps(120)
     assert far.last_lr == 1.0 and len(far.window.samples) == 10  # no rise certified
     assert len(probes) > 120 / 4  # settled, it would have probed 15 times

@@ -15,7 +15,10 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
     raises the loss, so from the first probe, probing every step, the lr falls on the
     point estimate of ``alpha*`` (as far as it takes, as a backtracking line search cuts)
     until the estimate no longer puts it above that edge, over the first three steps at
-    least (momentum builds the step up after the first);
+    least (momentum builds the step up after the first); until it has cut, it also climbs
+    (x2 a probe at most) while a probe puts ``alpha*`` more than ``SEARCH_CLIMB`` times
+    above the lr: a start too low loses the most in the first tens of steps, before the
+    curvature along the step has adapted to the lr;
   - *band*: then it holds the lr while the probes are consistent with it lying in
     ``[2(1-c) alpha*, 2 alpha*]`` and moves only when they show it outside (while its
     window warms up, a probe that puts the lr twice above the edge cuts as the search
@@ -64,6 +67,10 @@ ARMIJO_C = 0.1
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is the net's
 SPIKE_MARGIN = 6.0
+#: the search climbs while a probe's line search ``alpha*`` lies more than this many times
+#: above the lr (it stops in ``[alpha*/4, alpha*/2]``: the curvature along the step rises
+#: with the lr within a few steps, so a climb to ``alpha*`` itself overshoots)
+SEARCH_CLIMB = 4.0
 #: until a window of probes has held the lr (``next_gap``), the band probes at least every
 #: this many steps (up to ``every`` after: those probes add to a window that already rules)
 UNSETTLED_GAP = 4
@@ -487,16 +494,22 @@ class GeNBase(LRMethod):
         return 1.0, False
 
     def search_factor(self, slope: float, curvature: float, lr: float) -> float:
-        """The search's factor (``backtrack``), probing every step. It ends at the first
-        probe that shows a descent along ``d`` that does not cut (rises are the band's, on
-        evidence) from the third step on, or after a window of probes without a descent."""
+        """The search's factor, probing every step: a cut (``backtrack``), or until the
+        search has cut, a climb towards ``alpha* / SEARCH_CLIMB`` (by ``max_factor`` at
+        most). It ends at the first probe that shows a descent along ``d`` and moves
+        neither way from the third step on, or after a window of probes without a descent."""
         if not (slope > 0 and curvature > 0):  # no descent along d, or no curvature: no lr fits
             self.searching = len(self.trial.samples) < self.trial.samples.maxlen
             return 1.0
         factor = self.backtrack(slope, curvature, lr)
+        s_star = slope / curvature
+        # Climbing stops for good at the first cut: a search that has found the edge from
+        # above has nothing left to find below it.
+        if factor == 1.0 and s_star > SEARCH_CLIMB and not self.account["cut by the search"]:
+            factor = min(s_star / SEARCH_CLIMB, self.max_factor or math.inf)
         # The first probe can't speak for the steps after it (momentum builds the step up
         # over the next ones): the search goes on for the first MIN_PROBES steps at least.
-        self.searching = factor < 1.0 or self.step_count + 1 < LineSearchWindow.MIN_PROBES
+        self.searching = factor != 1.0 or self.step_count + 1 < LineSearchWindow.MIN_PROBES
         return factor
 
     def backtrack(self, slope: float, curvature: float, lr: float, beyond: float = 1.0) -> float:
