@@ -67,9 +67,9 @@ ARMIJO_C = 0.1
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is the net's
 SPIKE_MARGIN = 6.0
-#: the search climbs while a probe's line search ``alpha*`` lies more than this many times
-#: above the lr (it stops in ``[alpha*/4, alpha*/2]``: the curvature along the step rises
-#: with the lr within a few steps, so a climb to ``alpha*`` itself overshoots)
+#: the search climbs towards ``alpha* / SEARCH_CLIMB`` while a probe's line search lies
+#: further above the lr, not to ``alpha*`` itself: the curvature along the step rises with
+#: the lr within a few steps (a climb to ``alpha*/2`` overshot on the suite's LM)
 SEARCH_CLIMB = 4.0
 #: until a window of probes has held the lr (``next_gap``), the band probes at least every
 #: this many steps (up to ``every`` after: those probes add to a window that already rules)
