@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from genlr.methods.gen_base import (
-    ARMIJO_C, BAND_MARGIN, SEARCH_CLIMB, SPIKE_MARGIN, UNSETTLED_GAP, GeNBase, LineSearchWindow, LossWatch)
+    ARMIJO_C, BAND_MARGIN, SEARCH_CLIMB, SPIKE_MARGIN, UNSETTLED_GAP, GeNBase, LineSearchWindow,
+    LossWatch)
 from genlr.methods.gen_exact import ExactGeN
 from methods_helpers import Quadratic, exact_line_search, quadratic_loss
 
@@ -99,9 +100,10 @@ def test_search_climbs_to_a_quarter_of_a_line_search_far_above_then_the_band_to_
     ``window`` steps at most (here a probe a step), each new lr proving itself before the
     next rise, to the Armijo step, and holds."""
     lrs = Scripted(fixed_optimum(1000.0), lr=1.0).run(60)
-    assert lrs[:8] == pytest.approx([2, 4, 8, 16, 32, 64, 128, 1000.0 / SEARCH_CLIMB])
+    quarter = 1000.0 / SEARCH_CLIMB
+    assert lrs[:8] == pytest.approx([2, 4, 8, 16, 32, 64, 128, quarter])
     armijo = 2.0 * (1.0 - ARMIJO_C) * 1000.0  # the largest lr with sufficient decrease
-    band = [min(250.0 * 2.0 ** ((k - 7) // 10), armijo) for k in range(7, 60)]
+    band = [min(quarter * 2.0 ** ((k - 7) // 10), armijo) for k in range(7, 60)]
     assert lrs[7:] == pytest.approx(band)
 
 
