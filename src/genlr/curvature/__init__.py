@@ -11,13 +11,12 @@ per operator).
 
 from genlr.curvature.directional import (
     PATHS, BoundLoss, DirectionalDerivatives, batch_fraction, dot,
-    double_backward, full_float32, original_module, result_tolerance)
+    full_float32, original_module, result_tolerance)
 from genlr.curvature.probe import LossFn, has_active_dropout, probe_mode
 from genlr.curvature.taylor import TaylorPass, TaylorUnsupported, compile_seconds, compiling_now
 
 __all__ = [
     "PATHS", "BoundLoss", "DirectionalDerivatives", "LossFn", "TaylorPass",
     "TaylorUnsupported", "batch_fraction", "compile_seconds", "compiling_now", "dot",
-    "double_backward", "full_float32", "has_active_dropout", "original_module",
-    "probe_mode", "result_tolerance",
+    "full_float32", "has_active_dropout", "original_module", "probe_mode", "result_tolerance",
 ]

@@ -167,22 +167,6 @@ def _disagreement(x: tuple[float, float], y: tuple[float, float]) -> float:
     return error if math.isfinite(error) else math.inf
 
 
-def double_backward(model: nn.Module, loss_fn: LossFn, params: list[torch.Tensor],
-                    d: list[torch.Tensor], batch: Any) -> tuple[float, float]:
-    """``(<grad L, d>, d^T H d)`` by double backward, in the model's own eager code (with
-    kernels that have second derivatives): the reference the jets are checked against."""
-    with torch.enable_grad(), eager_math_kernels():
-        loss = loss_fn(model, batch)
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        pairs = [(g, v) for g, v in zip(grads, d) if g is not None]
-        gd = sum((g * v.to(g.dtype)).sum() for g, v in pairs)
-        if not isinstance(gd, torch.Tensor) or not gd.requires_grad:
-            return float(gd), 0.0
-        hd = torch.autograd.grad(gd, params, allow_unused=True)
-    used = [(h, v) for h, v in zip(hd, d) if h is not None]
-    return float(gd.detach()), dot([h for h, _ in used], [v for _, v in used])
-
-
 class DirectionalDerivatives:
     """``<grad L, d>`` and ``d^T H d`` of ``loss_fn(model, batch)`` at the current parameters.
 
@@ -507,7 +491,16 @@ class DirectionalDerivatives:
         return self._taylor_pass(params, d, batch, compile)
 
     def _double_backward(self, params, d, batch) -> tuple[float, float]:
-        return double_backward(self.model, self.loss_fn, params, d, batch)
+        with torch.enable_grad(), eager_math_kernels():
+            loss = self.loss_fn(self.model, batch)
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            pairs = [(g, v) for g, v in zip(grads, d) if g is not None]
+            gd = sum((g * v.to(g.dtype)).sum() for g, v in pairs)
+            if not isinstance(gd, torch.Tensor) or not gd.requires_grad:
+                return float(gd), 0.0
+            hd = torch.autograd.grad(gd, params, allow_unused=True)
+        used = [(h, v) for h, v in zip(hd, d) if h is not None]
+        return float(gd.detach()), dot([h for h, _ in used], [v for _, v in used])
 
     def _forward_over_reverse(self, params, d, batch) -> tuple[float, float]:
         names = self._names(params)

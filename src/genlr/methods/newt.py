@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
-from genlr.curvature import (BoundLoss, TaylorPass, TaylorUnsupported, batch_fraction, dot,
-                             double_backward, original_module, probe_mode, result_tolerance)
-from genlr.distributed import mean_over_ranks
+from genlr.curvature import (BoundLoss, DirectionalDerivatives, TaylorPass, TaylorUnsupported,
+                             batch_fraction, dot, original_module, probe_mode,
+                             result_tolerance)
 from genlr.messages import one_line
 from genlr.methods.base import LRMethod, as_float, check_positive_lr, finite
 
@@ -135,14 +135,15 @@ class Newt(LRMethod):
         # lookahead="window": parameters at the window's start and the last window's u
         self._window_start: list[torch.Tensor] | None = None
         self._window_u: list[torch.Tensor] | None = None
-        # lookahead="probe": the lookahead's slopes by forward-mode jets (``_slopes_at``,
-        # ``_secant_on``)
+        # lookahead="probe": the lookahead's slopes by forward-mode jets (``_slopes_at``)
         self._jet: TaylorPass | None = None
         self._jet_checked: set[str] = set()  # the ways it ran when checked ("compiled", ...)
         if lookahead == "probe" and model is not None and loss_fn is not None:
             steps_left = lambda: max(self.total_steps - self.step_count, 0)  # noqa: E731
             self._jet = TaylorPass(BoundLoss(original_module(model), loss_fn),
                                    passes_left=steps_left if self.total_steps else None)
+            # what checks the midpoint jet's curvature (``_check_jet``)
+            self._reference = DirectionalDerivatives(model, loss_fn, autocast=self.autocast)
 
     # ----------------------------------------------------------------------- step
     def step(self, batch: Any = None, loss: torch.Tensor | None = None,
@@ -339,16 +340,14 @@ class Newt(LRMethod):
         return out
 
     def _slopes_at(self, params: list[torch.Tensor], d: list[torch.Tensor], groups: list[int],
-                   batch: Any, reduce: bool = True) -> tuple[float, list[float]]:
+                   batch: Any) -> tuple[float, list[float]]:
         """``L`` and ``<grad L, d>`` (per group) at the current parameters on ``batch``,
-        averaged over ranks (``reduce=False``: this rank's). Newt reads the lookahead
-        gradient only through its inner product with ``d``: a directional derivative, which a
-        first-order jet gives in one forward pass with its tangent (compiled; three products
-        a layer, no backward, no tape; its cost in docs/methods.md, "Cost"). Checked against
-        the forward and backward once in each way it runs (interpreted, then compiled once
-        that pays); where the jet can't (per-group slopes, a model without a Taylor pass) the
-        forward and backward run."""
-        mean = self.batch_mean if reduce else float
+        averaged over ranks. Newt reads the lookahead gradient only through its inner
+        product with ``d``: a directional derivative, which a first-order jet gives in one
+        forward pass with its tangent (compiled; three products a layer, no backward, no
+        tape; its cost in docs/methods.md, "Cost"). Checked against the forward and backward
+        once in each way it runs (interpreted, then compiled once that pays); where the jet
+        can't (per-group slopes, a model without a Taylor pass) the forward and backward run."""
         if self._jet is not None and not self.per_group:
             try:
                 with torch.no_grad(), probe_mode(self.model) as probe, self.autocast():
@@ -356,104 +355,88 @@ class Newt(LRMethod):
                 self.probes_removed_dropout |= probe.removed > 0 and self.model.training
                 self.passes["forward"] += 1
                 if (self._jet.mode in self._jet_checked
-                        or self._check_jet(params, d, batch, (slope,), self._gradient_slope)):
-                    return mean(loss), [mean(slope)]
+                        or self._check_jet(params, d, groups, batch, slope)):
+                    return self.batch_mean(loss), [self.batch_mean(slope)]
             except TaylorUnsupported as err:
                 self._jet_unusable(err)
         loss, grads = self._loss_and_grads(params, batch)
-        return mean(loss), [mean(v) for v in self._group_dots(grads, d, groups)]
+        return loss, [self.batch_mean(v) for v in self._group_dots(grads, d, groups)]
 
     def _secant_on(self, params: list[torch.Tensor], d: list[torch.Tensor], groups: list[int],
                    sub: Any) -> tuple[float, float, list[float]]:
         """``L(theta_t)``, ``L(theta_{t+1})`` and the secant ``<g_t - g_{t+1}, d>`` (per group)
-        on the sub-batch ``sub``, averaged over ranks in one all-reduce whichever way each
-        rank measured them; the parameters at ``theta_{t+1}`` before and after.
+        on the sub-batch ``sub``; the parameters at ``theta_{t+1}`` before and after.
 
-        The secant is the mean of ``phi''`` over the step (``phi(s) = L(theta_t - s d)``),
-        which the paper takes for the curvature at the step's end. With ``approx="secant"``
-        the midpoint rule gives it from one second-order jet at ``theta_t - d/2``:
-        ``phi''(1/2)``, off the secant by a 24th of ``phi''''`` (exact where ``phi`` is a
-        cubic), as close to the curvature at the end as the secant is (both off it by half
-        of ``phi'''``), and the two losses from the same jet's Taylor series (so the loss
-        rose over the step where ``<g, d>`` is negative at the midpoint). One pass where the
-        two ends took two first-order jets: a sixth fewer products and one pass's overheads
-        (issue 27). Checked against double backward once in each way it runs. Else (the
-        Taylor approximation, which reads the two losses; per-group slopes; a model without
-        a Taylor pass) the slopes at the two ends (``_slopes_at``)."""
-        values = None
-        if self.approx == "secant" and self._jet is not None and not self.per_group:
+        The secant is the mean of ``phi''`` over the step (``phi(s) = L(theta_t - s d)``):
+        the midpoint rule gives it from one second-order jet at ``theta_t - d/2``,
+        ``phi''(1/2)``, off by a 24th of ``phi''''`` (exact where ``phi`` is a cubic), and the
+        two losses from the same jet's Taylor series. One pass where the two ends took two
+        first-order jets: a sixth fewer products and one pass's overheads (issue 27). Checked
+        against the gradient and double backward once in each way it runs. Where the jet
+        can't run (per-group slopes, a model without a Taylor pass), a forward and backward
+        pass at each end gives the two slopes."""
+        if self._jet is not None and not self.per_group:
             self.shift(params, d, 0.5, current=1.0)
             try:
                 with torch.no_grad(), probe_mode(self.model) as probe, self.autocast():
                     loss, slope, curvature = self._jet.jet(params, d, sub, order=2)
                 self.probes_removed_dropout |= probe.removed > 0 and self.model.training
                 self.passes["forward"] += 1
-                if (self._jet.mode in self._jet_checked
-                        or self._check_jet(params, d, sub, (slope, curvature), self._second_order)):
-                    values = (loss + slope / 2 + curvature / 8, loss - slope / 2 + curvature / 8,
-                              curvature)
+                checked = (self._jet.mode in self._jet_checked
+                           or self._check_jet(params, d, groups, sub, slope, curvature))
             except TaylorUnsupported as err:
                 self._jet_unusable(err)
+                checked = False
             finally:
                 self.shift(params, d, 1.0, current=0.5)
-        if values is None:
-            loss1, slope1 = self._slopes_at(params, d, groups, sub, reduce=False)
-            self.shift(params, d, 0.0, current=1.0)
-            try:
-                loss0, slope0 = self._slopes_at(params, d, groups, sub, reduce=False)
-            finally:
-                self.shift(params, d, 1.0, current=0.0)
-            values = (loss0, loss1, *(a - b for a, b in zip(slope0, slope1)))
-        loss0, loss1, *secant = mean_over_ranks(*values)
-        return loss0, loss1, secant
+            if checked:
+                loss, slope, curvature = (self.batch_mean(v) for v in (loss, slope, curvature))
+                return (loss + slope / 2 + curvature / 8, loss - slope / 2 + curvature / 8,
+                        [curvature])
+        loss1, slope1 = self._slopes_at(params, d, groups, sub)
+        self.shift(params, d, 0.0, current=1.0)
+        try:
+            loss0, slope0 = self._slopes_at(params, d, groups, sub)
+        finally:
+            self.shift(params, d, 1.0, current=0.0)
+        return loss0, loss1, [a - b for a, b in zip(slope0, slope1)]
 
     def _jet_unusable(self, err: TaylorUnsupported) -> None:
         self._jet = None
-        warnings.warn(f"newt: the lookahead's slopes by a jet can't be used ({err}); forward "
-                      "and backward passes give them", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"newt: the lookahead's slope by a jet can't be used ({err}); a "
+                      "forward and backward pass gives it", RuntimeWarning, stacklevel=4)
 
-    def _gradient_slope(self, params, d, batch) -> tuple[float]:
-        """``<grad L, d>`` by a forward and backward pass: what a first-order jet must give."""
-        _, grads = self._loss_and_grads(params, batch)
-        return (dot([g for g in grads if g is not None], [v for g, v in zip(grads, d)
-                                                          if g is not None]),)
-
-    def _second_order(self, params, d, batch) -> tuple[float, float]:
-        """``(<grad L, d>, d^T H d)`` by double backward: what a second-order jet must give."""
-        self.passes["forward"] += 1
-        self.passes["backward"] += 2
-        with torch.no_grad(), probe_mode(self.model), self.autocast():
-            return double_backward(original_module(self.model), self.loss_fn, params, d, batch)
-
-    def _check_jet(self, params, d, batch, jet: tuple[float, ...],
-                   reference: Callable[..., tuple[float, ...]]) -> bool:
-        """The jet's values on this rank against ``reference``'s (``_gradient_slope`` or
-        ``_second_order``), once per way the jet runs (float32: 1e-3 of the largest; under
-        autocast what that precision's rounding allows); on disagreement the jet is dropped,
-        where double backward can't run too (an unchecked jet is not used)."""
+    def _check_jet(self, params, d, groups, batch, *jet: float) -> bool:
+        """The jet's slope against the gradient's, or its slope and curvature (two values)
+        against double backward's, once per way the jet runs (float32: 1e-3 of each; under
+        autocast what that precision's rounding allows); on disagreement, or where double
+        backward can't run, the jet is dropped."""
         try:
-            exact = reference(params, d, batch)
-        except Exception as err:  # noqa: BLE001 -- the model can't be differentiated so
-            found = f"{reference.__name__.strip('_').replace('_', ' ')} can't check it: " \
-                    f"{one_line(err)}"
+            if len(jet) == 2:
+                reference = self._reference.run("double_backward", params, d, batch)
+                self.passes["forward"] += 1
+                self.passes["backward"] += 2
+            else:
+                _, grads = self._loss_and_grads(params, batch)
+                reference = (self._group_dots(grads, d, groups)[0],)
+        except Exception as err:  # noqa: BLE001 -- an unchecked jet is not used
+            found = f"double backward can't check it: {one_line(err)}"
         else:
-            if not finite(*exact):  # nothing to learn here: check next time
+            if not finite(*reference):  # nothing to learn here: check next time
                 return True
             self._jet_checked.add(self._jet.mode)
             tolerance = result_tolerance(params[0].dtype, self.autocast)
-            error = max(abs(v - r) for v, r in zip(jet, exact)) / max(*map(abs, exact), 1e-30)
-            if error <= tolerance:
+            if all(abs(v - r) <= tolerance * max(abs(r), 1e-30) for v, r in zip(jet, reference)):
                 return True
-            found = "off its reference by " + ", ".join(f"{v:.6g} vs {r:.6g}"
-                                                        for v, r in zip(jet, exact))
+            found = "it disagrees with the reference: " + ", ".join(
+                f"{v:.6g} vs {r:.6g}" for v, r in zip(jet, reference))
         self._jet = None
         warnings.warn(f"newt: the lookahead's jet is not used ({found}); forward and backward "
                       "passes give its slopes", RuntimeWarning, stacklevel=4)
         return False
 
     def _loss_and_grads(self, params: list[torch.Tensor], batch: Any) -> tuple[float, list]:
-        """This rank's loss and gradient at the current parameters, without touching
-        ``.grad``."""
+        """Loss and gradient at the current parameters, without touching ``.grad``."""
         assert self.model is not None and self.loss_fn is not None
         self.passes["forward"] += 1
         self.passes["backward"] += 1
@@ -466,7 +449,7 @@ class Newt(LRMethod):
                                         allow_unused=True)
         if scale != 1.0:
             grads = tuple(g / scale if g is not None else None for g in grads)
-        return as_float(loss), list(grads)
+        return self.batch_mean(as_float(loss)), list(grads)
 
     def _current_loss(self, params, d, batch, loss) -> float:
         """``L(theta_t)`` on the batch: the training loss when it is the probes' function."""
