@@ -24,10 +24,8 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from genlr.curvature import (BoundLoss, DirectionalDerivatives, TaylorPass, TaylorUnsupported,
-                             batch_fraction, dot, original_module, probe_mode,
-                             result_tolerance)
-from genlr.messages import one_line
+from genlr.curvature import (BoundLoss, TaylorPass, TaylorUnsupported, batch_fraction, dot,
+                             original_module, probe_mode, result_tolerance)
 from genlr.methods.base import LRMethod, as_float, check_positive_lr, finite
 
 NOT_PSD_FACTOR = 1.0  # reference: a curvature that is not positive leaves the lr as it is
@@ -48,9 +46,9 @@ class Newt(LRMethod):
       - ``"probe"`` (the paper and reference): one extra forward and backward on the same
         batch at ``theta_{t+1}`` (``torch.autograd.grad``; ``.grad`` untouched, BatchNorm
         buffers and dropout as in every probe). With ``lookahead_batch`` set, the secant
-        curvature ``<g_t - g_{t+1}, d>`` is measured on that fraction of the batch (one
-        second-order jet at the step's midpoint, ``_secant_on``) and the lookahead slope is
-        ``<g_t, d>`` (full batch, free) minus it.
+        curvature ``<g_t - g_{t+1}, d>`` is measured on that fraction of the batch (two
+        forward-backward passes there, at ``theta_t`` and ``theta_{t+1}``) and the lookahead
+        slope is ``<g_t, d>`` (full batch, free) minus it.
       - ``"next_step"``: zero extra passes. The next training step's own gradient (at
         ``theta_{t+1}``, on the next batch) is the lookahead gradient; the lr is updated at
         the start of that step, before its optimizer step. Scale-back compares the two
@@ -142,8 +140,6 @@ class Newt(LRMethod):
             steps_left = lambda: max(self.total_steps - self.step_count, 0)  # noqa: E731
             self._jet = TaylorPass(BoundLoss(original_module(model), loss_fn),
                                    passes_left=steps_left if self.total_steps else None)
-            # what checks the midpoint jet's curvature (``_check_jet``)
-            self._reference = DirectionalDerivatives(model, loss_fn, autocast=self.autocast)
 
     # ----------------------------------------------------------------------- step
     def step(self, batch: Any = None, loss: torch.Tensor | None = None,
@@ -167,7 +163,13 @@ class Newt(LRMethod):
             loss0 = self._current_loss(params, d, batch, loss)
         else:
             sub = batch_fraction(batch, self.lookahead_batch)
-            loss0, loss1, secant = self._secant_on(params, d, groups, sub)
+            loss1, sub1 = self._slopes_at(params, d, groups, sub)
+            self.shift(params, d, 0.0, current=1.0)
+            try:
+                loss0, sub0 = self._slopes_at(params, d, groups, sub)
+            finally:
+                self.shift(params, d, 1.0, current=0.0)
+            secant = [a - b for a, b in zip(sub0, sub1)]  # <g0 - g1, d> on the sub-batch
             slope1 = [s - c for s, c in zip(slope0, secant)]
         self._update(params, d, batch, slope0, slope1, loss0, loss1, current=1.0)
         self.step_count += 1
@@ -358,81 +360,28 @@ class Newt(LRMethod):
                         or self._check_jet(params, d, groups, batch, slope)):
                     return self.batch_mean(loss), [self.batch_mean(slope)]
             except TaylorUnsupported as err:
-                self._jet_unusable(err)
+                self._jet = None
+                warnings.warn(f"newt: the lookahead's slope by a jet can't be used ({err}); a "
+                              "forward and backward pass gives it", RuntimeWarning, stacklevel=3)
         loss, grads = self._loss_and_grads(params, batch)
         return loss, [self.batch_mean(v) for v in self._group_dots(grads, d, groups)]
 
-    def _secant_on(self, params: list[torch.Tensor], d: list[torch.Tensor], groups: list[int],
-                   sub: Any) -> tuple[float, float, list[float]]:
-        """``L(theta_t)``, ``L(theta_{t+1})`` and the secant ``<g_t - g_{t+1}, d>`` (per group)
-        on the sub-batch ``sub``; the parameters at ``theta_{t+1}`` before and after.
-
-        The secant is the mean of ``phi''`` over the step (``phi(s) = L(theta_t - s d)``):
-        the midpoint rule gives it from one second-order jet at ``theta_t - d/2``,
-        ``phi''(1/2)``, off by a 24th of ``phi''''`` (exact where ``phi`` is a cubic), and the
-        two losses from the same jet's Taylor series. One pass where the two ends took two
-        first-order jets: a sixth fewer products and one pass's overheads (issue 27). Checked
-        against the gradient and double backward once in each way it runs. Where the jet
-        can't run (per-group slopes, a model without a Taylor pass), a forward and backward
-        pass at each end gives the two slopes."""
-        if self._jet is not None and not self.per_group:
-            self.shift(params, d, 0.5, current=1.0)
-            try:
-                with torch.no_grad(), probe_mode(self.model) as probe, self.autocast():
-                    loss, slope, curvature = self._jet.jet(params, d, sub, order=2)
-                self.probes_removed_dropout |= probe.removed > 0 and self.model.training
-                self.passes["forward"] += 1
-                checked = (self._jet.mode in self._jet_checked
-                           or self._check_jet(params, d, groups, sub, slope, curvature))
-            except TaylorUnsupported as err:
-                self._jet_unusable(err)
-                checked = False
-            finally:
-                self.shift(params, d, 1.0, current=0.5)
-            if checked:
-                loss, slope, curvature = (self.batch_mean(v) for v in (loss, slope, curvature))
-                return (loss + slope / 2 + curvature / 8, loss - slope / 2 + curvature / 8,
-                        [curvature])
-        loss1, slope1 = self._slopes_at(params, d, groups, sub)
-        self.shift(params, d, 0.0, current=1.0)
-        try:
-            loss0, slope0 = self._slopes_at(params, d, groups, sub)
-        finally:
-            self.shift(params, d, 1.0, current=0.0)
-        return loss0, loss1, [a - b for a, b in zip(slope0, slope1)]
-
-    def _jet_unusable(self, err: TaylorUnsupported) -> None:
+    def _check_jet(self, params, d, groups, batch, slope: float) -> bool:
+        """The jet's slope against the gradient's, once per way the jet runs (float32: 1e-3
+        of it; under autocast what that precision's rounding allows); on disagreement the jet
+        is dropped."""
+        _, grads = self._loss_and_grads(params, batch)
+        reference = self._group_dots(grads, d, groups)[0]
+        if not finite(reference):  # nothing to learn here: check next time
+            return True
+        self._jet_checked.add(self._jet.mode)
+        tolerance = result_tolerance(params[0].dtype, self.autocast)
+        if abs(slope - reference) <= tolerance * max(abs(reference), 1e-30):
+            return True
         self._jet = None
-        warnings.warn(f"newt: the lookahead's slope by a jet can't be used ({err}); a "
-                      "forward and backward pass gives it", RuntimeWarning, stacklevel=4)
-
-    def _check_jet(self, params, d, groups, batch, *jet: float) -> bool:
-        """The jet's slope against the gradient's, or its slope and curvature (two values)
-        against double backward's, once per way the jet runs (float32: 1e-3 of each; under
-        autocast what that precision's rounding allows); on disagreement, or where double
-        backward can't run, the jet is dropped."""
-        try:
-            if len(jet) == 2:
-                reference = self._reference.run("double_backward", params, d, batch)
-                self.passes["forward"] += 1
-                self.passes["backward"] += 2
-            else:
-                _, grads = self._loss_and_grads(params, batch)
-                reference = (self._group_dots(grads, d, groups)[0],)
-        except Exception as err:  # noqa: BLE001 -- an unchecked jet is not used
-            found = f"double backward can't check it: {one_line(err)}"
-        else:
-            if not finite(*reference):  # nothing to learn here: check next time
-                return True
-            self._jet_checked.add(self._jet.mode)
-            tolerance = result_tolerance(params[0].dtype, self.autocast)
-            if all(abs(v - r) <= tolerance * max(abs(r), 1e-30) for v, r in zip(jet, reference)):
-                return True
-            found = "it disagrees with the reference: " + ", ".join(
-                f"{v:.6g} vs {r:.6g}" for v, r in zip(jet, reference))
-        self._jet = None
-        warnings.warn(f"newt: the lookahead's jet is not used ({found}); forward and backward "
-                      "passes give its slopes", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"newt: the lookahead's slope by a jet disagrees with the gradient's "
+                      f"({slope:.6g} vs {reference:.6g}); a forward and backward pass gives it",
+                      RuntimeWarning, stacklevel=4)
         return False
 
     def _loss_and_grads(self, params: list[torch.Tensor], batch: Any) -> tuple[float, list]:
