@@ -66,7 +66,9 @@ HELDOUT_WORKLOADS = ("heldout_prose_gpt", "heldout_deep_gpt", "heldout_cnn_sgd",
                      # set 2, fixed 2026-12-07 before the next change to GeN's rule ran
                      "heldout_vit_fmnist", "heldout_mlp_rmsprop", "heldout_long_gpt",
                      # set 3, fixed 2026-12-07 (night), after set 2 ran the settled gap
-                     "heldout_dropout_gpt", "heldout_teacher_sgd", "heldout_linear_adagrad")
+                     "heldout_dropout_gpt", "heldout_teacher_sgd", "heldout_linear_adagrad",
+                     # set 4, fixed 2026-12-07 (late), after set 3 ran the search that climbs
+                     "heldout_logreg_sgd", "heldout_teacher_adam")
 # --sensitivity: initial lrs as multiples of each row's default lr. The baselines' 9
 # half-decade points are about the suite's 8-trial tuning budget, so their best point is a
 # fair tuned baseline; every other row gets the 5 decades.

@@ -173,7 +173,8 @@ def test_the_plain_suite_takes_a_held_out_workload(monkeypatch, tmp_path):
      "nope is not a cpu workload (choose from fmnist_cnn, fmnist_mlp, fmnist_linear, "
      "charlm_gpt, heldout_prose_gpt, heldout_deep_gpt, heldout_cnn_sgd, heldout_rosenbrock, "
      "heldout_beale, heldout_vit_fmnist, heldout_mlp_rmsprop, heldout_long_gpt, "
-     "heldout_dropout_gpt, heldout_teacher_sgd, heldout_linear_adagrad)"),
+     "heldout_dropout_gpt, heldout_teacher_sgd, heldout_linear_adagrad, heldout_logreg_sgd, "
+     "heldout_teacher_adam)"),
     (["--size", "gpu", "--workloads", "heldout_beale"], "heldout_beale is not a gpu workload"),
 ])
 def test_an_unknown_workload_names_the_allowed_ones(args, expected, tmp_path, capsys):
