@@ -17,16 +17,17 @@ import torch
 from torch import nn
 
 from genlr.methods.gen_base import (
-    ARMIJO_C, BAND_MARGIN, SEARCH_CLIMB, SPIKE_MARGIN, UNSETTLED_GAP, GeNBase, LineSearchWindow,
+    ARMIJO_C, BAND_MARGIN, FIRST_LANDING, SPIKE_MARGIN, UNSETTLED_GAP, GeNBase, LineSearchWindow,
     LossWatch)
 from genlr.methods.gen_exact import ExactGeN
 from methods_helpers import Quadratic, exact_line_search, quadratic_loss
 
 
 class Scripted(GeNBase):
-    """GeN whose probe measures ``measure(lr) -> (slope, curvature)`` instead of the loss."""
+    """GeN whose probe measures ``measure(lr) -> (slope, curvature)`` instead of the loss;
+    with ``search=False`` the band alone, as if the search had ended at ``lr``."""
 
-    def __init__(self, measure, lr=1.0, rule="band", **options):
+    def __init__(self, measure, lr=1.0, rule="band", search=True, **options):
         self.model_ = nn.Linear(1, 1, bias=False)
         optimizer = torch.optim.SGD(self.model_.parameters(), lr=lr)
         defaults = dict(window=10, every=1, smoothing=0.9, max_factor=2.0, probe="same",
@@ -35,6 +36,8 @@ class Scripted(GeNBase):
         super().__init__(optimizer, self.model_, lambda m, b: m.weight.sum(), rule=rule,
                          **{**defaults, **options})
         self.measure = measure
+        if not search:
+            self.searching, self.landed = False, True
 
     def estimate(self, params, d, batch, same, loss):
         slope, curvature = self.measure(self.last_lr)
@@ -74,78 +77,58 @@ def fixed_optimum(alpha: float):
 def test_band_holds_at_stationarity_where_the_line_search_collapses():
     band = Scripted(stationary(0.0), rule="band").run(400)
     line_search = Scripted(stationary(0.0), rule="line_search").run(400)
-    assert set(band) == {1.0}
+    assert set(band) == {FIRST_LANDING * 0.5}  # landed at half the first probe's s* = 1/2
     assert line_search[-1] == pytest.approx(0.95**400)  # the collapse seen on language models
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_band_drifts_little_at_a_noisy_stationarity(seed):
     """With s* = 1/2 +- 0.3 at every lr (the worst case: the run is stationary whatever the
-    lr), the search's first three probes follow the noise (each cuts where its s* < 1/2,
-    half of them), so do the window's first three (where s* < 1/4), and a window sometimes
-    shows the lr above the band by chance and the lr falls; over 400 probes (1600 steps of
-    ExactGeN) that costs it less than x200 (the price of cutting a start nobody chose
-    before the window can rule it out), where the line search loses x1e5 (x1e8 without
-    its clamp)."""
+    lr), the search's probes follow the noise (the first lands at half its s*, the next two
+    cut where theirs is below 1/2, half of them), so do the window's first three (where
+    s* < 1/4), and a window sometimes shows the lr above the band by chance and the lr
+    falls; over 400 probes (1600 steps of ExactGeN) that costs it less than x200 below
+    where it landed, where the line search loses x1e5 (x1e8 without its clamp)."""
     band = Scripted(stationary(0.3, seed), rule="band").run(400)
     line_search = Scripted(stationary(0.3, seed), rule="line_search").run(400)
-    assert 0.005 <= band[-1] <= 1.0
+    assert 0.005 <= band[-1] / band[0] <= 1.0
     assert line_search[-1] < 1e-5
 
 
-def test_search_climbs_to_a_quarter_of_a_line_search_far_above_then_the_band_to_its_armijo_step():
-    """From 1000x below the line search the search climbs x2 a probe while the probe puts
-    ``alpha*`` more than ``SEARCH_CLIMB`` times above the lr, and stops at ``alpha* / 4``
-    (a start too low loses most in a run's first steps); from there the band climbs x2 per
-    ``window`` steps at most (here a probe a step), each new lr proving itself before the
-    next rise, to the Armijo step, and holds."""
-    lrs = Scripted(fixed_optimum(1000.0), lr=1.0).run(60)
-    quarter = 1000.0 / SEARCH_CLIMB
-    assert lrs[:8] == pytest.approx([2, 4, 8, 16, 32, 64, 128, quarter])
-    armijo = 2.0 * (1.0 - ARMIJO_C) * 1000.0  # the largest lr with sufficient decrease
-    band = [min(quarter * 2.0 ** ((k - 7) // 10), armijo) for k in range(7, 60)]
-    assert lrs[7:] == pytest.approx(band)
-
-
-def test_search_climbs_no_more_once_it_has_cut():
-    """A search that has found the edge from above (a cut) does not climb again on a later
-    probe's line search far above the lr: rises are then the band's, on evidence."""
-    script = iter([0.1, 100.0, 100.0])  # s* per probe: the first step raises the loss
-    method = Scripted(lambda lr: (lr**2 * next(script, 100.0), lr**2), lr=1.0)
-    lrs = method.run(3)
-    assert lrs == pytest.approx([0.25, 0.25, 0.25])
-    assert method.account["cut by the search"] == 1 and method.account["rose"] == 0
-
-
-@pytest.mark.parametrize("start", [0.1, 10.0])
-def test_a_start_off_by_ten_either_way_reaches_the_band(start):
-    """The initial lr is nobody's evidence: from 10x below the line search the search
-    climbs to a quarter of it (x2 a probe) and the band on from there x2 per window, from
-    10x above the search cuts at once (by 4 a probe); either way the lr is at the Armijo
-    step 1.8 alpha* after five windows and stays."""
+@pytest.mark.parametrize("start", [1e-3, 0.1, 10.0, 1e3])
+def test_the_search_lands_at_half_the_first_line_search_from_any_start(start):
+    """The initial lr is nobody's evidence: from a thousand times below or above the line
+    search, the first probe puts the lr at ``FIRST_LANDING alpha*`` (up or down, as far as
+    it says), and the run is the same from every start after it: the band climbs from there
+    x2 per window at most, each new lr proving itself before the next rise, to the Armijo
+    step ``1.8 alpha*``, and holds."""
     method = Scripted(fixed_optimum(1.0), lr=start)
-    lrs = method.run(60)
-    assert lrs[:2] == pytest.approx([2.5, math.sqrt(2.0)] if start > 1.0 else [0.2, 0.25])
-    assert lrs[50:] == pytest.approx([2.0 * (1.0 - ARMIJO_C)] * 10)
-    assert not method.searching
+    lrs = method.run(40)
+    armijo = 2.0 * (1.0 - ARMIJO_C)  # the largest lr with sufficient decrease
+    assert lrs == pytest.approx([FIRST_LANDING] * 10 + [2 * FIRST_LANDING] * 10 + [armijo] * 20)
+    assert method.account["landed"] == 1 and not method.searching
 
 
-def test_search_descends_at_once_when_its_steps_raise_the_loss_and_stops_in_the_band():
-    """A thousand times too high, the search cuts at every step (as a backtracking line
-    search does) to ``sqrt(2) alpha*``; the band then climbs to the Armijo step."""
-    lrs = Scripted(fixed_optimum(1e-3), lr=1.0).run(30)
-    assert lrs[4] == pytest.approx(math.sqrt(2.0) * 1e-3)
-    assert lrs[-1] == pytest.approx(1.8e-3) and lrs[-1] == lrs[-5]
+def test_the_search_lands_once_and_then_only_cuts():
+    """After the landing, the search's probes only cut (by 4 a probe at most: one noisy
+    probe can't cut far), and a later probe's line search far above the lr raises nothing:
+    rises are the band's, on evidence."""
+    script = iter([0.5, 1e-3, 1e-3, 100.0, 100.0])  # s* per probe
+    method = Scripted(lambda lr: (lr**2 * next(script, 100.0), lr**2), lr=1.0)
+    lrs = method.run(5)
+    assert lrs == pytest.approx([0.25, 0.0625, 0.015625, 0.015625, 0.015625])
+    assert method.account["landed"] == 1 and method.account["cut by the search"] == 2
+    assert method.account["rose"] == 0 and not method.searching
 
 
 @pytest.mark.parametrize("alpha", [0.5 + 1e-9, 0.52, 0.555])
 def test_band_holds_an_lr_between_the_armijo_step_and_twice_the_line_search(alpha):
-    assert set(Scripted(fixed_optimum(alpha), lr=1.0).run(20)) == {1.0}
+    assert set(Scripted(fixed_optimum(alpha), lr=1.0, search=False).run(20)) == {1.0}
 
 
 @pytest.mark.parametrize("alpha", [0.6, 1.0])
 def test_band_climbs_to_the_armijo_step_just_above(alpha):
-    lrs = Scripted(fixed_optimum(alpha), lr=1.0).run(20)
+    lrs = Scripted(fixed_optimum(alpha), lr=1.0, search=False).run(20)
     assert lrs[-1] == pytest.approx(2.0 * (1.0 - ARMIJO_C) * alpha) and lrs[-1] == lrs[-10]
 
 
@@ -156,8 +139,8 @@ def test_band_moves_on_evidence_not_on_noise():
     armijo = 2.0 * (1.0 - ARMIJO_C) * 0.75
     for seed in range(50):
         rng = random.Random(seed)
-        noisy = Scripted(lambda lr: (lr * 0.75 * (1 + rng.gauss(0, 1.0)), lr**2), lr=1.0)
-        noisy.searching = False  # the band alone (the search's noise: the test below)
+        noisy = Scripted(lambda lr: (lr * 0.75 * (1 + rng.gauss(0, 1.0)), lr**2), lr=1.0,
+                         search=False)  # the band alone (the search's noise: the test below)
         assert armijo / 1.7 <= noisy.run(80)[-1] <= armijo * 1.7
 
 
@@ -191,7 +174,7 @@ def test_line_search_window_leaves_out_a_probe_that_overflows_per_unit_lr():
 
 
 def test_band_with_a_horizon_scale_anneals_by_the_scale_alone_at_stationarity():
-    method = Scripted(stationary(0.0), rule="band", scale="cosine", total_steps=100)
+    method = Scripted(stationary(0.0), rule="band", scale="cosine", total_steps=100, search=False)
     lrs = method.run(100)
     assert lrs == pytest.approx([method.horizon_scale(i) for i in range(100)], abs=1e-12)
 
@@ -212,13 +195,6 @@ def test_exact_band_on_a_quadratic_climbs_and_converges():
     torch.testing.assert_close(model.theta.detach(), optimum, rtol=1e-4, atol=1e-4)
     alpha = exact_line_search(model)
     assert alpha <= method.last_lr <= 2.0 * alpha
-
-
-def test_search_cuts_by_a_quarter_a_probe_at_most():
-    """A probe that says the lr is a thousand times too high cuts it by 4 (one noisy probe
-    can't cut far); the next probes go on cutting while they agree, a step each."""
-    lrs = Scripted(fixed_optimum(1e-3), lr=1.0).run(8)
-    assert lrs[:5] == pytest.approx([0.25, 0.0625, 0.015625, 0.00390625, math.sqrt(2) * 1e-3])
 
 
 def test_net_leaves_the_noise_of_a_stationary_run_alone():
@@ -249,7 +225,7 @@ def test_a_spike_of_the_training_loss_is_probed_at_once_and_a_rise_there_netted(
     def run(spike: bool):
         # s* = 1/2 until step 50, then 0.45: a small rise
         method = Scripted(lambda lr: (lr**2 * (0.5 if method.step_count < 50 else 0.45), lr**2),
-                          lr=1.0, every=16)
+                          lr=1.0, every=16, search=False)
         losses = [2.0 - 0.001 * t + 0.01 * (-1) ** t for t in range(60)]
         if spike:
             losses[50] += 1.0
@@ -277,15 +253,15 @@ def test_loss_watch_flags_a_jump_beyond_its_noise_and_not_the_noise():
 def test_band_probes_lazily_only_while_the_lr_holds():
     """Holding, the gap between probes doubles up to ``UNSETTLED_GAP`` (after the search's
     first three steps and the window's first three probes), and up to ``every`` once a
-    window of probes (ten) has held the lr; after a move the next step is a probe (a new
-    lr is checked before it has run for long)."""
+    window of probes (ten) has held the lr (the one the search landed on at step 0); after
+    a move the next step is a probe (a new lr is checked before it has run for long)."""
     probes = Scripted(stationary(0.0), lr=1.0, every=16).probe_steps(130)
     assert UNSETTLED_GAP == 4
-    assert probes == [0, 1, 2, 3, 4, 5, 7, 11, 15, 19, 27, 43, 59, 75, 91, 107, 123]
+    assert probes == [0, 1, 2, 3, 4, 5, 7, 11, 15, 19, 23, 31, 47, 63, 79, 95, 111, 127]
     spiking = Scripted(stationary(0.0), lr=1.0, every=16)  # settled, a spike is probed at once
     losses = [1.0 + 0.01 * (-1) ** t for t in range(130)]
     losses[100] = 5.0
-    assert spiking.probe_steps(130, losses)[-3:] == [91, 100, 116]
+    assert spiking.probe_steps(130, losses)[-3:] == [95, 100, 116]
 
 
 def test_band_keeps_probing_while_its_window_calls_for_a_rise_it_cannot_certify():
@@ -298,9 +274,9 @@ def test_band_keeps_probing_while_its_window_calls_for_a_rise_it_cannot_certify(
     far = Scripted(lambda lr: (lr * lr * next(search, 20.0 * (1.0 + 3.0 * rng.gauss(0.0, 1.0))),
                                lr * lr), lr=1.0, every=16)
     probes = far.probe_steps(120)
-    assert far.last_lr == 1.0 and len(far.window.samples) == 10  # no rise certified
+    assert far.last_lr == FIRST_LANDING * 0.6 and len(far.window.samples) == 10  # no rise
     assert len(probes) > 120 / 4  # settled, it would have probed 15 times
-    climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16)
+    climbing = Scripted(fixed_optimum(1000.0), lr=1.0, every=16, search=False)
     probes, lrs = [], []
     for t in range(200):
         lrs += climbing.run(1)
@@ -313,31 +289,35 @@ def test_band_keeps_probing_while_its_window_calls_for_a_rise_it_cannot_certify(
 def test_the_account_says_which_lr_the_rule_picked_and_why():
     """``lr_account`` (summary.json) and ``account_line`` (the run's last lines) count every
     probe's decision and name the lr the rule ended on, before the horizon scale."""
-    method = Scripted(fixed_optimum(1e-3), lr=1.0)  # cut by the search, then held
+    method = Scripted(fixed_optimum(1e-3), lr=1.0)  # landed, then climbed and held
     method.run(30)
     account = method.lr_account()
-    assert account["probes"] == 30 and account["cut_by_the_search"] == 5
-    assert account["rose"] + account["held"] + account["fell"] + account["netted"] + \
-        account["fell_back"] + account["cut_by_the_search"] == 30
+    assert account["probes"] == 30 and account["landed"] == 1 and account["rose"] == 2
+    assert account["landed"] + account["rose"] + account["held"] + account["fell"] + \
+        account["netted"] + account["fell_back"] + account["cut_by_the_search"] == 30
     assert account["initial_lr"] == 1.0 and account["gen_lr"] == pytest.approx(1.8e-3)
     line = method.account_line()
-    assert line.startswith("lr 1 -> 0.0018 (band): 30 probes (rose ") and "cut by the search 5" in line
+    assert line.startswith("lr 1 -> 0.0018 (band): 30 probes (landed 1, rose 2, held 27)")
 
 
 def test_the_search_watches_the_steps_that_momentum_builds_up():
-    """Under SGD with momentum the first step is the bare gradient, whose line search
-    allows the lr; the next steps grow (x1.9, x2.7, ...) past the edge. The search goes on
-    over the first three steps, so the third probe's rise still cuts (issue 26: the SGD
-    CNN from lr 1 died at chance when the search ended after its first probe)."""
-    growth = [1.0, 1.9, 2.71, 3.44]  # the step's length over the gradient's, momentum 0.9
-
-    def momentum_building(lr):  # line search 0.6 of the first step's lr, each step longer
-        step = growth[min(method.step_count, 3)]
-        return lr * 0.6 / step, lr**2  # s* = 0.6 / growth
+    """Under SGD with momentum 0.9 the first step is the bare gradient; the next ones grow
+    (x1.9, x2.7, ... x10), so the lr the search lands on, half the first step's line
+    search, ends 5x above the grown step's, 2.5x above the edge. The search's three probes
+    see only the first 2.7x of it; from there the band's falls follow the growth a window
+    behind (at steps 19, 34, 49; the climb's search ended at the same lr, 0.31), until the
+    lr lies below the edge of the grown step for good (issue 26: the SGD CNN from lr 1 died
+    at chance when the search ended after its first probe)."""
+    def momentum_building(lr):  # the line search: 0.6 of the first step's lr, each step longer
+        growth = (1.0 - 0.9 ** (method.step_count + 1)) / (1.0 - 0.9)
+        return lr * 0.6 / growth, lr**2  # alpha* = 0.6 / growth
     method = Scripted(momentum_building, lr=1.0, every=16)
-    lrs = method.run(3)
-    assert lrs[0] == 1.0 and lrs[2] < 0.5  # step 0 allowed; step 1 or 2 above the edge: cut
-    assert method.account["cut by the search"] >= 1
+    lrs = method.run(60)
+    assert lrs[0] == pytest.approx(FIRST_LANDING * 0.6)
+    edges = [2.0 * 0.6 * (1.0 - 0.9) / (1.0 - 0.9 ** (t + 2)) for t in range(60)]  # the next step's
+    assert lrs[:3] == [lrs[0]] * 3 and all(lr < lrs[0] for lr in lrs[20:])
+    assert all(lr <= edge for lr, edge in zip(lrs[50:], edges[50:]))
+    assert lrs[-1] >= 0.06 / 2  # not far below the band of the grown step, [0.108, 0.12]
 
 
 def test_a_window_warming_up_cuts_on_a_probe_far_above_the_edge_alone():
@@ -345,9 +325,10 @@ def test_a_window_warming_up_cuts_on_a_probe_far_above_the_edge_alone():
     that puts the lr twice above the edge (s* < 1/4) cuts at once, as the search does, and
     one within the noise (s* = 0.4) does not."""
     for s_star, cut in ((0.1, True), (0.4, False)):
-        script = iter([0.6, 0.6, 0.6, s_star])  # the search's three clean probes, then one
+        script = iter([2.0, 0.6, 0.6, s_star])  # the search's three clean probes, then one
         method = Scripted(lambda lr: (lr**2 * next(script, 0.6), lr**2), lr=1.0)
         lrs = method.run(4)
+        assert lrs[0] == FIRST_LANDING * 2.0  # landed, then two probes that move nothing
         assert not method.searching and len(method.window.samples) == 1
         assert lrs[-1] == (max(math.sqrt(2.0) * s_star, 0.25) if cut else 1.0)
 
@@ -357,7 +338,8 @@ def test_a_divergence_that_goes_on_is_netted_whatever_the_probe_says_and_harder_
     still shows a descent (on Beale the probes read s* 0.62 and 0.50 while the loss grew
     tenfold a step): the net cuts by 2^k at the k-th spike in a row (x1/4 at the second,
     x1/8 at the third), as a backtracking line search keeps cutting."""
-    method = Scripted(lambda lr: (lr**2 * 0.55, lr**2), lr=1.0, every=16)  # descends: s* 0.55
+    method = Scripted(lambda lr: (lr**2 * 0.55, lr**2), lr=1.0, every=16,
+                      search=False)  # descends: s* 0.55
     losses = [2.0 - 0.001 * t + 0.01 * (-1) ** t for t in range(40)]
     losses += [3.0, 10.0, 100.0]
     lrs = method.run(len(losses), losses=losses)
@@ -381,7 +363,7 @@ def test_no_rise_on_a_step_that_spiked_the_loss():
     """A probe far below the line search asks for a rise, but not on a step whose training
     loss spiked: a loss that jumps is no time to take longer steps (Beale: the band doubled
     the lr on the spike's own probe and the run diverged)."""
-    method = Scripted(fixed_optimum(100.0), lr=1.0, every=1)
+    method = Scripted(fixed_optimum(100.0), lr=1.0, every=1, search=False)
     losses = [2.0 - 0.001 * t + 0.01 * (-1) ** t for t in range(40)]
     lrs = method.run(40, losses=losses)
     assert lrs[-1] > lrs[20]  # climbing on evidence

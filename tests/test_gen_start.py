@@ -93,3 +93,41 @@ def test_first_probe_cuts_an_lr_whose_step_really_raises_the_loss(make, method_c
     model, loss_fn, a, _ = make(0)
     _, lr = first_step((model, loss_fn, a, a), method_cls, 1.0)  # probed where it stepped
     assert lr < 0.5
+
+
+@pytest.mark.parametrize("method_cls", [ParabolaGeN, ExactGeN])
+def test_runs_from_starts_a_hundred_times_apart_are_the_same_run(method_cls):
+    """Issue 26's learning-rate-free claim where it is exact: AdamW's first step per unit
+    lr does not depend on the lr, so neither does the first probe's line search, and the
+    search lands on the same lr from 1e-4, 1e-3 and 1e-2, and every step after is the same
+    run: up to float rounding for the exact variant, up to the tolerance of its landing
+    fit for the parabola's (whose first fit, through points at multiples of the initial
+    lr, is refitted at the landing's own scale). A first probe with negative curvature
+    along the step (this GPT one block deep and 16 wide) has no line search to land on:
+    the landing waits for the first that has one, from parameters that differ by start."""
+    def run(lr):
+        torch.manual_seed(0)
+        model = GPT(vocab=16, context=8, width=32, depth=2, heads=2, dropout=0.0, bias=True)
+        g = torch.Generator().manual_seed(1)
+        batches = []
+        for _ in range(9):
+            x = torch.randint(0, 16, (8, 8), generator=g)
+            batches.append((x, (x + 1) % 16))  # learnable: the next token id
+        loss_fn = lambda m, batch: F.cross_entropy(m(batch[0]).flatten(0, 1),
+                                                   batch[1].flatten())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        method = (method_cls(optimizer, model, loss_fn, curvature="double_backward")
+                  if method_cls is ExactGeN else method_cls(optimizer, model, loss_fn))
+        lrs = []
+        for a, b in zip(batches, batches[1:]):
+            optimizer.zero_grad()
+            loss = loss_fn(model, a)
+            loss.backward()
+            lrs.append(method.step(a, loss=loss, probe_batch=b))
+        assert method.account["landed"] == 1
+        return lrs
+
+    low, default, high = run(1e-4), run(1e-3), run(1e-2)
+    rel = 1e-4 if method_cls is ExactGeN else 2 * ParabolaGeN.LANDING_TOLERANCE
+    assert low == pytest.approx(default, rel=rel) and high == pytest.approx(default, rel=rel)
+    assert not 1e-3 / 2 < default[0] < 2e-3  # it moved: the default is not where it lands

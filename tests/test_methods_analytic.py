@@ -11,7 +11,7 @@ from torch import nn
 
 from genlr import ExactGeN, Newt, ParabolaGeN
 from genlr.curvature.directional import PATHS, DirectionalDerivatives
-from genlr.methods.gen_base import SEARCH_CLIMB
+from genlr.methods.gen_base import FIRST_LANDING
 from methods_helpers import (
     Quadratic, central_second_difference, classification_loss, cnn, cnn_batch,
     exact_line_search, mlp, mlp_batch, mse_loss, quadratic_loss,
@@ -306,25 +306,20 @@ def test_newt_scales_back_only_past_the_minimum_of_a_descent_direction():
 @pytest.mark.parametrize("lr", [1e-4, 1e-2, 10.0])
 @pytest.mark.parametrize("method_cls", [ExactGeN, ParabolaGeN])
 def test_band_search_starts_from_the_first_probe(method_cls, lr):
-    """The band's search acts on the first probe: from above the line search's edge (the
-    step raises the loss) down towards ``sqrt(2)`` times the exact line search, by 4 at
-    most (the parabola variant through its search down from the uphill step); from more
-    than ``SEARCH_CLIMB`` times below, up towards a quarter of it, by 2 at most; then the
-    band climbs on its window's evidence; either way it ends in the band
-    ``[1.8 alpha*, 2 alpha*]``."""
+    """The band's search acts on the first probe: from any start, above the line search's
+    edge (the step raises the loss: the parabola variant through its search down from the
+    uphill step) or far below it, the lr lands at ``FIRST_LANDING`` times the exact line
+    search, as far as it takes; then the band climbs on its window's evidence, and it ends
+    in the band ``[1.8 alpha*, 2 alpha*]``."""
     model = Quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     method = method_cls(opt, model, quadratic_loss, every=1)
     expected = exact_line_search(model)
     loss = train_step(model, quadratic_loss, None, opt)
     first = method.step(None, loss=loss)
-    if lr > 2 * expected:  # phi(1) > phi(0): cut, by 4 at most
-        assert first == pytest.approx(max(math.sqrt(2.0) * expected, lr / 4), rel=1e-6)
-        if method_cls is ParabolaGeN:
-            assert 3 <= method.diagnostics["search_points"] <= 3 + ParabolaGeN.SEARCH_STEPS
-    else:
-        climb = min(expected / SEARCH_CLIMB / lr, 2.0) if expected > SEARCH_CLIMB * lr else 1.0
-        assert first == pytest.approx(lr * climb, rel=1e-6)
+    assert first == pytest.approx(FIRST_LANDING * expected, rel=1e-6)
+    if method_cls is ParabolaGeN and lr > 2 * expected:  # phi(1) > phi(0)
+        assert 3 <= method.diagnostics["search_points"] <= 3 + ParabolaGeN.SEARCH_STEPS
     for _ in range(150):
         loss = train_step(model, quadratic_loss, None, opt)
         method.step(None, loss=loss)

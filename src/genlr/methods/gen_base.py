@@ -11,14 +11,13 @@ Two rules (docs/methods.md, "GeN's rule: search, band, net"):
   (``lr <- 0.9 lr + 0.1 alpha*``), ``alpha*`` clamped to within ``max_factor`` of the lr.
 * ``"band"`` (default), in three parts:
 
-  - *search*: the initial lr is nobody's evidence, and a step above the band's top edge
-    raises the loss, so from the first probe, probing every step, the lr falls on the
-    point estimate of ``alpha*`` (as far as it takes, as a backtracking line search cuts)
-    until the estimate no longer puts it above that edge, over the first three steps at
-    least (momentum builds the step up after the first); until it has cut, it also climbs
-    (x2 a probe at most) while a probe puts ``alpha*`` more than ``SEARCH_CLIMB`` times
-    above the lr: a start too low loses the most in the first tens of steps, before the
-    curvature along the step has adapted to the lr;
+  - *search*: the initial lr is nobody's evidence, so the first probe that shows a
+    descent along the step puts the lr at ``FIRST_LANDING = 1/2`` times its ``alpha*``, up
+    or down (the first step per unit lr, and so that ``alpha*``, is the same from every
+    start for SGD and Adam-type optimizers, and so is the run after it); then, probing
+    every step, a probe that puts the lr above the band's top edge cuts it to its point
+    estimate (as a backtracking line search cuts), over the first three steps at least
+    (momentum builds the step up after the first);
   - *band*: then it holds the lr while the probes are consistent with it lying in
     ``[2(1-c) alpha*, 2 alpha*]`` and moves only when they show it outside (while its
     window warms up, a probe that puts the lr twice above the edge cuts as the search
@@ -67,10 +66,11 @@ ARMIJO_C = 0.1
 #: a training loss that rose by more than this many times the root mean square of its
 #: recent step-to-step changes is a spike: the step is probed, and a rise there is the net's
 SPIKE_MARGIN = 6.0
-#: the search climbs towards ``alpha* / SEARCH_CLIMB`` while a probe's line search lies
-#: further above the lr, not to ``alpha*`` itself: the curvature along the step rises with
-#: the lr within a few steps (a climb to ``alpha*/2`` overshot on the suite's LM)
-SEARCH_CLIMB = 4.0
+#: the search's first measured probe puts the lr at this multiple of its line search
+#: ``alpha*``, up or down: below ``alpha*``, since the curvature along the step rises over
+#: the next steps (momentum builds the step up, the sharpness adapts to the lr), and the
+#: same multiple from every start (set before any run: the band's top edge is ``2 alpha*``)
+FIRST_LANDING = 0.5
 #: until a window of probes has held the lr (``next_gap``), the band probes at least every
 #: this many steps (up to ``every`` after: those probes add to a window that already rules)
 UNSETTLED_GAP = 4
@@ -116,32 +116,41 @@ class LineSearchWindow:
 class LossWatch:
     """Spikes of the training loss: a step-to-step rise beyond ``SPIKE_MARGIN`` times the
     root mean square of the recent changes (an exponential average over about ten steps,
-    after ``WARMUP`` of them, each change clipped to the margin), which a noisy loss
-    crosses rarely and a diverging one at once, and how many came in a row."""
+    after ``WARMUP`` of them, a rise clipped to the margin and a fall to the root mean
+    square), which a noisy loss crosses rarely and a diverging one at once, and how many
+    came in a row. Changes are relative (of the log of the loss) while the loss is
+    positive: a loss that has fallen a hundredfold since a spike must not be judged by the
+    absolute noise it had then (Beale: a divergence grew x2 to x5 a step unflagged); a loss
+    that reaches zero or below is watched in absolute changes from then on."""
 
     DECAY, WARMUP = 0.9, 4
 
     def __init__(self, last: float = math.nan, mean_square: float = 0.0, seen: int = 0,
-                 streak: int = 0) -> None:
+                 streak: int = 0, relative: bool = True) -> None:
         self.last, self.mean_square, self.seen = last, mean_square, seen
         self.streak = streak  # spikes in a row, up to the latest step
+        self.relative = relative
 
     def spiked(self, loss: float) -> bool:
-        change, self.last = loss - self.last, loss
+        if self.relative and finite(loss) and not loss > 0:  # absolute from here, warmed anew
+            self.relative, self.mean_square, self.seen = False, 0.0, 0
+        previous, self.last = self.last, loss
+        change = (math.log(loss / previous) if self.relative and previous > 0
+                  else loss - previous)
         if not finite(change):
             return False
         limit = SPIKE_MARGIN * math.sqrt(self.mean_square)
         warm = self.seen >= self.WARMUP
         spike = warm and change > limit
         self.streak = self.streak + 1 if spike else 0
-        if warm:  # a spike (or a plunge) is not noise: it must not mask the next one
-            change = max(min(change, limit), -limit)
+        if warm:  # a spike is not noise, nor a plunge (a recovery): neither may mask the next
+            change = max(min(change, limit), -math.sqrt(self.mean_square))
         self.mean_square = self.DECAY * self.mean_square + (1.0 - self.DECAY) * change * change
         self.seen += 1
         return spike
 
-    def state(self) -> tuple[float, float, int, int]:
-        return self.last, self.mean_square, self.seen, self.streak
+    def state(self) -> tuple[float, float, int, int, bool]:
+        return self.last, self.mean_square, self.seen, self.streak, self.relative
 
 
 class GeNBase(LRMethod):
@@ -226,7 +235,7 @@ class GeNBase(LRMethod):
         # The band's state: searching, the probes since the lr last moved and the step it
         # moved at, and the gap from the last probe step to the next.
         self.searching, self.trial = rule == "band", LineSearchWindow(window)
-        self.moved_at = 0
+        self.moved_at, self.landed = 0, False
         self.gap, self.last_probe = (1 if rule == "band" else every), -math.inf
         # The training loss's last value and the mean square of its recent step-to-step
         # changes (an exponential average over about ten steps), for the band's spikes.
@@ -366,7 +375,7 @@ class GeNBase(LRMethod):
         lr = self.last_lr
         measured = finite(diag.get("slope", math.nan), diag.get("curvature", math.nan))
         usable = s_star is not None and finite(s_star) and s_star > 0
-        net, searching = False, self.searching
+        net, searching, landed = False, self.searching, self.landed
         if self.rule == "line_search":
             factor, fallback = self.line_search_factor(s_star if usable else None)
         elif measured and lr > 0:
@@ -386,9 +395,9 @@ class GeNBase(LRMethod):
                 self.moved_at = self.step_count
         alpha, error = self.window.estimate() if self.rule == "band" else (math.nan, math.nan)
         self.account["probes"] += 1
-        self.account["fell back" if fallback else "rose" if factor > 1.0 else
-                     "held" if factor == 1.0 else "netted" if net else
-                     "cut by the search" if searching else "fell"] += 1
+        self.account["fell back" if fallback else "landed" if self.landed != landed else
+                     "rose" if factor > 1.0 else "held" if factor == 1.0 else
+                     "netted" if net else "cut by the search" if searching else "fell"] += 1
         self.last_measured = {"s_star": float(s_star) if s_star is not None else math.nan,
                               "window_alpha": alpha, "window_error": error}
         self.diagnostics = {
@@ -494,19 +503,21 @@ class GeNBase(LRMethod):
         return 1.0, False
 
     def search_factor(self, slope: float, curvature: float, lr: float) -> float:
-        """The search's factor, probing every step: a cut (``backtrack``), or until the
-        search has cut, a climb towards ``alpha* / SEARCH_CLIMB`` (by ``max_factor`` at
-        most). It ends at the first probe that shows a descent along ``d`` and moves
-        neither way from the third step on, or after a window of probes without a descent."""
+        """The search's factor, probing every step: the first probe that shows a descent
+        along ``d`` lands the lr at ``FIRST_LANDING alpha*``, up or down, as far as it says
+        (``max_factor`` does not bound it: the initial lr is nobody's evidence); the later
+        ones only cut (``backtrack``). For an optimizer whose state does not depend on the
+        lr (SGD, AdamW, Adagrad, RMSprop), the first step per unit lr, and so that probe's
+        ``alpha*``, are the same from every start, and so is the run after it. The search
+        ends at the first probe after the landing that moves nothing from the third step
+        on, or after a window of probes without a descent."""
         if not (slope > 0 and curvature > 0):  # no descent along d, or no curvature: no lr fits
             self.searching = len(self.trial.samples) < self.trial.samples.maxlen
             return 1.0
+        if not self.landed:
+            self.landed = True
+            return FIRST_LANDING * slope / curvature
         factor = self.backtrack(slope, curvature, lr)
-        s_star = slope / curvature
-        # Climbing stops for good at the first cut: a search that has found the edge from
-        # above has nothing left to find below it.
-        if factor == 1.0 and s_star > SEARCH_CLIMB and not self.account["cut by the search"]:
-            factor = min(s_star / SEARCH_CLIMB, self.max_factor or math.inf)
         # The first probe can't speak for the steps after it (momentum builds the step up
         # over the next ones): the search goes on for the first MIN_PROBES steps at least.
         self.searching = factor != 1.0 or self.step_count + 1 < LineSearchWindow.MIN_PROBES
@@ -544,7 +555,7 @@ class GeNBase(LRMethod):
         # on the training batch (probe_source), having no previous one.
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
                 "window": list(self.window.samples), "trial": list(self.trial.samples),
-                "searching": self.searching, "gap": self.gap, "moved_at": self.moved_at, "last_probe": self.last_probe,
+                "searching": self.searching, "landed": self.landed, "gap": self.gap, "moved_at": self.moved_at, "last_probe": self.last_probe,
                 "loss_watch": self.loss_watch.state(), "account": dict(self.account),
                 "last_measured": dict(self.last_measured)}
 
@@ -555,6 +566,7 @@ class GeNBase(LRMethod):
             window.samples.clear()
             window.samples.extend(tuple(sample) for sample in state[key])
         self.searching, self.moved_at = state["searching"], state["moved_at"]
+        self.landed = state.get("landed", True)  # a checkpoint from before the landing
         self.loss_watch = LossWatch(*state["loss_watch"])
         self.account = Counter(state["account"])
         self.last_measured = dict(state["last_measured"])
@@ -565,10 +577,11 @@ class GeNBase(LRMethod):
 
     def lr_account(self) -> dict[str, Any]:
         """Which lr the rule picked and why, over the run: its own lr (before the horizon
-        scale) at the start and now, how many probes, what each decided (rose, held, fell on
-        the band's evidence, cut by the search or the net, fell back without a usable
-        measurement), the training-loss spikes seen, and the last measurement."""
-        decisions = ("rose", "held", "fell", "cut by the search", "netted", "fell back")
+        scale) at the start and now, how many probes, what each decided (landed by the
+        search's first probe, rose, held or fell on the band's evidence, cut by the search's
+        later probes or the net, fell back without a usable measurement), the training-loss
+        spikes seen, and the last measurement."""
+        decisions = ("landed", "rose", "held", "fell", "cut by the search", "netted", "fell back")
         return {"rule": self.rule, "initial_lr": self.initial_lr, "gen_lr": self.base_lr(),
                 "scale": self.scale, "probes": self.account["probes"],
                 **{key.replace(" ", "_"): self.account[key] for key in decisions},
@@ -578,7 +591,8 @@ class GeNBase(LRMethod):
         """The account in one line, for the end of a run's log."""
         a = self.lr_account()
         moves = ", ".join(f"{key.replace('_', ' ')} {a[key]}" for key in
-                          ("rose", "held", "fell", "cut_by_the_search", "netted", "fell_back")
+                          ("landed", "rose", "held", "fell", "cut_by_the_search", "netted",
+                           "fell_back")
                           if a[key])
         line = (f"lr {a['initial_lr']:.3g} -> {a['gen_lr']:.3g} ({self.rule}"
                 f"{'' if self.scale == 'constant' else f', then x the {self.scale} scale'}): "

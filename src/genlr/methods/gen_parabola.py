@@ -18,7 +18,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from genlr.methods.base import as_float, finite
-from genlr.methods.gen_base import GeNBase
+from genlr.methods.gen_base import FIRST_LANDING, GeNBase
 
 
 
@@ -95,17 +95,70 @@ class ParabolaGeN(GeNBase):
         self._deferred: dict[str, Any] | None = None
 
     def estimate(self, params, d, batch, same, loss):
-        if self.searching:
-            found = self.search(params, d, batch)
-            if found is not None:
+        found = self.search(params, d, batch) if self.searching else None
+        if found is None:
+            found = self.spread_fit(params, d, batch, same, loss)
+        if found is not None and self.searching and not self.landed:
+            found = self.landing_fit(params, d, batch, same, loss, found)
+        return found
+
+    #: the landing's fit is refitted until its ``s*`` moves less than this (relative) ...
+    LANDING_TOLERANCE = 0.01
+    #: ... or this many times
+    LANDING_FITS = 8
+
+    def landing_fit(self, params, d, batch, same, loss, found):
+        """The fit the search lands on, refitted with its points at ``FIRST_LANDING s*``
+        times ``points`` (its ``+1`` where the lr lands) until ``s*`` settles: the first
+        fit's points lie at multiples of the initial lr, and a parabola is a secant over
+        them, so its ``s*`` depends on the start where the loss along ``d`` is no quadratic
+        (a small GPT under AdamW: 0.0109 from 1e-4, 0.0190 from 1e-2); at the fixed point
+        it does not. A refit with no vertex keeps the last one that had one."""
+        for _ in range(self.LANDING_FITS):
+            s_star = found[0]
+            if s_star is None or not s_star > 0:
                 return found
+            losses = self.probe_points(params, d, batch, same, loss, FIRST_LANDING * s_star)
+            refit = self.fit(losses)
+            if refit[0] is None or not refit[0] > 0:
+                return found
+            refit[1]["search_points"] = found[1].get("search_points", 0.0)
+            found = refit
+            if abs(refit[0] / s_star - 1.0) < self.LANDING_TOLERANCE:
+                break
+        return found
+
+    def spread_fit(self, params, d, batch, same, loss):
+        """The fit through ``points`` spread by ``stretch``, looked at closer while the
+        search's is concave with a descent; None when ``L(+1)`` is deferred."""
+        stretch = self.stretch()
+        while True:
+            losses = self.probe_points(params, d, batch, same, loss, stretch)
+            if losses is None:  # completed at the next step (``complete_deferred``)
+                return None
+            s_star, diag, model = self.fit(losses)
+            # A closer look while searching: a parabola that rises and bends down over the
+            # probes' spread (the LM's first AdamW step at 1e-2) has no vertex, and a
+            # search that lands at the first probe that has one would land only from the
+            # next step's parameters, which differ by start; nearer s = 0 the loss is
+            # convex, until the points come within float rounding of each other.
+            ys = list(losses.values())
+            rounding = self.ROUNDING_ULPS * torch.finfo(params[0].dtype).eps * max(map(abs, ys))
+            if not (self.searching and diag["slope"] > 0 and not diag["curvature"] > 0
+                    and max(ys) - min(ys) > rounding and stretch > self.SEARCH_SHRINK_MIN):
+                return s_star, diag, model
+            stretch /= 4.0
+
+    def probe_points(self, params, d, batch, same: bool, loss,
+                     stretch: float) -> dict[float, float] | None:
+        """The losses at ``points`` times ``stretch`` (two of which may come free), the
+        parameters back at ``s = 1``; None when ``L(+1)`` is deferred to the next step."""
         # Two points may come free: phi(0) is the training loss with probe="same", and
         # phi(1) the next step's training loss when it trains on the probe batch at s = 1
         # (where the optimizer's step leaves us; ``defer``), unless this step tries an lr
         # the band has just moved to, which is measured before the step is taken. Both
         # only if the training forward applies no dropout, which the other probes have
         # found out by then.
-        stretch = self.stretch()
         points = [p * stretch for p in self.points]
         free = {0.0: same and loss is not None,
                 1.0: self.defer and self.probes_next_batch()
@@ -136,7 +189,7 @@ class ParabolaGeN(GeNBase):
             losses[1.0] = math.nan
             self._deferred = {"losses": losses, "batch": batch, "digest": batch_digest(batch)}
             return None
-        return self.fit(losses)
+        return losses
 
     #: the probes spread at most this many times ``points``; while searching, this
     STRETCH_MAX, SEARCH_SPREAD = 16.0, 0.25
@@ -160,6 +213,8 @@ class ParabolaGeN(GeNBase):
 
     #: how far the search goes down: 4**12 = 1.7e7 times below the lr
     SEARCH_STEPS = 12
+    #: how close the search's closer look at a concave parabola goes: 4**-12 of ``points``
+    SEARCH_SHRINK_MIN = 4.0**-12
     #: loss differences within this many float rounding units of phi(0) are no evidence
     ROUNDING_ULPS = 256
 
