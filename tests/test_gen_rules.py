@@ -359,6 +359,35 @@ def test_one_spike_does_not_hide_the_next():
     assert watch.spiked(watch.last + 1.0)
 
 
+def test_a_recovery_does_not_hide_the_next_spike():
+    """A plunge (the loss falling back after a spike, or after the net's cut) enters the
+    watch's noise at its root mean square, not at the margin: on Beale, three plunges in a
+    row had raised the noise 90-fold, and the next divergence grew unflagged for 40 steps."""
+    watch = LossWatch()
+    for t in range(30):
+        watch.spiked(2.0 - 0.01 * t)
+    quiet = watch.mean_square
+    for loss in (0.2, 0.02, 0.002):  # a hundredfold plunge, three steps in a row
+        assert not watch.spiked(loss)
+    assert watch.mean_square <= quiet * (1.0 + 1e-12)
+
+
+def test_the_watch_judges_relative_changes_of_a_positive_loss():
+    """A loss that has fallen a hundredfold since its noise was measured is judged by its
+    relative changes: a doubling spikes at any scale; a loss that reaches zero or below is
+    watched in absolute changes from then on, warmed anew."""
+    for scale in (1e-6, 1.0, 1e6):
+        watch = LossWatch()
+        for t in range(30):
+            watch.spiked(scale * (1.0 + 0.01 * (-1) ** t))
+        assert watch.spiked(2.0 * scale)
+    watch = LossWatch()
+    for t in range(30):
+        watch.spiked(0.5 - 0.05 * t)  # crosses zero at t = 10
+    assert not watch.relative and watch.seen == 20
+    assert watch.spiked(watch.last + 1.0) and not watch.spiked(watch.last - 0.05)
+
+
 def test_no_rise_on_a_step_that_spiked_the_loss():
     """A probe far below the line search asks for a rise, but not on a step whose training
     loss spiked: a loss that jumps is no time to take longer steps (Beale: the band doubled

@@ -326,3 +326,23 @@ def test_band_search_starts_from_the_first_probe(method_cls, lr):
     assert not method.searching
     alpha = exact_line_search(model)
     assert 1.8 * alpha * (1 - 1e-6) <= method.last_lr <= 2.0 * alpha * (1 + 1e-6) or float(loss) < 1e-10
+
+
+def test_parabola_search_looks_closer_at_a_concave_first_probe():
+    """Along SGD's first step the loss is ``phi(x) = -x + x^2 - x^4`` (``x`` the distance
+    moved): convex at the start, concave over a longer stretch (a parabola through ``+-h``
+    bends as ``1 - h^2``). From lr 8 the search's first probe, a quarter of the step either
+    way (``h = 2``), reads a concave parabola, with no vertex to land on; the closer look
+    refits at a quarter of the spread (``h = 1/2``), convex, and the search lands on its
+    vertex ``x* = 1/(2 (1 - h^2)) = 2/3`` at the first step, not at a later one from
+    parameters that differ by start."""
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    loss_fn = lambda m, batch: (-m.w + m.w**2 - m.w**4).sum()
+    optimizer = torch.optim.SGD(model.parameters(), lr=8.0)
+    method = ParabolaGeN(optimizer, model, loss_fn)
+    loss = loss_fn(model, None)
+    loss.backward()
+    landed = method.step(None, loss=loss)
+    assert method.account["landed"] == 1
+    assert landed == pytest.approx(FIRST_LANDING * 2.0 / 3.0, rel=1e-9)

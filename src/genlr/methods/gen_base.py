@@ -567,7 +567,8 @@ class GeNBase(LRMethod):
             window.samples.extend(tuple(sample) for sample in state[key])
         self.searching, self.moved_at = state["searching"], state["moved_at"]
         self.landed = state.get("landed", True)  # a checkpoint from before the landing
-        self.loss_watch = LossWatch(*state["loss_watch"])
+        watch = state["loss_watch"]  # four fields before it watched relative changes: re-warm
+        self.loss_watch = LossWatch(*watch) if len(watch) == 5 else LossWatch(last=watch[0])
         self.account = Counter(state["account"])
         self.last_measured = dict(state["last_measured"])
         self.gap, self.last_probe = state["gap"], state["last_probe"]

@@ -18,7 +18,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from genlr.methods.base import as_float, finite
-from genlr.methods.gen_base import FIRST_LANDING, GeNBase
+from genlr.methods.gen_base import GeNBase
 
 
 
@@ -96,37 +96,7 @@ class ParabolaGeN(GeNBase):
 
     def estimate(self, params, d, batch, same, loss):
         found = self.search(params, d, batch) if self.searching else None
-        if found is None:
-            found = self.spread_fit(params, d, batch, same, loss)
-        if found is not None and self.searching and not self.landed:
-            found = self.landing_fit(params, d, batch, same, loss, found)
-        return found
-
-    #: the landing's fit is refitted until its ``s*`` moves less than this (relative) ...
-    LANDING_TOLERANCE = 0.01
-    #: ... or this many times
-    LANDING_FITS = 8
-
-    def landing_fit(self, params, d, batch, same, loss, found):
-        """The fit the search lands on, refitted with its points at ``FIRST_LANDING s*``
-        times ``points`` (its ``+1`` where the lr lands) until ``s*`` settles: the first
-        fit's points lie at multiples of the initial lr, and a parabola is a secant over
-        them, so its ``s*`` depends on the start where the loss along ``d`` is no quadratic
-        (a small GPT under AdamW: 0.0109 from 1e-4, 0.0190 from 1e-2); at the fixed point
-        it does not. A refit with no vertex keeps the last one that had one."""
-        for _ in range(self.LANDING_FITS):
-            s_star = found[0]
-            if s_star is None or not s_star > 0:
-                return found
-            losses = self.probe_points(params, d, batch, same, loss, FIRST_LANDING * s_star)
-            refit = self.fit(losses)
-            if refit[0] is None or not refit[0] > 0:
-                return found
-            refit[1]["search_points"] = found[1].get("search_points", 0.0)
-            found = refit
-            if abs(refit[0] / s_star - 1.0) < self.LANDING_TOLERANCE:
-                break
-        return found
+        return found if found is not None else self.spread_fit(params, d, batch, same, loss)
 
     def spread_fit(self, params, d, batch, same, loss):
         """The fit through ``points`` spread by ``stretch``, looked at closer while the
