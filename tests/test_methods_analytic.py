@@ -346,3 +346,20 @@ def test_parabola_search_looks_closer_at_a_concave_first_probe():
     landed = method.step(None, loss=loss)
     assert method.account["landed"] == 1
     assert landed == pytest.approx(FIRST_LANDING * 2.0 / 3.0, rel=1e-9)
+
+
+def test_parabola_search_looks_wider_where_a_quarter_step_shows_no_bend():
+    """A float32 quadratic ``(w - 1)^2 / 2`` from lr 1e-5: a quarter of the first step bends
+    the loss by 1e-11, far inside float32's rounding of 0.5, where the fitted curvature is
+    noise (a vertex there would land the lr anywhere); the search widens its points x4 at a
+    time until the bend shows, and lands at half the exact line search (1)."""
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(1))
+    loss_fn = lambda m, batch: (0.5 * (m.w - 1.0) ** 2).sum()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+    method = ParabolaGeN(optimizer, model, loss_fn)
+    loss = loss_fn(model, None)
+    loss.backward()
+    landed = method.step(None, loss=loss)
+    assert method.account["landed"] == 1
+    assert landed == pytest.approx(FIRST_LANDING * 1.0, rel=1e-2)

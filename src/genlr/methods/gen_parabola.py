@@ -99,25 +99,34 @@ class ParabolaGeN(GeNBase):
         return found if found is not None else self.spread_fit(params, d, batch, same, loss)
 
     def spread_fit(self, params, d, batch, same, loss):
-        """The fit through ``points`` spread by ``stretch``, looked at closer while the
-        search's is concave with a descent; None when ``L(+1)`` is deferred."""
-        stretch = self.stretch()
+        """The fit through ``points`` spread by ``stretch``; while searching, one that shows
+        a descent is looked at again: wider while its bend lies within float rounding (from
+        a start far below the line search a quarter step is too short for the curvature to
+        show: the CNN from x0.1 read exactly 0; a vertex in the rounding would land the lr
+        anywhere), closer while it bends down, towards where the loss is convex (the LM
+        from x10: slope 1.20, curvature -0.70 over a quarter of AdamW's step at 1e-2): a
+        search that lands only at a later probe lands from parameters that differ by
+        start. None when ``L(+1)`` is deferred."""
+        stretch, widened = self.stretch(), False
         while True:
             losses = self.probe_points(params, d, batch, same, loss, stretch)
             if losses is None:  # completed at the next step (``complete_deferred``)
                 return None
             s_star, diag, model = self.fit(losses)
-            # A closer look while searching: a parabola that rises and bends down over the
-            # probes' spread (the LM's first AdamW step at 1e-2) has no vertex, and a
-            # search that lands at the first probe that has one would land only from the
-            # next step's parameters, which differ by start; nearer s = 0 the loss is
-            # convex, until the points come within float rounding of each other.
+            if not (self.searching and diag.get("slope", math.nan) > 0):
+                return s_star, diag, model
             ys = list(losses.values())
             rounding = self.ROUNDING_ULPS * torch.finfo(params[0].dtype).eps * max(map(abs, ys))
-            if not (self.searching and diag["slope"] > 0 and not diag["curvature"] > 0
-                    and max(ys) - min(ys) > rounding and stretch > self.SEARCH_SHRINK_MIN):
+            spread = stretch * max(map(abs, self.points))
+            if abs(diag["curvature"]) / 2.0 * spread**2 <= rounding:  # no bend to see here
+                if stretch >= self.SEARCH_SPREAD * 4.0**self.SEARCH_STEPS:
+                    return None, diag, model  # a vertex in the rounding is no evidence
+                stretch, widened = stretch * 4.0, True
+            elif (diag["curvature"] > 0 or widened
+                  or stretch <= self.SEARCH_SPREAD / 4.0**self.SEARCH_STEPS):
                 return s_star, diag, model
-            stretch /= 4.0
+            else:
+                stretch /= 4.0
 
     def probe_points(self, params, d, batch, same: bool, loss,
                      stretch: float) -> dict[float, float] | None:
@@ -181,10 +190,9 @@ class ParabolaGeN(GeNBase):
         alpha, _ = self.window.estimate(min_probes=1)
         return min(max(alpha / self.last_lr, 1.0), self.STRETCH_MAX) if finite(alpha) else 1.0
 
-    #: how far the search goes down: 4**12 = 1.7e7 times below the lr
+    #: how far the search goes down from an uphill step, and its look at a first probe
+    #: without a vertex up or down: 4**12 = 1.7e7 times
     SEARCH_STEPS = 12
-    #: how close the search's closer look at a concave parabola goes: 4**-12 of ``points``
-    SEARCH_SHRINK_MIN = 4.0**-12
     #: loss differences within this many float rounding units of phi(0) are no evidence
     ROUNDING_ULPS = 256
 
