@@ -139,12 +139,15 @@ class LossWatch:
                   else loss - previous)
         if not finite(change):
             return False
-        limit = SPIKE_MARGIN * math.sqrt(self.mean_square)
+        # The average starts at zero: divided by its weight, 1 - DECAY^seen, it is unbiased
+        # from the first steps on (else the first steps' margin is sqrt(3) times too tight)
+        noise = self.mean_square / (1.0 - self.DECAY**self.seen) if self.seen else 0.0
+        limit = SPIKE_MARGIN * math.sqrt(noise)
         warm = self.seen >= self.WARMUP
         spike = warm and change > limit
         self.streak = self.streak + 1 if spike else 0
         if warm:  # a spike is not noise, nor a plunge (a recovery): neither may mask the next
-            change = max(min(change, limit), -math.sqrt(self.mean_square))
+            change = max(min(change, limit), -math.sqrt(noise))
         self.mean_square = self.DECAY * self.mean_square + (1.0 - self.DECAY) * change * change
         self.seen += 1
         return spike
