@@ -558,7 +558,8 @@ class GeNBase(LRMethod):
         # on the training batch (probe_source), having no previous one.
         return {**super().state_dict(), "base_lrs": list(self.base_lrs),
                 "window": list(self.window.samples), "trial": list(self.trial.samples),
-                "searching": self.searching, "landed": self.landed, "gap": self.gap, "moved_at": self.moved_at, "last_probe": self.last_probe,
+                "searching": self.searching, "landed": self.landed, "gap": self.gap,
+                "moved_at": self.moved_at, "last_probe": self.last_probe,
                 "loss_watch": self.loss_watch.state(), "account": dict(self.account),
                 "last_measured": dict(self.last_measured)}
 
