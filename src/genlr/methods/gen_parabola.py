@@ -115,8 +115,7 @@ class ParabolaGeN(GeNBase):
             s_star, diag, model = self.fit(losses)
             if not (self.searching and diag.get("slope", math.nan) > 0):
                 return s_star, diag, model
-            ys = list(losses.values())
-            rounding = self.ROUNDING_ULPS * torch.finfo(params[0].dtype).eps * max(map(abs, ys))
+            rounding = self.rounding(params, *losses.values())
             spread = stretch * max(map(abs, self.points))
             if abs(diag["curvature"]) / 2.0 * spread**2 <= rounding:  # no bend to see here
                 if stretch >= self.SEARCH_SPREAD * 4.0**self.SEARCH_STEPS:
@@ -196,6 +195,11 @@ class ParabolaGeN(GeNBase):
     #: loss differences within this many float rounding units of phi(0) are no evidence
     ROUNDING_ULPS = 256
 
+    def rounding(self, params, *losses: float) -> float:
+        """The loss difference below which probes at ``losses`` show nothing: ``ROUNDING_ULPS``
+        rounding units of the parameters' float type at the largest of them."""
+        return self.ROUNDING_ULPS * torch.finfo(params[0].dtype).eps * max(map(abs, losses))
+
     def search(self, params, d, batch) -> tuple[float | None, dict[str, float], Any] | None:
         """While the band searches, a step that goes uphill (``phi(1) > phi(0)``) may be far
         past the minimum along ``d``, where a parabola through ``s in {-1, 0, 1}`` says
@@ -220,7 +224,7 @@ class ParabolaGeN(GeNBase):
         f0, f1 = phi(0.0), phi(1.0)
         if not finite(f0):
             return done((None, {"r2": math.nan, "nonfinite_probe": 1.0}, None))
-        rounding = self.ROUNDING_ULPS * torch.finfo(params[0].dtype).eps * abs(f0)
+        rounding = self.rounding(params, f0)
         if finite(f1) and f1 <= f0 + rounding:
             return done(None)
         points = [(0.0, f0), (1.0, f1)]
